@@ -1,0 +1,33 @@
+"""speculoos: exact speculative sampling for HuggingFace transformers generate(), batched.
+
+    model = SpeculativeModelForCausalLM.from_pretrained("Qwen/Qwen2.5-Coder-1.5B-Instruct")
+    out = model.generate(input_ids, draft_model=draft, do_sample=True, max_new_tokens=128)
+"""
+
+from .generation import (
+    SpeculativeGenerateOutput,
+    SpeculativeGenerationMixin,
+    SpeculativeModelForCausalLM,
+    enable_speculative,
+    speculative_generate,
+)
+from .sampler import SpeculativeSampler, auto_regressive_sampling, speculative_sampling
+from .stats import RowStats, SpeculativeStats
+from .verify import greedy_verify, speculative_verify
+
+__version__ = "0.2.0"
+
+__all__ = [
+    "RowStats",
+    "SpeculativeGenerateOutput",
+    "SpeculativeGenerationMixin",
+    "SpeculativeModelForCausalLM",
+    "SpeculativeSampler",
+    "SpeculativeStats",
+    "auto_regressive_sampling",
+    "enable_speculative",
+    "greedy_verify",
+    "speculative_generate",
+    "speculative_sampling",
+    "speculative_verify",
+]

@@ -1,0 +1,191 @@
+"""transformers glue: `model.generate(..., draft_model=draft)` through the stock generate() preparation.
+
+The stock generate() merges the generation config, builds logits processors and stopping criteria, expands
+`num_return_sequences` and prepares the attention mask and cache; it then calls our decoding loop as a
+`custom_generate` callable. What that path does not forward (streamer, tokenizer, stop strings) is handled here.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from transformers import AutoModelForCausalLM, DynamicCache, GenerationMixin, PreTrainedModel
+from transformers.generation.stopping_criteria import StoppingCriteriaList, StopStringCriteria
+from transformers.generation.utils import GenerateDecoderOnlyOutput
+
+from .decoding import speculative_decode
+from .processors import check_supported
+from .stats import SpeculativeStats
+from .vocab import check_vocab_compatible
+
+DEFAULT_NUM_DRAFT_TOKENS = 5
+
+_UNSUPPORTED_OUTPUTS = ("output_scores", "output_logits", "output_attentions", "output_hidden_states")
+_KNOWN_MODEL_KWARGS = {"attention_mask", "cache", "past_key_values", "position_ids", "logits_to_keep", "use_cache"}
+
+
+@dataclass
+class SpeculativeGenerateOutput(GenerateDecoderOnlyOutput):
+    """`GenerateDecoderOnlyOutput` plus the counters of the speculative run."""
+
+    speculative_stats: SpeculativeStats | None = None
+
+
+class SpeculativeGenerationMixin:
+    """Adds `draft_model=` / `num_draft_tokens=` to generate(); without a draft model generate() is the stock one."""
+
+    def generate(self, inputs=None, generation_config=None, *args, draft_model=None, num_draft_tokens=None, **kwargs):
+        if draft_model is None:
+            if num_draft_tokens is not None:
+                raise ValueError("num_draft_tokens was given without draft_model: pass draft_model=<a causal LM>.")
+            return super().generate(inputs, generation_config, *args, **kwargs)
+        if args:
+            raise TypeError("With draft_model, pass generate() arguments after generation_config by keyword.")
+        return speculative_generate(
+            self, inputs, generation_config, draft_model=draft_model, num_draft_tokens=num_draft_tokens, **kwargs
+        )
+
+
+def speculative_generate(model, inputs=None, generation_config=None, *, draft_model, num_draft_tokens=None, **kwargs):
+    """Speculative generate() for `model` (any transformers causal LM) with `draft_model` proposing tokens."""
+    K = DEFAULT_NUM_DRAFT_TOKENS if num_draft_tokens is None else num_draft_tokens
+    if isinstance(K, bool) or not isinstance(K, int) or K < 1:
+        raise ValueError(f"num_draft_tokens must be an integer >= 1, got {num_draft_tokens!r}.")
+    _check_models(model, draft_model)
+    if kwargs.get("assistant_model") is not None:
+        raise ValueError("Pass either draft_model (speculoos) or assistant_model (transformers), not both.")
+    for name in ("prompt_lookup_num_tokens", "custom_generate"):
+        if kwargs.get(name) is not None:
+            raise ValueError(f"{name} cannot be combined with draft_model.")
+
+    streamer = kwargs.pop("streamer", None)
+    tokenizer = kwargs.pop("tokenizer", None)
+    stop_strings = kwargs.pop("stop_strings", None)
+    base_config = generation_config if generation_config is not None else model.generation_config
+    if stop_strings is None and getattr(base_config, "stop_strings", None):
+        stop_strings = base_config.stop_strings
+        generation_config = copy.deepcopy(base_config)
+        generation_config.stop_strings = None
+    if stop_strings:
+        if tokenizer is None:
+            raise ValueError("stop_strings needs the tokenizer: pass tokenizer=<your tokenizer> to generate().")
+        criteria = StoppingCriteriaList(kwargs.pop("stopping_criteria", None) or [])
+        criteria.append(StopStringCriteria(tokenizer=tokenizer, stop_strings=stop_strings))
+        kwargs["stopping_criteria"] = criteria
+
+    def _speculoos_decode(model, input_ids, logits_processor, stopping_criteria, generation_config, **model_kwargs):
+        config = generation_config
+        if config.num_beams > 1:
+            raise ValueError("Speculative generation does not support beam search (num_beams > 1); use num_beams=1.")
+        for flag in _UNSUPPORTED_OUTPUTS:
+            if getattr(config, flag, False):
+                raise ValueError(f"{flag}=True is not supported with draft_model.")
+        unknown = {k for k, v in model_kwargs.items() if v is not None and k not in _KNOWN_MODEL_KWARGS}
+        if unknown:
+            raise ValueError(f"Speculative generation supports plain input_ids prompts; unsupported inputs: {unknown}.")
+        if streamer is not None and input_ids.shape[0] > 1:
+            raise ValueError("streamer supports batch size 1 only (as transformers' TextStreamer).")
+        check_supported(logits_processor)
+        check_vocab_compatible(model, draft_model, tokenizer)
+        target_cache = _checked_cache(model, model_kwargs.get("cache"), config.max_length)
+        _checked_cache(draft_model, DynamicCache(config=draft_model.config), config.max_length)
+
+        if streamer is not None:
+            streamer.put(input_ids.cpu())
+        sequences, stats = speculative_decode(
+            model,
+            draft_model,
+            input_ids,
+            num_draft_tokens=K,
+            do_sample=bool(config.do_sample),
+            max_length=config.max_length,
+            logits_processor=logits_processor,
+            stopping_criteria=stopping_criteria,
+            attention_mask=model_kwargs.get("attention_mask"),
+            eos_token_id=config._eos_token_tensor,
+            pad_token_id=None if config._pad_token_tensor is None else int(config._pad_token_tensor),
+            target_cache=target_cache,
+            streamer=streamer,
+        )
+        model.speculative_stats = stats
+        if config.return_dict_in_generate:
+            return SpeculativeGenerateOutput(sequences=sequences, speculative_stats=stats)
+        return sequences
+
+    return GenerationMixin.generate(model, inputs, generation_config, custom_generate=_speculoos_decode, **kwargs)
+
+
+def _check_models(target, draft) -> None:
+    for role, m in (("target", target), ("draft_model", draft)):
+        if not isinstance(m, PreTrainedModel):
+            raise ValueError(f"{role} must be a transformers PreTrainedModel, got {type(m).__name__}.")
+        if m.config.is_encoder_decoder:
+            raise ValueError(
+                f"{role} {type(m).__name__} is an encoder-decoder model; speculative generation supports causal "
+                "(decoder-only) language models."
+            )
+
+
+def _checked_cache(model, cache, max_length: int):
+    """The cache must be a croppable DynamicCache; sliding-window layers only while the window is never exceeded."""
+    if cache is None:
+        cache = DynamicCache(config=model.config)
+    if not getattr(cache, "is_croppable", False):
+        raise ValueError(
+            f"{type(model).__name__}'s cache ({type(cache).__name__}) cannot be cropped, which speculative decoding "
+            "needs to roll back rejected drafts. Use the default dynamic cache (no cache_implementation)."
+        )
+    if not isinstance(cache, DynamicCache):
+        raise ValueError(
+            f"Cache {type(cache).__name__} is not supported with draft_model; use the default DynamicCache."
+        )
+    if cache.get_seq_length() > 0:
+        raise ValueError("Speculative generation starts from an empty cache; do not pass a prefilled cache.")
+    windows = [getattr(layer, "sliding_window", None) for layer in cache.layers]
+    window = min((w for w in windows if w), default=None)
+    if window is not None and max_length > window:
+        raise ValueError(
+            f"{type(model).__name__} uses sliding-window attention (window {window}) and max_length {max_length} "
+            "exceeds it; speculative generation supports sliding windows only within the window."
+        )
+    return cache
+
+
+def _speculative_class(base: type) -> type:
+    """A subclass of `base` with the speculative generate(), keeping the base's name (save_pretrained writes it)."""
+    cached = _CLASS_CACHE.get(base)
+    if cached is None:
+        cached = type(base.__name__, (SpeculativeGenerationMixin, base), {"__module__": base.__module__})
+        cached.__qualname__ = base.__qualname__
+        _CLASS_CACHE[base] = cached
+    return cached
+
+
+_CLASS_CACHE: dict[type, type] = {}
+
+
+def enable_speculative(model):
+    """Give an already loaded causal LM the speculative generate(), in place; returns the model."""
+    if not isinstance(model, PreTrainedModel):
+        raise ValueError(f"enable_speculative expects a transformers PreTrainedModel, got {type(model).__name__}.")
+    if not isinstance(model, SpeculativeGenerationMixin):
+        model.__class__ = _speculative_class(type(model))
+    return model
+
+
+class SpeculativeModelForCausalLM:
+    """`SpeculativeModelForCausalLM.from_pretrained(...)`: AutoModelForCausalLM with the speculative generate()."""
+
+    def __init__(self, *args, **kwargs):
+        raise TypeError("Use SpeculativeModelForCausalLM.from_pretrained(name_or_path, **kwargs).")
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        model = AutoModelForCausalLM.from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        return enable_speculative(model)
+
+    @classmethod
+    def from_config(cls, config, **kwargs):
+        return enable_speculative(AutoModelForCausalLM.from_config(config, **kwargs))

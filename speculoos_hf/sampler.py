@@ -1,0 +1,148 @@
+"""The seed README's API: `SpeculativeSampler` and the functions `speculative_sampling` / `auto_regressive_sampling`.
+
+All of it is a thin layer over `model.generate(..., draft_model=...)`, so the two paths can never disagree.
+Sampling here is plain sampling from the model's distribution (temperature 1, no top-k/top-p) unless asked
+otherwise, as in the speculative sampling papers.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .generation import DEFAULT_NUM_DRAFT_TOKENS, enable_speculative
+
+_PLAIN_SAMPLING = {"temperature": 1.0, "top_k": 0, "top_p": 1.0}
+
+
+def _generate_kwargs(T: int, temperature, top_k, top_p, do_sample, extra) -> dict:
+    if not isinstance(T, int) or T < 1:
+        raise ValueError(f"T (number of new tokens) must be a positive integer, got {T!r}.")
+    kwargs = {"max_new_tokens": T, "do_sample": do_sample}
+    if do_sample:
+        kwargs.update(_PLAIN_SAMPLING)
+        kwargs.update({k: v for k, v in (("temperature", temperature), ("top_k", top_k), ("top_p", top_p)) if v is not None})
+    kwargs.update(extra)
+    return kwargs
+
+
+def _as_batch(input_ids) -> torch.Tensor:
+    ids = torch.as_tensor(input_ids, dtype=torch.long)
+    return ids[None] if ids.dim() == 1 else ids
+
+
+def speculative_sampling(
+    input_ids,
+    draft_model,
+    target_model,
+    T: int = 20,
+    K: int = DEFAULT_NUM_DRAFT_TOKENS,
+    *,
+    temperature: float | None = None,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    do_sample: bool = True,
+    attention_mask=None,
+    **generate_kwargs,
+) -> torch.Tensor:
+    """Generate T tokens after `input_ids` ([L] or [B, L] with `attention_mask`) with speculative sampling."""
+    enable_speculative(target_model)
+    kwargs = _generate_kwargs(T, temperature, top_k, top_p, do_sample, generate_kwargs)
+    ids = _as_batch(input_ids).to(target_model.device)
+    if attention_mask is not None:
+        kwargs["attention_mask"] = _as_batch(attention_mask).to(target_model.device)
+    return target_model.generate(ids, draft_model=draft_model, num_draft_tokens=K, **kwargs)
+
+
+def auto_regressive_sampling(
+    input_ids,
+    model,
+    T: int = 20,
+    *,
+    temperature: float | None = None,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    do_sample: bool = True,
+    attention_mask=None,
+    **generate_kwargs,
+) -> torch.Tensor:
+    """Baseline: T tokens from `model` alone with the stock generate() (same sampling settings)."""
+    kwargs = _generate_kwargs(T, temperature, top_k, top_p, do_sample, generate_kwargs)
+    ids = _as_batch(input_ids).to(model.device)
+    if attention_mask is not None:
+        kwargs["attention_mask"] = _as_batch(attention_mask).to(model.device)
+    return model.generate(ids, **kwargs)
+
+
+class SpeculativeSampler:
+    """Draft + target pair with the seed README's methods. Models may be hub ids, local paths or loaded models."""
+
+    def __init__(
+        self,
+        draft_model_name,
+        target_model_name,
+        K: int = DEFAULT_NUM_DRAFT_TOKENS,
+        *,
+        tokenizer=None,
+        dtype=None,
+        device=None,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+    ):
+        from .models import load_model, load_tokenizer
+
+        if isinstance(K, bool) or not isinstance(K, int) or K < 1:
+            raise ValueError(f"K (draft tokens per round) must be an integer >= 1, got {K!r}.")
+        load_kwargs = {} if dtype is None else {"dtype": dtype}
+        self.draft = draft_model_name if not isinstance(draft_model_name, str) else load_model(draft_model_name, **load_kwargs)
+        self.target = (
+            target_model_name if not isinstance(target_model_name, str) else load_model(target_model_name, **load_kwargs)
+        )
+        if device is not None:
+            self.draft.to(device)
+            self.target.to(device)
+        enable_speculative(self.target)
+        if tokenizer is None:
+            name = target_model_name if isinstance(target_model_name, str) else self.target.name_or_path
+            tokenizer = load_tokenizer(name)
+        elif isinstance(tokenizer, str):
+            tokenizer = load_tokenizer(tokenizer)
+        self.tokenizer = tokenizer
+        self.K = K
+        self.sampling = {"temperature": temperature, "top_k": top_k, "top_p": top_p}
+        self.last_stats = None
+
+    def encode(self, text: str) -> torch.Tensor:
+        """Text -> token ids `[1, L]`."""
+        return self.tokenizer(text, return_tensors="pt").input_ids
+
+    def decode(self, token_ids) -> str | list[str]:
+        """Token ids (`[L]` or `[1, L]`: a string; `[B, L]`: a list of strings) -> text."""
+        ids = torch.as_tensor(token_ids)
+        if ids.dim() == 2 and ids.shape[0] > 1:
+            return self.tokenizer.batch_decode(ids, skip_special_tokens=True)
+        return self.tokenizer.decode(ids.flatten(), skip_special_tokens=True)
+
+    def sample(self, input_ids, T: int = 20, **generate_kwargs) -> torch.Tensor:
+        """T new tokens with speculative sampling; returns prompt + new tokens `[B, L + T]` (fewer at EOS)."""
+        kwargs = {**{k: v for k, v in self.sampling.items() if v is not None}, **generate_kwargs}
+        self._default_pad(kwargs)
+        out = speculative_sampling(input_ids, self.draft, self.target, T=T, K=self.K, **kwargs)
+        self.last_stats = self.target.speculative_stats
+        return out
+
+    def auto_regressive_sample(self, input_ids, T: int = 20, **generate_kwargs) -> torch.Tensor:
+        """T new tokens from the target alone (the baseline), same settings."""
+        kwargs = {**{k: v for k, v in self.sampling.items() if v is not None}, **generate_kwargs}
+        self._default_pad(kwargs)
+        return auto_regressive_sampling(input_ids, self.target, T=T, **kwargs)
+
+    def sample_and_decode(self, text: str, T: int = 20, **generate_kwargs) -> str:
+        return self.decode(self.sample(self.encode(text), T, **generate_kwargs))
+
+    def auto_regressive_sample_and_decode(self, text: str, T: int = 20, **generate_kwargs) -> str:
+        return self.decode(self.auto_regressive_sample(self.encode(text), T, **generate_kwargs))
+
+    def _default_pad(self, kwargs: dict) -> None:
+        if "pad_token_id" not in kwargs and getattr(self.tokenizer, "pad_token_id", None) is not None:
+            kwargs["pad_token_id"] = self.tokenizer.pad_token_id

@@ -1,0 +1,95 @@
+"""Counters of one speculative generate() call: what was proposed, accepted and how many target passes it took."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class RowStats:
+    """Counters of one row of the batch."""
+
+    draft_tokens_proposed: int = 0
+    draft_tokens_accepted: int = 0
+    target_forward_passes: int = 0  # verification rounds this row took part in
+    new_tokens: int = 0
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.draft_tokens_accepted / self.draft_tokens_proposed if self.draft_tokens_proposed else 0.0
+
+    @property
+    def mean_accepted_length(self) -> float:
+        """New tokens per target pass, the bonus/replacement token included (1.0 means no gain)."""
+        return self.new_tokens / self.target_forward_passes if self.target_forward_passes else 0.0
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "acceptance_rate": self.acceptance_rate, "mean_accepted_length": self.mean_accepted_length}
+
+
+@dataclass
+class SpeculativeStats:
+    """Totals over the batch, plus `per_row`. Target passes count verification forwards (the prompt prefill is
+    one more forward per model, excluded here); `accepted_at_position[j]` counts rows that accepted draft j."""
+
+    num_draft_tokens: int
+    draft_tokens_proposed: int = 0
+    draft_tokens_accepted: int = 0
+    target_forward_passes: int = 0
+    draft_forward_passes: int = 0
+    new_tokens: int = 0
+    per_row: list[RowStats] = field(default_factory=list)
+    proposed_at_position: list[int] = field(default_factory=list)
+    accepted_at_position: list[int] = field(default_factory=list)
+    target_input_tokens: int = 0  # tokens fed to the target, prefill included: each is computed exactly once
+    draft_input_tokens: int = 0
+    elapsed_s: float = 0.0
+
+    @property
+    def acceptance_rate(self) -> float:
+        """Accepted draft tokens / proposed draft tokens."""
+        return self.draft_tokens_accepted / self.draft_tokens_proposed if self.draft_tokens_proposed else 0.0
+
+    @property
+    def mean_accepted_length(self) -> float:
+        """New tokens per row per target pass, bonus token included."""
+        row_passes = sum(r.target_forward_passes for r in self.per_row)
+        return self.new_tokens / row_passes if row_passes else 0.0
+
+    @property
+    def acceptance_by_position(self) -> list[float]:
+        """P(draft j accepted | reached j): how acceptance decays along the draft block."""
+        return [a / p if p else 0.0 for a, p in zip(self.accepted_at_position, self.proposed_at_position)]
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.new_tokens / self.elapsed_s if self.elapsed_s else 0.0
+
+    def __getitem__(self, key: str):
+        """Dict-style access (`stats["acceptance_rate"]`) for callers that treat stats as a mapping."""
+        return self.to_dict()[key]
+
+    def to_dict(self) -> dict:
+        return {
+            "num_draft_tokens": self.num_draft_tokens,
+            "draft_tokens_proposed": self.draft_tokens_proposed,
+            "draft_tokens_accepted": self.draft_tokens_accepted,
+            "target_forward_passes": self.target_forward_passes,
+            "draft_forward_passes": self.draft_forward_passes,
+            "new_tokens": self.new_tokens,
+            "target_input_tokens": self.target_input_tokens,
+            "draft_input_tokens": self.draft_input_tokens,
+            "acceptance_rate": self.acceptance_rate,
+            "mean_accepted_length": self.mean_accepted_length,
+            "acceptance_by_position": self.acceptance_by_position,
+            "elapsed_s": self.elapsed_s,
+            "tokens_per_second": self.tokens_per_second,
+            "per_row": [r.to_dict() for r in self.per_row],
+        }
+
+    def __str__(self) -> str:
+        return (
+            f"acceptance {self.acceptance_rate:.1%} ({self.draft_tokens_accepted}/{self.draft_tokens_proposed}), "
+            f"{self.mean_accepted_length:.2f} tokens per target pass, {self.target_forward_passes} target passes, "
+            f"{self.new_tokens} new tokens"
+        )
