@@ -16,7 +16,7 @@ import torch
 from transformers.generation.stopping_criteria import EosTokenCriteria, MaxLengthCriteria, StoppingCriteriaList
 
 from .kv_slots import KVSlots
-from .processors import apply_processors
+from .processors import BatchProcessors, apply_processors
 from .stats import RowStats, SpeculativeStats
 from .verify import greedy_verify, place_next_token, speculative_verify
 
@@ -68,6 +68,7 @@ def speculative_decode(
     max_length, eos_ids, other_criteria = _split_stopping_criteria(stopping_criteria, max_length, eos_token_id)
     pad = pad_token_id if pad_token_id is not None else (eos_ids[0] if eos_ids else 0)
     eos_tensor = torch.tensor(eos_ids, dtype=torch.long, device=device)
+    processors = BatchProcessors(logits_processor, B)
     end = max(max_length, P)  # every row stops at length `end`
 
     stats = SpeculativeStats(num_draft_tokens=K, per_row=[RowStats() for _ in range(B)])
@@ -108,7 +109,7 @@ def speculative_decode(
         tokens, valid = draft_in, draft_in_valid
         for j in range(k):
             logits = drf.forward(tokens, valid, logits_to_keep=1)[:, -1].to(device)  # [Bc, Vd]
-            scores = apply_processors(logits_processor, seq, [n + j for n in lengths], logits)  # [Bc, Vd]
+            scores = apply_processors(processors, seq, [n + j for n in lengths], logits, rows)  # [Bc, Vd]
             if do_sample:
                 q = torch.softmax(scores, dim=-1)  # [Bc, Vd]
                 token = torch.multinomial(q, num_samples=1).squeeze(1)  # [Bc]
@@ -126,12 +127,13 @@ def speculative_decode(
         logits = tgt.forward(torch.cat([x0, drafts], 1), torch.ones(Bc, k + 1, device=device), k + 1)  # [Bc,k+1,Vt]
         Vt = logits.shape[-1]
         scores = logits  # [Bc, k+1, Vt]
-        if len(logits_processor):
+        if len(processors):
             scores = apply_processors(
-                logits_processor,
+                processors,
                 seq.repeat_interleave(k + 1, dim=0),
                 [n + j for n in lengths for j in range(k + 1)],
                 logits.reshape(Bc * (k + 1), Vt),
+                [r for r in rows for _ in range(k + 1)],
             ).view(Bc, k + 1, Vt)
 
         if do_sample:

@@ -62,24 +62,67 @@ def is_prefix_free(processors: Sequence) -> bool:
     return all(isinstance(proc, PREFIX_FREE) for proc in processors)
 
 
+class BatchProcessors:
+    """A LogitsProcessorList bound to the original batch, callable on any subset or repetition of its rows.
+
+    A few processors hold per-row state indexed by batch position: the repetition penalty's left-padding lengths
+    (`prompt_ignore_length`) and the `batch_id` given to `prefix_allowed_tokens_fn`. Rows leave the batch when
+    they finish and each row is scored at several positions, so that state is re-indexed for every call.
+    """
+
+    def __init__(self, processors: Sequence, batch_size: int):
+        self.processors = processors
+        self.prefix_free = is_prefix_free(processors)
+        self._row_tensors = [
+            (proc, "prompt_ignore_length", proc.prompt_ignore_length)
+            for proc in processors
+            if isinstance(proc, lp.RepetitionPenaltyLogitsProcessor)
+            and isinstance(proc.prompt_ignore_length, torch.Tensor)
+            and proc.prompt_ignore_length.shape[0] == batch_size
+        ]
+        self._prefix_fns = [
+            (proc, proc._prefix_allowed_tokens_fn)
+            for proc in processors
+            if isinstance(proc, lp.PrefixConstrainedLogitsProcessor)
+        ]
+
+    def __len__(self) -> int:
+        return len(self.processors)
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, rows: Sequence[int]) -> torch.Tensor:
+        """Process `scores` [R, V] whose row r belongs to original batch row `rows[r]`."""
+        for proc, attr, full in self._row_tensors:
+            setattr(proc, attr, full.to(scores.device)[torch.tensor(rows, device=scores.device)])
+        for proc, fn in self._prefix_fns:
+            proc._prefix_allowed_tokens_fn = lambda batch_id, sent, fn=fn: fn(rows[batch_id], sent)
+        try:
+            return self.processors(input_ids, scores)
+        finally:
+            for proc, attr, full in self._row_tensors:
+                setattr(proc, attr, full)
+            for proc, fn in self._prefix_fns:
+                proc._prefix_allowed_tokens_fn = fn
+
+
 def apply_processors(
-    processors: Sequence,
+    processors: BatchProcessors,
     sequences: torch.Tensor,  # [R, S] long: each row's tokens, valid up to its own length
     lengths: Sequence[int],  # R host ints: prefix length of each row
     scores: torch.Tensor,  # [R, V] float32
+    rows: Sequence[int],  # R host ints: original batch row of each row
 ) -> torch.Tensor:
     """Processed scores `[R, V]`: processors(sequences[r, :lengths[r]], scores[r]) for every row r."""
     if len(processors) == 0:
         return scores
-    if is_prefix_free(processors):
-        return processors(sequences[:, : max(lengths)], scores)
-    out = torch.empty_like(scores)
+    if processors.prefix_free:
+        return processors(sequences[:, : max(lengths)], scores, rows)
     by_length: dict[int, list[int]] = {}
-    for row, length in enumerate(lengths):
-        by_length.setdefault(length, []).append(row)
+    for r, length in enumerate(lengths):
+        by_length.setdefault(length, []).append(r)
     if len(by_length) == 1:
-        return processors(sequences[:, : lengths[0]], scores)
-    for length, rows in by_length.items():
-        idx = torch.tensor(rows, device=scores.device)
-        out[idx] = processors(sequences[idx, :length], scores[idx])
+        return processors(sequences[:, : lengths[0]], scores, rows)
+    out = torch.empty_like(scores)
+    for length, group in by_length.items():
+        idx = torch.tensor(group, device=scores.device)
+        out[idx] = processors(sequences[idx, :length], scores[idx], [rows[r] for r in group])
     return out
