@@ -166,12 +166,17 @@ def load_prompts(path: str | None, kinds: str, limit: int | None) -> list[str]:
     return [p["text"] for p in items[:limit]]
 
 
-def encode(tokenizer, text: str, chat: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_text(tokenizer, text: str, chat: bool) -> str:
+    """The prompt as the model sees it: wrapped in the chat template when the tokenizer has one."""
     if chat and getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template(
+        return tokenizer.apply_chat_template(
             [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
         )
-    enc = tokenizer(text, return_tensors="pt")
+    return text
+
+
+def encode(tokenizer, text: str, chat: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    enc = tokenizer(encode_text(tokenizer, text, chat), return_tensors="pt")
     return enc.input_ids, enc.attention_mask
 
 
@@ -254,6 +259,67 @@ def plot(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def count_new_tokens(out: torch.Tensor, prompt_len: int, eos_ids: set[int]) -> int:
+    """Generated tokens of a batch, each row up to and including its first EOS (the rest is padding)."""
+    total = 0
+    for row in out[:, prompt_len:].tolist():
+        n = len(row)
+        for i, t in enumerate(row):
+            if t in eos_ids:
+                n = i + 1
+                break
+        total += n
+    return total
+
+
+def run_batches(args, target, draft, tokenizer, prompts, gen_kwargs) -> list[dict]:
+    """Batched runs: for each B, the same B prompts (left-padded) through the target's own batched generate()
+    and through speculoos, alternated, tokens/s ratio measured side by side."""
+    from tqdm.auto import tqdm
+
+    eos = tokenizer.eos_token_id
+    eos_ids = set(eos if isinstance(eos, list) else [eos]) if eos is not None else set()
+    eos_ids |= set(torch.as_tensor(target.generation_config.eos_token_id or []).flatten().tolist())
+    tokenizer.padding_side = "left"
+    texts = [encode_text(tokenizer, p, not args.raw) for p in prompts]
+    rows = []
+    jobs = [(B, mode) for B in args.batch_sizes for mode in args.modes]
+    bar = tqdm(total=len(jobs) * args.batch_repeats * 2, desc="batched", disable=args.quiet)
+    for B, mode in jobs:
+        batch = [texts[i % len(texts)] for i in range(B)]
+        enc = tokenizer(batch, return_tensors="pt", padding=True)
+        kwargs = dict(gen_kwargs, do_sample=mode == "sample", attention_mask=enc.attention_mask)
+        if mode == "greedy":
+            kwargs.update(temperature=None, top_k=None, top_p=None)
+        timing = {"target": [0.0, 0], "speculoos": [0.0, 0]}
+        accepted = proposed = 0
+        for rep in range(args.batch_repeats):
+            order = ("target", "speculoos") if rep % 2 == 0 else ("speculoos", "target")
+            for method in order:
+                torch.manual_seed(args.seed + rep)
+                extra = {} if method == "target" else {"draft_model": draft, "num_draft_tokens": args.batch_k}
+                start = time.perf_counter()
+                out = target.generate(enc.input_ids, **kwargs, **extra)
+                timing[method][0] += time.perf_counter() - start
+                timing[method][1] += count_new_tokens(out, enc.input_ids.shape[1], eos_ids)
+                if method == "speculoos":
+                    accepted += target.speculative_stats.draft_tokens_accepted
+                    proposed += target.speculative_stats.draft_tokens_proposed
+                bar.update()
+        tps = {m: n / t for m, (t, n) in timing.items()}
+        rows.append({
+            "batch_size": B,
+            "mode": mode,
+            "K": args.batch_k,
+            "target_tokens_per_s": tps["target"],
+            "speculoos_tokens_per_s": tps["speculoos"],
+            "ratio": tps["speculoos"] / tps["target"],
+            "acceptance_rate": accepted / proposed if proposed else 0.0,
+        })
+    bar.close()
+    return rows
+
+
 def run(args) -> dict:
     from tqdm.auto import tqdm
 
@@ -297,6 +363,7 @@ def run(args) -> dict:
         bar.close()
 
     rows = summarise(methods, c, weight_bytes(target), weight_bytes(draft), bandwidth)
+    batch_rows = run_batches(args, target, draft, tokenizer, prompts, gen_kwargs) if args.batch_sizes else []
     greedy_ref = next((m for m in methods if m.kind == "target" and not m.do_sample), None)
     for m, r in zip(methods, rows):
         if greedy_ref is not None and not m.do_sample and m is not greedy_ref:
@@ -322,6 +389,7 @@ def run(args) -> dict:
         "target_weight_bytes": weight_bytes(target),
         "draft_weight_bytes": weight_bytes(draft),
         "results": rows,
+        "batch_results": batch_rows,
         "sample_texts": {
             m.name: tokenizer.decode(m.outputs[0][encoded[0][0].shape[1] :], skip_special_tokens=True)
             for m in methods
@@ -339,6 +407,12 @@ def run(args) -> dict:
             f"memory bandwidth {bandwidth / 1e9:.1f} GB/s\n"
         )
         print_table(rows)
+        for r in batch_rows:
+            print(
+                f"batch B={r['batch_size']} {r['mode']} K={r['K']}: target {r['target_tokens_per_s']:.2f} tok/s, "
+                f"speculoos {r['speculoos_tokens_per_s']:.2f} tok/s, ratio {r['ratio']:.2f}x, "
+                f"acceptance {r['acceptance_rate']:.1%}"
+            )
         print(f"\nwrote {out / 'bench.json'} and {out / 'speedup_vs_k.png'}")
     return result
 
@@ -358,6 +432,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt-kind", default="code", choices=["code", "prose", "all"])
     p.add_argument("--num-prompts", type=int, default=None, help="use only the first N prompts")
     p.add_argument("--raw", action="store_true", help="do not wrap prompts in the chat template")
+    p.add_argument("--batch-sizes", type=int, nargs="*", default=[], help="also run batched, e.g. 1 4 8")
+    p.add_argument("--batch-k", type=int, default=3, help="K for the batched runs")
+    p.add_argument("--batch-repeats", type=int, default=1, help="alternated repeats per batch size")
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="bench-results")

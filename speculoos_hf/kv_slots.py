@@ -26,6 +26,8 @@ class KVSlots:
         self.model = model
         self.device = model.device
         self.cache = cache if cache is not None else DynamicCache(config=model.config)
+        supports_keep = getattr(model, "_supports_logits_to_keep", None)
+        self.keep_kwarg = bool(supports_keep()) if callable(supports_keep) else False
         self.slot_mask: torch.Tensor | None = None
         self.next_pos: torch.Tensor | None = None
         self.last_valid: list[int] = []
@@ -54,14 +56,14 @@ class KVSlots:
             position_ids=position_ids,
             cache=self.cache,
             use_cache=True,
-            logits_to_keep=logits_to_keep,
             return_dict=True,
+            **({"logits_to_keep": logits_to_keep} if self.keep_kwarg else {}),
         )
         self.slot_mask = attention_mask
         self.next_pos = self.next_pos + valid.sum(dim=1)
         self.forward_passes += 1
         self.input_slots += tokens.numel()
-        return out.logits.float()
+        return out.logits[:, -logits_to_keep:].float()
 
     def invalidate_tail(self, first_slot: int, valid: torch.Tensor) -> None:
         """Overwrite the validity of slots [first_slot, first_slot + n) with `valid` [B, n] (rejected drafts -> holes)."""

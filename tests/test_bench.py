@@ -31,6 +31,7 @@ def test_bench_reports_every_method(pair_dirs, tmp_path, capsys):
     result = bench.main([
         "--target", str(root / "target"), "--draft", str(root / "draft"), "--prompts", str(prompts),
         "--k", "1", "3", "--max-new-tokens", "12", "--dtype", "float32", "--raw", "--out", str(tmp_path), "--quiet",
+        "--batch-sizes", "1", "3", "--batch-repeats", "2",
     ])
     names = [r["method"] for r in result["results"]]
     for mode in ("greedy", "sample"):
@@ -47,6 +48,9 @@ def test_bench_reports_every_method(pair_dirs, tmp_path, capsys):
             )
         if r["mode"] == "greedy" and r["kind"] == "speculoos":
             assert r["greedy_matches_target"] == 2  # float32: token for token the target's greedy output
+    batch = result["batch_results"]
+    assert [(r["batch_size"], r["mode"]) for r in batch] == [(1, "greedy"), (1, "sample"), (3, "greedy"), (3, "sample")]
+    assert all(r["ratio"] > 0 and r["target_tokens_per_s"] > 0 and 0 <= r["acceptance_rate"] <= 1 for r in batch)
     assert (tmp_path / "bench.json").exists() and (tmp_path / "speedup_vs_k.png").stat().st_size > 1000
     assert json.loads((tmp_path / "bench.json").read_text())["results"] == json.loads(json.dumps(result["results"]))
 
