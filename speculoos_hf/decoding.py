@@ -21,10 +21,11 @@ from .stats import RowStats, SpeculativeStats
 from .verify import greedy_verify, place_next_token, speculative_verify
 
 
-def _pad_vocab(probs: torch.Tensor, size: int) -> torch.Tensor:
-    """Zero-pad distributions `[..., V]` to `[..., size]` (ids a model lacks get probability 0)."""
-    extra = size - probs.shape[-1]
-    return probs if extra == 0 else torch.nn.functional.pad(probs, (0, extra))
+def _pad_vocab(logits: torch.Tensor, size: int) -> torch.Tensor:
+    """Pad logits `[..., V]` to `[..., size]` with -inf: ids a model lacks get probability 0 (and processors that
+    index scores by token id stay in range when the other model's ids appear in the prefix)."""
+    extra = size - logits.shape[-1]
+    return logits if extra <= 0 else torch.nn.functional.pad(logits, (0, extra), value=float("-inf"))
 
 
 def _split_stopping_criteria(stopping_criteria, max_length: int, eos_token_id):
@@ -69,6 +70,8 @@ def speculative_decode(
     pad = pad_token_id if pad_token_id is not None else (eos_ids[0] if eos_ids else 0)
     eos_tensor = torch.tensor(eos_ids, dtype=torch.long, device=device)
     processors = BatchProcessors(logits_processor, B)
+    # Shared vocabulary of different sizes (padded embeddings): both distributions live on the larger id range.
+    V = max(target.config.get_text_config().vocab_size, draft.config.get_text_config().vocab_size)
     end = max(max_length, P)  # every row stops at length `end`
 
     stats = SpeculativeStats(num_draft_tokens=K, per_row=[RowStats() for _ in range(B)])
@@ -108,10 +111,10 @@ def speculative_decode(
         width = draft_in.shape[1]
         tokens, valid = draft_in, draft_in_valid
         for j in range(k):
-            logits = drf.forward(tokens, valid, logits_to_keep=1)[:, -1].to(device)  # [Bc, Vd]
-            scores = apply_processors(processors, seq, [n + j for n in lengths], logits, rows)  # [Bc, Vd]
+            logits = _pad_vocab(drf.forward(tokens, valid, logits_to_keep=1)[:, -1].to(device), V)  # [Bc, V]
+            scores = apply_processors(processors, seq, [n + j for n in lengths], logits, rows)  # [Bc, V]
             if do_sample:
-                q = torch.softmax(scores, dim=-1)  # [Bc, Vd]
+                q = torch.softmax(scores, dim=-1)  # [Bc, V]
                 token = torch.multinomial(q, num_samples=1).squeeze(1)  # [Bc]
                 draft_probs.append(q)
             else:
@@ -124,9 +127,10 @@ def speculative_decode(
         # --- one target pass over [x0, d_1..d_k] scores all k+1 positions ---
         target_slots_before = tgt.num_slots
         x0 = seq.gather(1, (C - 1)[:, None])  # [Bc, 1]
-        logits = tgt.forward(torch.cat([x0, drafts], 1), torch.ones(Bc, k + 1, device=device), k + 1)  # [Bc,k+1,Vt]
+        logits = tgt.forward(torch.cat([x0, drafts], 1), torch.ones(Bc, k + 1, device=device), k + 1)
+        logits = _pad_vocab(logits, V)  # [Bc, k+1, V]
         Vt = logits.shape[-1]
-        scores = logits  # [Bc, k+1, Vt]
+        scores = logits  # [Bc, k+1, V]
         if len(processors):
             scores = apply_processors(
                 processors,
@@ -137,12 +141,10 @@ def speculative_decode(
             ).view(Bc, k + 1, Vt)
 
         if do_sample:
-            p = torch.softmax(scores, dim=-1)  # [Bc, k+1, Vt]
-            q = torch.stack(draft_probs, dim=1) if draft_probs else p[:, :0]  # [Bc, k, Vd]
-            V = max(Vt, q.shape[-1])
-            p, q = _pad_vocab(p, V), _pad_vocab(q, V)
+            p = torch.softmax(scores, dim=-1)  # [Bc, k+1, V]
+            q = torch.stack(draft_probs, dim=1) if draft_probs else p[:, :0]  # [Bc, k, V]
             uniform = torch.rand(Bc, k, device=device)
-            exp_noise = torch.empty(Bc, V, device=device).exponential_()
+            exp_noise = torch.empty(Bc, Vt, device=device).exponential_()
             num_accepted, next_token = speculative_verify(drafts, q, p, uniform, exp_noise)
         else:
             num_accepted, next_token = greedy_verify(drafts, scores.argmax(dim=-1))

@@ -26,6 +26,8 @@ class KVSlots:
         self.model = model
         self.device = model.device
         self.cache = cache if cache is not None else DynamicCache(config=model.config)
+        embeddings = model.get_input_embeddings()
+        self.max_id = getattr(embeddings, "num_embeddings", None)
         supports_keep = getattr(model, "_supports_logits_to_keep", None)
         self.keep_kwarg = bool(supports_keep()) if callable(supports_keep) else False
         self.slot_mask: torch.Tensor | None = None
@@ -46,6 +48,10 @@ class KVSlots:
     def forward(self, tokens: torch.Tensor, valid: torch.Tensor, logits_to_keep: int) -> torch.Tensor:
         """Feed `tokens` [B, n] (valid [B, n] in {0,1}) and append their slots. Returns logits [B, keep, V] (float32)."""
         tokens = tokens.to(self.device)
+        if self.max_id is not None:
+            # An id only the other model has (padded vocabularies) is fed as a stand-in: the target always rejects
+            # such a draft (p = 0) so its slot becomes a hole; for the draft it can cost acceptance, never exactness.
+            tokens = tokens.clamp(max=self.max_id - 1)
         valid = valid.to(self.device, torch.long)
         position_ids = self.next_pos[:, None] + valid.cumsum(dim=1) - 1  # [B, n]
         position_ids = position_ids.clamp(min=0)

@@ -33,10 +33,10 @@ ALPHA = 1e-3  # significance level of every goodness-of-fit test
 PAD = V  # outside the vocabulary, so padded outputs cannot be confused with tokens
 
 
-def _model(seed: int, logit_scale: float = 6.0, vocab: int = V) -> LlamaForCausalLM:
+def _model(seed: int, logit_scale: float = 6.0, n_ids: int = V + 1) -> LlamaForCausalLM:
     torch.manual_seed(seed)
     cfg = LlamaConfig(
-        vocab_size=vocab + 1,  # + the pad id, never produced (its logit is pushed to -inf below)
+        vocab_size=n_ids,  # V tokens + the pad id, never produced (its logit is pushed to -inf below)
         hidden_size=32,
         intermediate_size=64,
         num_hidden_layers=2,
@@ -45,12 +45,13 @@ def _model(seed: int, logit_scale: float = 6.0, vocab: int = V) -> LlamaForCausa
         max_position_embeddings=64,
         bos_token_id=None,
         eos_token_id=None,
-        pad_token_id=PAD,
+        pad_token_id=PAD if n_ids > PAD else None,
     )
     model = LlamaForCausalLM(cfg).eval()
     with torch.no_grad():
         model.lm_head.weight.mul_(logit_scale)
-        model.lm_head.weight[PAD].zero_()
+    if n_ids <= PAD:
+        return model
     # The pad id must never be sampled: a processor-free way is a huge negative bias on its logit.
     model.lm_head.register_forward_hook(_mask_pad)
     return model
@@ -222,3 +223,31 @@ def test_batched_rows_with_different_prompt_lengths(target, draft, monkeypatch):
     groups = _generate(target, prompts, N // 2, seed=5, draft_model=draft, num_draft_tokens=4, **settings)
     worst = max(g_test(s, exact_distribution(target, pr, procs)) for pr, s in zip(prompts, groups))
     assert worst < ALPHA, "the batched test cannot detect an always-accept rule"
+
+
+class _LenOnly:
+    """Stands for a tokenizer shared by both models: generate() only needs its length for the vocabulary check."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+
+@pytest.mark.parametrize("draft_ids", [V, V + 3], ids=["draft_lacks_pad_id", "draft_has_ids_target_lacks"])
+def test_vocab_size_mismatch_stays_exact(draft_ids, target, monkeypatch):
+    """Padded-embedding pairs: ids only one model has get probability 0 there; the output is still exactly p."""
+    draft = _model(7, n_ids=draft_ids)
+    expected = exact_distribution(target, PROMPT, _processors(temperature=0.9))
+    kwargs = dict(draft_model=draft, num_draft_tokens=3, temperature=0.9, tokenizer=_LenOnly(V))
+    (spec,) = _generate(target, [PROMPT], N, seed=6, **kwargs)
+    assert 0.05 < target.speculative_stats.acceptance_rate < 0.98
+    p = g_test(spec, expected)
+    assert p > ALPHA, f"vocab {draft_ids} vs {V + 1}: speculative samples deviate (p={p:.2e})"
+    monkeypatch.setattr(decoding, "speculative_verify", _always_accept)
+    (broken,) = _generate(target, [PROMPT], N, seed=7, **kwargs)
+    if draft_ids == V:  # the always-accept rule keeps the draft's choices: detectable
+        assert g_test(broken, expected) < ALPHA
+    else:  # ...and it would even emit ids the target does not have
+        assert any(t >= V for o in broken for t in o) or g_test(broken, expected) < ALPHA
