@@ -12,6 +12,7 @@ import time
 import torch
 
 from speculoos_hf import enable_speculative
+from speculoos_hf.drafters import int8_draft
 from speculoos_hf.models import REFERENCE_DRAFT, REFERENCE_TARGET, load_model, load_tokenizer
 
 
@@ -30,12 +31,16 @@ def main(argv=None) -> None:
     p.add_argument("--k", type=int, default=3, help="draft tokens per round")
     p.add_argument("--temperature", type=float, default=0.7)
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    p.add_argument("--no-draft-int8", action="store_true", help="on CPU, keep the draft unquantised")
     args = p.parse_args(argv)
 
     dtype = getattr(torch, args.dtype)
     print(f"loading target {args.target} and draft {args.draft} ({args.dtype}) ...", flush=True)
     target = enable_speculative(load_model(args.target, dtype=dtype))
     draft = load_model(args.draft, dtype=dtype)
+    if not args.no_draft_int8 and draft.device.type == "cpu":
+        draft = int8_draft(draft)  # cheaper drafts change speed only, never the output distribution
+        print("draft quantised to int8 for CPU (--no-draft-int8 to keep it as loaded)")
     tokenizer = load_tokenizer(args.target)
     text = args.prompt
     if getattr(tokenizer, "chat_template", None):

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from .drafters import int8_draft
 from .generation import enable_speculative
 from .models import REFERENCE_DRAFT, REFERENCE_TARGET, load_model, load_tokenizer
 
@@ -43,7 +44,18 @@ def memory_bandwidth(size_mb: int = 512, repeats: int = 5) -> float:
 
 
 def weight_bytes(model) -> int:
-    return sum(p.numel() * p.element_size() for p in model.parameters())
+    """Bytes of weights one decode step reads: every parameter (int8-packed Linear weights included), except an
+    untied input embedding, of which a step reads only a row."""
+    embedding = model.get_input_embeddings()
+    output = model.get_output_embeddings()
+    tied = output is not None and getattr(output, "weight", None) is embedding.weight
+    skip = set() if tied else {id(p) for p in embedding.parameters()}
+    total = sum(p.numel() * p.element_size() for p in model.parameters() if id(p) not in skip)
+    for module in model.modules():
+        if hasattr(module, "_packed_params") and callable(getattr(module, "weight", None)):  # torch.ao int8 Linear
+            w = module.weight()
+            total += w.numel() * w.element_size()
+    return total
 
 
 @torch.inference_mode()
@@ -108,14 +120,15 @@ class Method:
         return "sample" if self.do_sample else "greedy"
 
 
-def build_methods(ks: list[int], assisted_k: int, modes: list[str], with_assisted: bool) -> list[Method]:
+def build_methods(ks: list[int], assisted_ks: list[int], modes: list[str], with_assisted: bool) -> list[Method]:
     methods = []
     for mode in modes:
         do_sample = mode == "sample"
         methods.append(Method(f"target {mode}", "target", do_sample))
         if with_assisted:
             methods.append(Method(f"assisted {mode} (defaults)", "assisted", do_sample))
-            methods.append(Method(f"assisted {mode} K={assisted_k}", "assisted", do_sample, assisted_k))
+            for k in assisted_ks:
+                methods.append(Method(f"assisted {mode} K={k}", "assisted", do_sample, k))
         for k in ks:
             methods.append(Method(f"speculoos {mode} K={k}", "speculoos", do_sample, k))
     return methods
@@ -327,6 +340,8 @@ def run(args) -> dict:
     dtype = getattr(torch, args.dtype)
     target = enable_speculative(load_model(args.target, dtype=dtype))
     draft = load_model(args.draft, dtype=dtype)
+    if args.draft_int8:
+        draft = int8_draft(draft)  # the same (quantised) draft serves speculoos and transformers' assisted generation
     tokenizer = load_tokenizer(args.target)
     prompts = load_prompts(args.prompts, args.prompt_kind, args.num_prompts)
     encoded = [encode(tokenizer, p, not args.raw) for p in prompts]
@@ -372,6 +387,7 @@ def run(args) -> dict:
         "target": str(args.target),
         "draft": str(args.draft),
         "dtype": args.dtype,
+        "draft_int8": bool(args.draft_int8),
         "max_new_tokens": args.max_new_tokens,
         "temperature": args.temperature,
         "prompts": prompts,
@@ -402,7 +418,7 @@ def run(args) -> dict:
     plot(rows, out / "speedup_vs_k.png")
     if not args.quiet:
         print(
-            f"\n{args.target} <- {args.draft}, {args.dtype}, {len(prompts)} prompts x {args.max_new_tokens} new tokens, "
+            f"\n{args.target} <- {args.draft}{' (int8)' if args.draft_int8 else ''}, {args.dtype}, {len(prompts)} prompts x {args.max_new_tokens} new tokens, "
             f"c = {c:.3f} (draft {d_cost * 1e3:.1f} ms / target {t_cost * 1e3:.1f} ms per token), "
             f"memory bandwidth {bandwidth / 1e9:.1f} GB/s\n"
         )
@@ -422,7 +438,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--target", default=REFERENCE_TARGET, help="hub id, local directory or offline alias")
     p.add_argument("--draft", default=REFERENCE_DRAFT, help="hub id, local directory or offline alias")
     p.add_argument("--k", type=int, nargs="+", default=[2, 3, 4, 5, 6], help="draft tokens per round to try")
-    p.add_argument("--assisted-k", type=int, default=3, help="fixed K for transformers' assisted generation")
+    p.add_argument("--assisted-k", type=int, nargs="*", default=[3], help="fixed K values for transformers' assisted generation")
     p.add_argument("--no-assisted", action="store_true", help="skip transformers' assisted generation")
     p.add_argument("--modes", nargs="+", default=["greedy", "sample"], choices=["greedy", "sample"])
     p.add_argument("--temperature", type=float, default=0.7, help="sampling temperature")
@@ -435,6 +451,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-sizes", type=int, nargs="*", default=[], help="also run batched, e.g. 1 4 8")
     p.add_argument("--batch-k", type=int, default=3, help="K for the batched runs")
     p.add_argument("--batch-repeats", type=int, default=1, help="alternated repeats per batch size")
+    p.add_argument("--draft-int8", action="store_true", help="int8 copy of the draft (CPU), used by every method")
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="bench-results")
