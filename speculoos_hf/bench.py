@@ -105,6 +105,7 @@ class Method:
     kind: str  # "target" | "assisted" | "speculoos"
     do_sample: bool
     K: int | None = None  # None: transformers' assisted defaults
+    threshold: float | None = None  # speculoos dynamic lookahead (draft_confidence_threshold)
     seconds: float = 0.0
     new_tokens: int = 0
     target_forwards: int = 0
@@ -113,6 +114,7 @@ class Method:
     accepted: int = 0
     reached: int = 0  # draft positions evaluated up to the first rejection (for the Leviathan alpha)
     rounds: int = 0
+    rows_rounds: int = 0  # rounds summed over rows (= rounds at batch size 1)
     outputs: list = field(default_factory=list)
 
     @property
@@ -120,7 +122,9 @@ class Method:
         return "sample" if self.do_sample else "greedy"
 
 
-def build_methods(ks: list[int], assisted_ks: list[int], modes: list[str], with_assisted: bool) -> list[Method]:
+def build_methods(
+    ks: list[int], assisted_ks: list[int], modes: list[str], with_assisted: bool, adaptive: list[tuple[int, float]] = ()
+) -> list[Method]:
     methods = []
     for mode in modes:
         do_sample = mode == "sample"
@@ -131,6 +135,8 @@ def build_methods(ks: list[int], assisted_ks: list[int], modes: list[str], with_
                 methods.append(Method(f"assisted {mode} K={k}", "assisted", do_sample, k))
         for k in ks:
             methods.append(Method(f"speculoos {mode} K={k}", "speculoos", do_sample, k))
+        for k, thr in adaptive:
+            methods.append(Method(f"speculoos {mode} K<={k} conf {thr:g}", "speculoos", do_sample, k, thr))
     return methods
 
 
@@ -150,12 +156,15 @@ def run_method(m: Method, target, draft, ids, mask, gen_kwargs, draft_config) ->
             draft.generation_config.assistant_confidence_threshold = 0.0
         out = target.generate(ids, assistant_model=draft, **kwargs)
     else:
-        out = target.generate(ids, draft_model=draft, num_draft_tokens=m.K, **kwargs)
+        out = target.generate(
+            ids, draft_model=draft, num_draft_tokens=m.K, draft_confidence_threshold=m.threshold, **kwargs
+        )
         s = target.speculative_stats
         m.proposed += s.draft_tokens_proposed
         m.accepted += s.draft_tokens_accepted
         m.reached += sum(s.proposed_at_position)
         m.rounds += s.target_forward_passes
+        m.rows_rounds += sum(r.target_forward_passes for r in s.per_row)
     m.seconds += time.perf_counter() - start
     m.new_tokens += out.shape[1] - ids.shape[1]
     m.target_forwards += counters[0].calls
@@ -217,7 +226,9 @@ def summarise(methods, c: float, target_bytes: int, draft_bytes: int, bandwidth:
         }
         if m.kind == "speculoos":
             alpha = m.accepted / m.reached if m.reached else 0.0
-            bound = theoretical_speedup(alpha, m.K, c)
+            # the bound assumes K drafts every round; with dynamic lookahead use the mean K actually drafted
+            k_mean = m.proposed / m.rows_rounds if m.threshold is not None and m.rows_rounds else m.K
+            bound = theoretical_speedup(alpha, k_mean, c)
             row.update(
                 acceptance_rate=m.accepted / m.proposed if m.proposed else 0.0,
                 alpha=alpha,
@@ -355,7 +366,8 @@ def run(args) -> dict:
         repetition_penalty=1.0,
         pad_token_id=pad,
     )
-    methods = build_methods(args.k, args.assisted_k, args.modes, not args.no_assisted)
+    adaptive = [(args.adaptive_k, thr) for thr in args.adaptive]
+    methods = build_methods(args.k, args.assisted_k, args.modes, not args.no_assisted, adaptive)
     draft_config = copy.deepcopy(draft.generation_config)
 
     bandwidth = memory_bandwidth()
@@ -366,7 +378,7 @@ def run(args) -> dict:
     with torch.inference_mode():  # warm-up: first calls pay one-off costs
         for m in methods[:1]:
             run_method(m, target, draft, *encoded[0], dict(gen_kwargs, max_new_tokens=4), draft_config)
-        methods = build_methods(args.k, args.assisted_k, args.modes, not args.no_assisted)
+        methods = build_methods(args.k, args.assisted_k, args.modes, not args.no_assisted, adaptive)
         bar = tqdm(total=len(encoded) * len(methods), desc="speculoos-bench", disable=args.quiet)
         for i, (ids, mask) in enumerate(encoded):
             order = methods if i % 2 == 0 else methods[::-1]  # alternate so drift cancels
@@ -439,6 +451,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--draft", default=REFERENCE_DRAFT, help="hub id, local directory or offline alias")
     p.add_argument("--k", type=int, nargs="+", default=[2, 3, 4, 5, 6], help="draft tokens per round to try")
     p.add_argument("--assisted-k", type=int, nargs="*", default=[3], help="fixed K values for transformers' assisted generation")
+    p.add_argument("--adaptive", type=float, nargs="*", default=[], help="also speculoos with these draft confidence thresholds")
+    p.add_argument("--adaptive-k", type=int, default=10, help="max draft tokens per round for --adaptive")
     p.add_argument("--no-assisted", action="store_true", help="skip transformers' assisted generation")
     p.add_argument("--modes", nargs="+", default=["greedy", "sample"], choices=["greedy", "sample"])
     p.add_argument("--temperature", type=float, default=0.7, help="sampling temperature")

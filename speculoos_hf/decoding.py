@@ -58,14 +58,25 @@ def speculative_decode(
     pad_token_id: int | None = None,
     target_cache=None,
     streamer=None,
+    draft_confidence_threshold: float | None = None,
 ) -> tuple[torch.Tensor, SpeculativeStats]:
-    """Generate with `draft` proposing and `target` verifying. Returns (sequences [B, P + new], stats)."""
+    """Generate with `draft` proposing and `target` verifying. Returns (sequences [B, P + new], stats).
+
+    With `draft_confidence_threshold`, a round drafts up to K tokens and stops early once, in every row, the draft
+    gave its latest token less than that probability (dynamic lookahead; costs one host sync per draft token).
+    Exactness is unaffected: whether to draft position j depends only on the prefix before j.
+    """
     started = time.perf_counter()
     device = target.device
     input_ids = input_ids.to(device)
     B, P = input_ids.shape
     K = num_draft_tokens
     mask0 = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(device, torch.long)
+    if not bool(mask0[:, -1].all()):
+        raise ValueError(
+            "Right padding detected (attention_mask is 0 at the end of a row): speculative generation needs "
+            "left-padded prompts; set tokenizer.padding_side = 'left'."
+        )
     max_length, eos_ids, other_criteria = _split_stopping_criteria(stopping_criteria, max_length, eos_token_id)
     pad = pad_token_id if pad_token_id is not None else (eos_ids[0] if eos_ids else 0)
     eos_tensor = torch.tensor(eos_ids, dtype=torch.long, device=device)
@@ -103,7 +114,6 @@ def speculative_decode(
         Bc = len(rows)
         k = min(K, max(end - n for n in lengths) - 1)  # never draft past the last row's budget
         C = torch.tensor(lengths, device=device)  # [Bc]
-        steps = torch.arange(k + 1, device=device)  # [k+1]
 
         # --- draft k tokens autoregressively, each from the processed draft distribution q_j ---
         drafts, draft_probs = [], []
@@ -122,10 +132,18 @@ def speculative_decode(
             seq.scatter_(1, (C + j)[:, None], token[:, None])
             drafts.append(token)
             tokens, valid = token[:, None], torch.ones(Bc, 1, dtype=torch.long, device=device)
+            if draft_confidence_threshold is not None and j + 1 < k:
+                probs = q if do_sample else torch.softmax(scores, dim=-1)  # [Bc, V]
+                confidence = probs.gather(1, token[:, None]).squeeze(1)  # [Bc] q(d_{j+1})
+                if bool((confidence < draft_confidence_threshold).all()):
+                    k = j + 1
+                    break
         drafts = torch.stack(drafts, dim=1) if drafts else seq[:, :0]  # [Bc, k]
+        steps = torch.arange(k + 1, device=device)  # [k+1]
 
         # --- one target pass over [x0, d_1..d_k] scores all k+1 positions ---
         target_slots_before = tgt.num_slots
+        stats.target_cache_slots = max(stats.target_cache_slots, target_slots_before + k + 1)
         x0 = seq.gather(1, (C - 1)[:, None])  # [Bc, 1]
         logits = tgt.forward(torch.cat([x0, drafts], 1), torch.ones(Bc, k + 1, device=device), k + 1)
         logits = _pad_vocab(logits, V)  # [Bc, k+1, V]

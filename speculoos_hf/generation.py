@@ -38,8 +38,12 @@ class SpeculativeGenerationMixin:
 
     def generate(self, inputs=None, generation_config=None, *args, draft_model=None, num_draft_tokens=None, **kwargs):
         if draft_model is None:
-            if num_draft_tokens is not None:
-                raise ValueError("num_draft_tokens was given without draft_model: pass draft_model=<a causal LM>.")
+            if num_draft_tokens is not None or kwargs.get("draft_confidence_threshold") is not None:
+                raise ValueError(
+                    "num_draft_tokens / draft_confidence_threshold were given without draft_model: "
+                    "pass draft_model=<a causal LM>."
+                )
+            kwargs.pop("draft_confidence_threshold", None)
             return super().generate(inputs, generation_config, *args, **kwargs)
         if args:
             raise TypeError("With draft_model, pass generate() arguments after generation_config by keyword.")
@@ -48,11 +52,24 @@ class SpeculativeGenerationMixin:
         )
 
 
-def speculative_generate(model, inputs=None, generation_config=None, *, draft_model, num_draft_tokens=None, **kwargs):
-    """Speculative generate() for `model` (any transformers causal LM) with `draft_model` proposing tokens."""
+def speculative_generate(
+    model,
+    inputs=None,
+    generation_config=None,
+    *,
+    draft_model,
+    num_draft_tokens=None,
+    draft_confidence_threshold=None,
+    **kwargs,
+):
+    """Speculative generate() for `model` (any transformers causal LM) with `draft_model` proposing tokens:
+    `num_draft_tokens` per round, or fewer when `draft_confidence_threshold` (0..1) stops drafting early."""
     K = DEFAULT_NUM_DRAFT_TOKENS if num_draft_tokens is None else num_draft_tokens
     if isinstance(K, bool) or not isinstance(K, int) or K < 1:
         raise ValueError(f"num_draft_tokens must be an integer >= 1, got {num_draft_tokens!r}.")
+    threshold = draft_confidence_threshold
+    if threshold is not None and (isinstance(threshold, bool) or not 0.0 <= float(threshold) < 1.0):
+        raise ValueError(f"draft_confidence_threshold must be a probability in [0, 1), got {threshold!r}.")
     _check_models(model, draft_model)
     if kwargs.get("assistant_model") is not None:
         raise ValueError("Pass either draft_model (speculoos) or assistant_model (transformers), not both.")
@@ -108,6 +125,7 @@ def speculative_generate(model, inputs=None, generation_config=None, *, draft_mo
             pad_token_id=None if config._pad_token_tensor is None else int(config._pad_token_tensor),
             target_cache=target_cache,
             streamer=streamer,
+            draft_confidence_threshold=None if threshold is None else float(threshold),
         )
         model.speculative_stats = stats
         if config.return_dict_in_generate:

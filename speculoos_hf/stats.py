@@ -43,6 +43,7 @@ class SpeculativeStats:
     accepted_at_position: list[int] = field(default_factory=list)
     target_input_tokens: int = 0  # tokens fed to the target, prefill included: each is computed exactly once
     draft_input_tokens: int = 0
+    target_cache_slots: int = 0  # peak KV slots of the target cache: tokens plus masked holes (batch > 1)
     elapsed_s: float = 0.0
 
     @property
@@ -79,6 +80,7 @@ class SpeculativeStats:
             "new_tokens": self.new_tokens,
             "target_input_tokens": self.target_input_tokens,
             "draft_input_tokens": self.draft_input_tokens,
+            "target_cache_slots": self.target_cache_slots,
             "acceptance_rate": self.acceptance_rate,
             "mean_accepted_length": self.mean_accepted_length,
             "acceptance_by_position": self.acceptance_by_position,

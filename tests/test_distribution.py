@@ -174,6 +174,7 @@ CASES = {
     "K1": dict(settings={}, K=1),
     "K5_temperature_top_p": dict(settings=dict(temperature=1.3, top_p=0.9), K=5),
     "eos_in_block": dict(settings={}, K=4, eos=2),
+    "adaptive_lookahead": dict(settings=dict(temperature=0.8), K=5, extra=dict(draft_confidence_threshold=0.7)),
 }
 PROMPT = [1, 3, 0]
 
@@ -186,9 +187,13 @@ def test_speculative_matches_exact_distribution(name, target, draft, monkeypatch
     expected = exact_distribution(target, PROMPT, procs, eos)
     gen_kwargs = dict(settings, eos_token_id=eos) if eos is not None else dict(settings)
 
-    (spec,) = _generate(target, [PROMPT], N, seed=1, draft_model=draft, num_draft_tokens=K, **gen_kwargs)
+    extra = case.get("extra", {})
+    (spec,) = _generate(target, [PROMPT], N, seed=1, draft_model=draft, num_draft_tokens=K, **gen_kwargs, **extra)
     stats = target.speculative_stats
     assert 0.05 < stats.acceptance_rate < 0.98, "the draft must be neither useless nor perfect for a meaningful test"
+    if extra:  # the threshold really shortened some rounds
+        row_rounds = sum(r.target_forward_passes for r in stats.per_row)
+        assert stats.draft_tokens_proposed < K * row_rounds
     p_spec = g_test(spec, expected)
     assert p_spec > ALPHA, f"{name}: speculative samples deviate from the exact target distribution (p={p_spec:.2e})"
 
@@ -199,7 +204,7 @@ def test_speculative_matches_exact_distribution(name, target, draft, monkeypatch
 
     # power 2: a rule that accepts every draft must be rejected too
     monkeypatch.setattr(decoding, "speculative_verify", _always_accept)
-    (broken,) = _generate(target, [PROMPT], N, seed=3, draft_model=draft, num_draft_tokens=K, **gen_kwargs)
+    (broken,) = _generate(target, [PROMPT], N, seed=3, draft_model=draft, num_draft_tokens=K, **gen_kwargs, **extra)
     p_broken = g_test(broken, expected)
     assert p_broken < ALPHA, f"{name}: the test cannot detect an always-accept rule (p={p_broken:.2e})"
 

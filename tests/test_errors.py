@@ -291,3 +291,14 @@ def test_different_vocab_sizes_resolved_through_saved_tokenizers(tmp_path):
     loaded_draft2 = AutoModelForCausalLM.from_pretrained(tmp_path / "draft2")
     with pytest.raises(ValueError, match="72"):
         loaded_target.generate(ids, draft_model=loaded_draft2, max_new_tokens=4)
+
+
+def test_right_padding_is_refused():
+    from conftest import tiny_llama, perturbed_copy
+    from speculoos_hf import enable_speculative
+
+    target = enable_speculative(tiny_llama())
+    ids = torch.tensor([[5, 6, 7, 61], [5, 6, 7, 8]])
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])
+    with pytest.raises(ValueError, match="left"):
+        target.generate(ids, attention_mask=mask, draft_model=perturbed_copy(target), max_new_tokens=3)
