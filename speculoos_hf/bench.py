@@ -317,6 +317,7 @@ def run_batches(args, target, draft, tokenizer, prompts, gen_kwargs) -> list[dic
             kwargs.update(temperature=None, top_k=None, top_p=None)
         timing = {"target": [0.0, 0], "speculoos": [0.0, 0]}
         accepted = proposed = 0
+        slots = tokens = 0  # KV slots of the target cache vs the longest row: what the masked holes cost
         for rep in range(args.batch_repeats):
             order = ("target", "speculoos") if rep % 2 == 0 else ("speculoos", "target")
             for method in order:
@@ -327,8 +328,11 @@ def run_batches(args, target, draft, tokenizer, prompts, gen_kwargs) -> list[dic
                 timing[method][0] += time.perf_counter() - start
                 timing[method][1] += count_new_tokens(out, enc.input_ids.shape[1], eos_ids)
                 if method == "speculoos":
-                    accepted += target.speculative_stats.draft_tokens_accepted
-                    proposed += target.speculative_stats.draft_tokens_proposed
+                    st = target.speculative_stats
+                    accepted += st.draft_tokens_accepted
+                    proposed += st.draft_tokens_proposed
+                    slots += st.target_cache_slots
+                    tokens += out.shape[1]
                 bar.update()
         tps = {m: n / t for m, (t, n) in timing.items()}
         rows.append({
@@ -339,6 +343,7 @@ def run_batches(args, target, draft, tokenizer, prompts, gen_kwargs) -> list[dic
             "speculoos_tokens_per_s": tps["speculoos"],
             "ratio": tps["speculoos"] / tps["target"],
             "acceptance_rate": accepted / proposed if proposed else 0.0,
+            "cache_slots_per_token": slots / tokens if tokens else None,
         })
     bar.close()
     return rows
@@ -439,7 +444,7 @@ def run(args) -> dict:
             print(
                 f"batch B={r['batch_size']} {r['mode']} K={r['K']}: target {r['target_tokens_per_s']:.2f} tok/s, "
                 f"speculoos {r['speculoos_tokens_per_s']:.2f} tok/s, ratio {r['ratio']:.2f}x, "
-                f"acceptance {r['acceptance_rate']:.1%}"
+                f"acceptance {r['acceptance_rate']:.1%}, target cache {r['cache_slots_per_token']:.2f} slots per position"
             )
         print(f"\nwrote {out / 'bench.json'} and {out / 'speedup_vs_k.png'}")
     return result
