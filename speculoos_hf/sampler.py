@@ -30,6 +30,13 @@ def _as_batch(input_ids) -> torch.Tensor:
     return ids[None] if ids.dim() == 1 else ids
 
 
+def _inputs(model, input_ids, attention_mask, kwargs: dict) -> torch.Tensor:
+    """input_ids as a batch on the model's device; the attention mask, if any, goes into `kwargs`."""
+    if attention_mask is not None:
+        kwargs["attention_mask"] = _as_batch(attention_mask).to(model.device)
+    return _as_batch(input_ids).to(model.device)
+
+
 def speculative_sampling(
     input_ids,
     draft_model,
@@ -47,9 +54,7 @@ def speculative_sampling(
     """Generate T tokens after `input_ids` ([L] or [B, L] with `attention_mask`) with speculative sampling."""
     enable_speculative(target_model)
     kwargs = _generate_kwargs(T, temperature, top_k, top_p, do_sample, generate_kwargs)
-    ids = _as_batch(input_ids).to(target_model.device)
-    if attention_mask is not None:
-        kwargs["attention_mask"] = _as_batch(attention_mask).to(target_model.device)
+    ids = _inputs(target_model, input_ids, attention_mask, kwargs)
     return target_model.generate(ids, draft_model=draft_model, num_draft_tokens=K, **kwargs)
 
 
@@ -67,10 +72,7 @@ def auto_regressive_sampling(
 ) -> torch.Tensor:
     """Baseline: T tokens from `model` alone with the stock generate() (same sampling settings)."""
     kwargs = _generate_kwargs(T, temperature, top_k, top_p, do_sample, generate_kwargs)
-    ids = _as_batch(input_ids).to(model.device)
-    if attention_mask is not None:
-        kwargs["attention_mask"] = _as_batch(attention_mask).to(model.device)
-    return model.generate(ids, **kwargs)
+    return model.generate(_inputs(model, input_ids, attention_mask, kwargs), **kwargs)
 
 
 class SpeculativeSampler:

@@ -94,10 +94,8 @@ def _has_submodule(model, name: str) -> bool:
         return False
 
 
-def tiny_llama(vocab_size: int = DEFAULT_VOCAB, seed: int = 0, layers: int = 2, logit_scale: float = 4.0,
-               hidden: int = 32, attn_implementation: str = "sdpa", **config_kwargs):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
+def _llama_like(config_cls, model_cls, vocab_size, seed, layers, logit_scale, hidden, attn_implementation, **extra):
+    """Llama-shaped configs (Llama, Qwen2): rotary positions, grouped-query attention."""
     torch.manual_seed(seed)
     defaults = dict(
         vocab_size=vocab_size,
@@ -113,34 +111,24 @@ def tiny_llama(vocab_size: int = DEFAULT_VOCAB, seed: int = 0, layers: int = 2, 
         eos_token_id=None,
         attn_implementation=attn_implementation,
     )
-    defaults.update(config_kwargs)
-    config = LlamaConfig(**defaults)
-    return _finish(LlamaForCausalLM(config), seed, logit_scale)
+    defaults.update(extra)
+    return _finish(model_cls(config_cls(**defaults)), seed, logit_scale)
+
+
+def tiny_llama(vocab_size: int = DEFAULT_VOCAB, seed: int = 0, layers: int = 2, logit_scale: float = 4.0,
+               hidden: int = 32, attn_implementation: str = "sdpa", **config_kwargs):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    return _llama_like(LlamaConfig, LlamaForCausalLM, vocab_size, seed, layers, logit_scale, hidden,
+                       attn_implementation, **config_kwargs)
 
 
 def tiny_qwen2(vocab_size: int = DEFAULT_VOCAB, seed: int = 0, layers: int = 2, logit_scale: float = 4.0,
                hidden: int = 32, attn_implementation: str = "sdpa", **config_kwargs):
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    torch.manual_seed(seed)
-    defaults = dict(
-        vocab_size=vocab_size,
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        tie_word_embeddings=False,
-        use_sliding_window=False,
-        pad_token_id=PAD_ID if PAD_ID < vocab_size else None,
-        bos_token_id=None,
-        eos_token_id=None,
-        attn_implementation=attn_implementation,
-    )
-    defaults.update(config_kwargs)
-    config = Qwen2Config(**defaults)
-    return _finish(Qwen2ForCausalLM(config), seed, logit_scale)
+    return _llama_like(Qwen2Config, Qwen2ForCausalLM, vocab_size, seed, layers, logit_scale, hidden,
+                       attn_implementation, **{"use_sliding_window": False, **config_kwargs})
 
 
 def tiny_gpt2(vocab_size: int = DEFAULT_VOCAB, seed: int = 0, layers: int = 2, logit_scale: float = 4.0,
@@ -202,23 +190,14 @@ def tokenizer_words() -> list[str]:
 def tiny_tokenizer():
     """An offline `PreTrainedTokenizerFast`: WordLevel over tokenizer_words() + <eos>, <pad>, <unk> (63 ids).
 
-    Whitespace pre-tokenizer, and a decoder that joins tokens with single spaces, so decode/TextStreamer and
-    stop_strings work. `len(tokenizer) == TOKENIZER_LEN`.
+    Whitespace pre-tokenizer and a decoder that joins tokens with single spaces, so decode/TextStreamer and
+    stop_strings work. It is the package's toy tokenizer (speculoos_hf.toy), checked against the ids here.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+    from speculoos_hf.toy import TOY_WORDS, toy_tokenizer
 
-    vocab = {w: i for i, w in enumerate(tokenizer_words())}
-    vocab["<eos>"] = EOS_ID
-    vocab["<pad>"] = PAD_ID
-    vocab["<unk>"] = UNK_ID
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.decoder = decoders.WordPiece(prefix="##", cleanup=False)  # joins tokens with spaces
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token="<eos>", pad_token="<pad>", unk_token="<unk>", padding_side="left"
-    )
-    assert len(fast) == TOKENIZER_LEN
+    fast = toy_tokenizer()
+    assert TOY_WORDS == tokenizer_words() and len(fast) == TOKENIZER_LEN
+    assert (fast.eos_token_id, fast.pad_token_id, fast.unk_token_id) == (EOS_ID, PAD_ID, UNK_ID)
     return fast
 
 
