@@ -215,6 +215,7 @@ def summarise(methods, c: float, target_bytes: int, draft_bytes: int, bandwidth:
             "kind": m.kind,
             "mode": m.mode,
             "K": m.K,
+            "threshold": m.threshold,
             "new_tokens": m.new_tokens,
             "seconds": round(m.seconds, 3),
             "tokens_per_s": tps,
@@ -262,12 +263,17 @@ def plot(rows: list[dict], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for mode, colour in (("greedy", "tab:blue"), ("sample", "tab:orange")):
-        spec = sorted((r for r in rows if r["kind"] == "speculoos" and r["mode"] == mode), key=lambda r: r["K"])
+        spec = sorted(
+            (r for r in rows if r["kind"] == "speculoos" and r["mode"] == mode and r.get("threshold") is None),
+            key=lambda r: r["K"],
+        )
         if spec:
             ks = [r["K"] for r in spec]
             ax.plot(ks, [r["speedup"] for r in spec], "o-", color=colour, label=f"speculoos {mode}")
             ax.plot(ks, [r["theoretical_speedup"] for r in spec], "--", color=colour, alpha=0.6, label=f"bound {mode}")
         for r in rows:
+            if r["kind"] == "speculoos" and r["mode"] == mode and r.get("threshold") is not None:
+                ax.plot([r["K"]], [r["speedup"]], "*", ms=11, color=colour, label=f"speculoos {mode} K<={r['K']} conf {r['threshold']:g}")
             if r["kind"] == "assisted" and r["mode"] == mode:
                 if r["K"] is None:
                     ax.axhline(r["speedup"], color=colour, ls=":", alpha=0.8, label=f"assisted {mode} defaults")
