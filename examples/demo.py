@@ -28,7 +28,9 @@ def main(argv=None) -> None:
     p.add_argument("--draft", default=REFERENCE_DRAFT, help="hub id, local directory or offline alias")
     p.add_argument("--prompt", default="Write a Python function that returns the n-th prime number.")
     p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--k", type=int, default=3, help="draft tokens per round")
+    p.add_argument("--k", type=int, default=10, help="draft tokens per round (at most, with --confidence)")
+    p.add_argument("--confidence", type=float, default=0.6,
+                   help="dynamic lookahead: stop drafting below this draft probability (0 = always draft K)")
     p.add_argument("--temperature", type=float, default=0.7)
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     p.add_argument("--no-draft-int8", action="store_true", help="on CPU, keep the draft unquantised")
@@ -56,13 +58,18 @@ def main(argv=None) -> None:
         torch.manual_seed(0)
         base, t_base = timed(lambda: target.generate(enc.input_ids, **common, **kwargs))
         torch.manual_seed(0)
-        spec, t_spec = timed(lambda: target.generate(enc.input_ids, draft_model=draft, num_draft_tokens=args.k, **common, **kwargs))
+        spec, t_spec = timed(
+            lambda: target.generate(
+                enc.input_ids, draft_model=draft, num_draft_tokens=args.k,
+                draft_confidence_threshold=args.confidence or None, **common, **kwargs,
+            )
+        )
         stats = target.speculative_stats
         n_base, n_spec = base.shape[1] - enc.input_ids.shape[1], spec.shape[1] - enc.input_ids.shape[1]
         print(f"\n=== {mode} ===")
         print(f"--- target alone: {n_base} tokens in {t_base:.1f} s ({n_base / t_base:.2f} tokens/s)")
         print(tokenizer.decode(base[0, enc.input_ids.shape[1]:], skip_special_tokens=True))
-        print(f"--- speculoos K={args.k}: {n_spec} tokens in {t_spec:.1f} s ({n_spec / t_spec:.2f} tokens/s)")
+        print(f"--- speculoos K<={args.k} conf {args.confidence:g}: {n_spec} tokens in {t_spec:.1f} s ({n_spec / t_spec:.2f} tokens/s)")
         print(tokenizer.decode(spec[0, enc.input_ids.shape[1]:], skip_special_tokens=True))
         print(f"--- speedup {(n_spec / t_spec) / (n_base / t_base):.2f}x; {stats}")
         if mode == "greedy":
