@@ -57,6 +57,7 @@ def speculative_decode(
     eos_token_id=None,
     pad_token_id: int | None = None,
     target_cache=None,
+    draft_cache=None,
     streamer=None,
     draft_confidence_threshold: float | None = None,
 ) -> tuple[torch.Tensor, SpeculativeStats]:
@@ -95,7 +96,7 @@ def speculative_decode(
         return out_seq[:, :P], stats
 
     # --- prefill both caches with the prompt minus its last token (left padding = holes) ---
-    tgt, drf = KVSlots(target, target_cache), KVSlots(draft)
+    tgt, drf = KVSlots(target, target_cache), KVSlots(draft, draft_cache)
     for kv in (tgt, drf):
         kv.start(B)
     if P > 1:

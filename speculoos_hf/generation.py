@@ -107,7 +107,7 @@ def speculative_generate(
         check_supported(logits_processor)
         check_vocab_compatible(model, draft_model, tokenizer)
         target_cache = _checked_cache(model, model_kwargs.get("cache"), config.max_length)
-        _checked_cache(draft_model, DynamicCache(config=draft_model.config), config.max_length)
+        draft_cache = _checked_cache(draft_model, None, config.max_length)
 
         if streamer is not None:
             streamer.put(input_ids.cpu())
@@ -124,6 +124,7 @@ def speculative_generate(
             eos_token_id=config._eos_token_tensor,
             pad_token_id=None if config._pad_token_tensor is None else int(config._pad_token_tensor),
             target_cache=target_cache,
+            draft_cache=draft_cache,
             streamer=streamer,
             draft_confidence_threshold=None if threshold is None else float(threshold),
         )
