@@ -171,15 +171,18 @@ def speculative_decode(
 
         # --- stop on budget and EOS, vectorised; write the new tokens after each row's committed prefix ---
         keep = torch.minimum(num_accepted + 1, end - C)  # [Bc]
+        hit_eos = torch.zeros_like(keep)  # [Bc]
         if len(eos_ids):
             is_eos = torch.isin(new, eos_tensor) & (steps[None] < keep[:, None])  # [Bc, k+1]
+            hit_eos = is_eos.any(1).long()
             first_eos = torch.where(is_eos.any(1), is_eos.int().argmax(1) + 1, k + 1)  # [Bc]
             keep = torch.minimum(keep, first_eos)
         seq.scatter_(1, C[:, None] + steps[None], new)
-        host = torch.cat([num_accepted[:, None], keep[:, None], new], dim=1).tolist()  # the round's one host sync
+        # the round's one host sync
+        host = torch.cat([num_accepted[:, None], keep[:, None], hit_eos[:, None], new], dim=1).tolist()
 
         accepted, kept = [h[0] for h in host], [h[1] for h in host]
-        done = [lengths[i] + kept[i] >= end or any(t in eos_ids for t in host[i][2 : 2 + kept[i]]) for i in range(Bc)]
+        done = [lengths[i] + kept[i] >= end or bool(host[i][2]) for i in range(Bc)]
         if len(other_criteria):
             _check_other_criteria(other_criteria, seq, lengths, kept, done)
 
@@ -197,7 +200,7 @@ def speculative_decode(
                 stats.accepted_at_position[j] += 1
             lengths[i] += kept[i]
         if streamer is not None:
-            streamer.put(torch.tensor(host[0][2 : 2 + kept[0]]))
+            streamer.put(torch.tensor(host[0][3 : 3 + kept[0]]))
 
         # --- caches: rejected slots become holes, trailing holes are cropped ---
         tgt.invalidate_tail(target_slots_before, steps[None] <= num_accepted[:, None])

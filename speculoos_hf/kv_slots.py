@@ -91,8 +91,9 @@ class KVSlots:
 
     def select_rows(self, rows: torch.Tensor, rows_host: list[int]) -> None:
         """Keep only `rows` of the batch (finished rows leave, so they cost no more compute)."""
-        self.cache.batch_select_indices(rows.to(self.device))
-        self.slot_mask = self.slot_mask[rows.to(self.device)]
-        self.next_pos = self.next_pos[rows.to(self.device)]
+        rows = rows.to(self.device)
+        self.cache.batch_select_indices(rows)
+        self.slot_mask = self.slot_mask[rows]
+        self.next_pos = self.next_pos[rows]
         self.last_valid = [self.last_valid[r] for r in rows_host]
         self.crop_to_last_valid()
