@@ -16,13 +16,13 @@ from transformers.generation.stopping_criteria import StoppingCriteriaList, Stop
 from transformers.generation.utils import GenerateDecoderOnlyOutput
 
 from .decoding import speculative_decode
+from .checks import check_generation_config, check_models, checked_cache
 from .processors import check_supported
 from .stats import SpeculativeStats
 from .vocab import check_vocab_compatible
 
 DEFAULT_NUM_DRAFT_TOKENS = 5
 
-_UNSUPPORTED_OUTPUTS = ("output_scores", "output_logits", "output_attentions", "output_hidden_states")
 _KNOWN_MODEL_KWARGS = {"attention_mask", "cache", "past_key_values", "position_ids", "logits_to_keep", "use_cache"}
 
 
@@ -70,7 +70,7 @@ def speculative_generate(
     threshold = draft_confidence_threshold
     if threshold is not None and (isinstance(threshold, bool) or not 0.0 <= float(threshold) < 1.0):
         raise ValueError(f"draft_confidence_threshold must be a probability in [0, 1), got {threshold!r}.")
-    _check_models(model, draft_model)
+    check_models(model, draft_model)
     if kwargs.get("assistant_model") is not None:
         raise ValueError("Pass either draft_model (speculoos) or assistant_model (transformers), not both.")
     for name in ("prompt_lookup_num_tokens", "custom_generate"):
@@ -94,11 +94,7 @@ def speculative_generate(
 
     def _speculoos_decode(model, input_ids, logits_processor, stopping_criteria, generation_config, **model_kwargs):
         config = generation_config
-        if config.num_beams > 1:
-            raise ValueError("Speculative generation does not support beam search (num_beams > 1); use num_beams=1.")
-        for flag in _UNSUPPORTED_OUTPUTS:
-            if getattr(config, flag, False):
-                raise ValueError(f"{flag}=True is not supported with draft_model.")
+        check_generation_config(config)
         unknown = {k for k, v in model_kwargs.items() if v is not None and k not in _KNOWN_MODEL_KWARGS}
         if unknown:
             raise ValueError(f"Speculative generation supports plain input_ids prompts; unsupported inputs: {unknown}.")
@@ -106,8 +102,8 @@ def speculative_generate(
             raise ValueError("streamer supports batch size 1 only (as transformers' TextStreamer).")
         check_supported(logits_processor)
         check_vocab_compatible(model, draft_model, tokenizer)
-        target_cache = _checked_cache(model, model_kwargs.get("cache"), config.max_length)
-        draft_cache = _checked_cache(draft_model, None, config.max_length)
+        target_cache = checked_cache(model, model_kwargs.get("cache"), config.max_length)
+        draft_cache = checked_cache(draft_model, None, config.max_length)
 
         if streamer is not None:
             streamer.put(input_ids.cpu())
@@ -134,42 +130,6 @@ def speculative_generate(
         return sequences
 
     return GenerationMixin.generate(model, inputs, generation_config, custom_generate=_speculoos_decode, **kwargs)
-
-
-def _check_models(target, draft) -> None:
-    for role, m in (("target", target), ("draft_model", draft)):
-        if not isinstance(m, PreTrainedModel):
-            raise ValueError(f"{role} must be a transformers PreTrainedModel, got {type(m).__name__}.")
-        if m.config.is_encoder_decoder:
-            raise ValueError(
-                f"{role} {type(m).__name__} is an encoder-decoder model; speculative generation supports causal "
-                "(decoder-only) language models."
-            )
-
-
-def _checked_cache(model, cache, max_length: int):
-    """The cache must be a croppable DynamicCache; sliding-window layers only while the window is never exceeded."""
-    if cache is None:
-        cache = DynamicCache(config=model.config)
-    if not getattr(cache, "is_croppable", False):
-        raise ValueError(
-            f"{type(model).__name__}'s cache ({type(cache).__name__}) cannot be cropped, which speculative decoding "
-            "needs to roll back rejected drafts. Use the default dynamic cache (no cache_implementation)."
-        )
-    if not isinstance(cache, DynamicCache):
-        raise ValueError(
-            f"Cache {type(cache).__name__} is not supported with draft_model; use the default DynamicCache."
-        )
-    if cache.get_seq_length() > 0:
-        raise ValueError("Speculative generation starts from an empty cache; do not pass a prefilled cache.")
-    windows = [getattr(layer, "sliding_window", None) for layer in cache.layers]
-    window = min((w for w in windows if w), default=None)
-    if window is not None and max_length > window:
-        raise ValueError(
-            f"{type(model).__name__} uses sliding-window attention (window {window}) and max_length {max_length} "
-            "exceeds it; speculative generation supports sliding windows only within the window."
-        )
-    return cache
 
 
 def _speculative_class(base: type) -> type:

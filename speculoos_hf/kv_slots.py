@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 from transformers import DynamicCache
 
+from .placement import input_device
+
 
 class KVSlots:
     """Runs one model over a growing, croppable cache. Tensors live on the model's device.
@@ -24,7 +26,7 @@ class KVSlots:
 
     def __init__(self, model, cache=None):
         self.model = model
-        self.device = model.device
+        self.device = input_device(model)
         self.cache = cache if cache is not None else DynamicCache(config=model.config)
         embeddings = model.get_input_embeddings()
         self.max_id = getattr(embeddings, "num_embeddings", None)
@@ -80,6 +82,14 @@ class KVSlots:
             [self.slot_mask[:, :first_slot], valid, self.slot_mask[:, first_slot + n :]], dim=1
         )
         self.next_pos = self.next_pos - before + valid.sum(dim=1)
+
+    def keep(self, first_slot: int, valid: torch.Tensor, last_valid: list[int]) -> None:
+        """Roll back after a round: of the slots appended from `first_slot`, keep those marked in `valid` [B, n]
+        (the rest become holes), record each row's last valid slot (host ints) and crop trailing holes."""
+        if valid.shape[1]:
+            self.invalidate_tail(first_slot, valid)
+        self.last_valid = list(last_valid)
+        self.crop_to_last_valid()
 
     def crop_to_last_valid(self) -> None:
         """Drop trailing slots that are holes in every row (host-known, so no sync)."""
