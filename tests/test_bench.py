@@ -1,4 +1,5 @@
-"""speculoos-bench end to end on tiny local models: every method runs, figures are consistent, files are written."""
+"""speculoos-bench end to end on tiny local models: every method runs, figures are consistent, files are written;
+prompt classes are reported separately; methods are data (generate() kwargs + whether the draft takes part)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,14 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from conftest import perturbed_copy, tiny_llama, tiny_tokenizer
-from speculoos_hf import bench
+from speculoos_hf import bench, enable_speculative
+from speculoos_hf.bench import methods as bench_methods
+from speculoos_hf.bench.prompts import select_prompts
+
+COPY_PROMPTS = ["w05 w06 w07 w08 w05 w06 w07 w08 w05 w06", "w20 w21 w22 w20 w21 w22 w20"]
 
 
 @pytest.fixture(scope="module")
@@ -22,23 +28,40 @@ def pair_dirs(tmp_path_factory):
         model.save_pretrained(root / name)
         tok.save_pretrained(root / name)
     prompts = root / "prompts.json"
-    prompts.write_text(json.dumps([{"kind": "code", "text": "w01 w02 w03 w04"}, {"kind": "code", "text": "w10 w11"}]))
+    items = [{"kind": "code", "text": "w01 w02 w03 w04"}, {"kind": "code", "text": "w10 w11"}]
+    prompts.write_text(json.dumps(items + [{"kind": "copy", "text": t} for t in COPY_PROMPTS]))
     return root, prompts
 
 
-def test_bench_reports_every_method(pair_dirs, tmp_path, capsys):
-    root, prompts = pair_dirs
-    result = bench.main([
+def _bench(root, prompts, out, *extra):
+    return bench.main([
         "--target", str(root / "target"), "--draft", str(root / "draft"), "--prompts", str(prompts),
-        "--k", "1", "3", "--max-new-tokens", "12", "--dtype", "float32", "--raw", "--out", str(tmp_path), "--quiet",
-        "--batch-sizes", "1", "3", "--batch-repeats", "2", "--adaptive", "0.5", "--adaptive-k", "4",
+        "--max-new-tokens", "12", "--dtype", "float32", "--raw", "--out", str(out), "--quiet", *extra,
     ])
+
+
+def engine_has_prompt_lookup() -> bool:
+    """Whether generate(prompt_lookup_num_tokens=...) with no draft model runs through speculoos (the drafter seam)."""
+    target = enable_speculative(tiny_llama(vocab_size=64, seed=0))
+    target.speculative_stats = None
+    try:
+        target.generate(torch.tensor([[1, 2, 3, 1, 2]]), prompt_lookup_num_tokens=2, max_new_tokens=2, do_sample=False)
+    except Exception:
+        return False
+    return getattr(target, "speculative_stats", None) is not None
+
+
+def test_bench_reports_every_method(pair_dirs, tmp_path):
+    root, prompts = pair_dirs
+    result = _bench(root, prompts, tmp_path, "--k", "1", "3", "--batch-sizes", "1", "3", "--batch-repeats", "2",
+                    "--adaptive", "0.5", "--adaptive-k", "4")
     names = [r["method"] for r in result["results"]]
     for mode in ("greedy", "sample"):
         assert f"target {mode}" in names
         assert f"assisted {mode} (defaults)" in names and f"assisted {mode} K=3" in names
         assert f"speculoos {mode} K=1" in names and f"speculoos {mode} K=3" in names
         assert f"speculoos {mode} K<=4 conf 0.5" in names
+    assert {r["prompt_class"] for r in result["results"]} == {"code"}  # the default class
     assert 0 < result["cost_ratio_c"] < 10 and result["machine"]["memory_bandwidth_GBps"] > 0
     for r in result["results"]:
         assert r["new_tokens"] == 2 * 12 and r["tokens_per_s"] > 0 and r["speedup"] > 0
@@ -55,6 +78,81 @@ def test_bench_reports_every_method(pair_dirs, tmp_path, capsys):
     assert all(r["ratio"] > 0 and r["target_tokens_per_s"] > 0 and 0 <= r["acceptance_rate"] <= 1 for r in batch)
     assert (tmp_path / "bench.json").exists() and (tmp_path / "speedup_vs_k.png").stat().st_size > 1000
     assert json.loads((tmp_path / "bench.json").read_text())["results"] == json.loads(json.dumps(result["results"]))
+    assert "| speculoos greedy K=1 |" in (tmp_path / "bench.md").read_text()
+
+
+def test_prompt_classes_reported_separately_and_custom_methods(pair_dirs, tmp_path):
+    root, prompts = pair_dirs
+    result = _bench(root, prompts, tmp_path, "--prompt-class", "both", "--num-prompts", "1", "--k", "2",
+                    "--no-assisted", "--modes", "greedy", "--method", "conf3", '{"num_draft_tokens": 3, '
+                    '"draft_confidence_threshold": 0.3}')
+    assert result["prompt_classes"] == ["code", "copy"] and result["prompt_class_of_each"] == ["code", "copy"]
+    rows = {(r["prompt_class"], r["method"]): r for r in result["results"]}
+    for cls in ("code", "copy"):
+        assert rows[(cls, "target greedy")]["speedup"] == pytest.approx(1.0)
+        assert rows[(cls, "speculoos greedy K=2")]["new_tokens"] == 12
+        custom = rows[(cls, "speculoos greedy conf3")]
+        assert custom["generate_kwargs"] == {"num_draft_tokens": 3, "draft_confidence_threshold": 0.3}
+        assert custom["greedy_matches_target"] == 1 and custom["drafter"] == "model"
+    assert set(result["sample_texts"]) == {"code", "copy"}
+    md = (tmp_path / "bench.md").read_text()
+    assert "**code prompts**" in md and "**copy prompts**" in md
+
+
+def test_methods_are_data():
+    args = bench.parser().parse_args(["--k", "4", "--adaptive", "0.6", "--prompt-lookup", "7", "--hybrid",
+                                      "--max-matching-ngram", "3", "--modes", "greedy"])
+    by_name = {m.name: m for m in bench_methods.build_methods(args)}
+    assert list(by_name)[0] == "target greedy"
+    lookup = by_name["speculoos greedy lookup N=7 M=3"]
+    assert lookup.kwargs == {"prompt_lookup_num_tokens": 7, "max_matching_ngram_size": 3} and not lookup.draft
+    assert lookup.drafter == "lookup" and lookup.K == 7
+    theirs = by_name["transformers greedy lookup N=7 M=3"]
+    assert theirs.kind == "assisted" and not theirs.draft
+    hybrid = by_name["speculoos greedy K=4 + lookup N=7 M=3"]
+    assert hybrid.draft and hybrid.drafter == "hybrid" and hybrid.kwargs["num_draft_tokens"] == 4
+    assert by_name["speculoos greedy K<=10 conf 0.6 + lookup N=7 M=3"].threshold == 0.6
+    assert by_name["assisted greedy K=3"].assistant_config["num_assistant_tokens"] == 3
+    assert [m.name for m in bench_methods.batch_methods(args, "greedy")] == [
+        "speculoos greedy K=3", "speculoos greedy lookup N=7 M=3", "speculoos greedy K=3 + lookup N=7 M=3"]
+
+
+def test_transformers_prompt_lookup_runs_stock(tokenizer):
+    target = enable_speculative(tiny_llama(vocab_size=64, seed=0))
+    ids = tokenizer(COPY_PROMPTS[0], return_tensors="pt").input_ids
+    method = bench_methods.transformers_lookup("greedy", 3)
+    out, stats = bench_methods.generate(method, target, None, ids, None, max_new_tokens=8, pad_token_id=61)
+    plain = target.generate(ids, max_new_tokens=8, do_sample=False, pad_token_id=61)
+    assert stats is None and torch.equal(out, plain)
+
+
+@pytest.mark.skipif(not engine_has_prompt_lookup(), reason="speculoos prompt lookup not in the engine yet")
+def test_prompt_lookup_and_hybrid(pair_dirs, tmp_path):
+    root, prompts = pair_dirs
+    result = _bench(root, prompts, tmp_path, "--prompt-class", "both", "--k", "3", "--no-assisted", "--prompt-lookup",
+                    "4", "--hybrid", "--batch-sizes", "2")
+    rows = {(r["prompt_class"], r["method"]): r for r in result["results"]}
+    for cls in ("code", "copy"):
+        for mode in ("greedy", "sample"):
+            for name in (f"speculoos {mode} lookup N=4", f"speculoos {mode} K=3 + lookup N=4",
+                         f"transformers {mode} lookup N=4"):
+                r = rows[(cls, name)]
+                assert r["new_tokens"] == 2 * 12 and r["tokens_per_s"] > 0
+                if mode == "greedy":
+                    assert r["greedy_matches_target"] == 2, name
+        assert rows[(cls, "speculoos greedy lookup N=4")]["draft_forwards"] == 0
+    copy_lookup = rows[("copy", "speculoos greedy lookup N=4")]
+    assert copy_lookup["acceptance_rate"] > 0 and copy_lookup["tokens_per_target_forward"] > 1
+    batch = {r["method"] for r in result["batch_results"]}
+    assert {"speculoos greedy lookup N=4", "speculoos greedy K=3 + lookup N=4"} <= batch
+
+
+def test_prompt_sets_shipped():
+    code, copy = select_prompts(None, "code", None), select_prompts(None, "copy", None)
+    assert len(code) >= 10 and len(copy) >= 8 and {p.cls for p in code} == {"code"}
+    both = select_prompts(None, "both", 2)
+    assert [p.cls for p in both] == ["code", "copy", "code", "copy"]
+    assert bench.load_prompts(None, "code", 3) == [p.text for p in code[:3]]  # notebook 03's call
 
 
 def test_theoretical_speedup_formula():
@@ -66,3 +164,4 @@ def test_theoretical_speedup_formula():
 def test_cli_entry_point_help():
     out = subprocess.run([sys.executable, "-m", "speculoos_hf.bench", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "--target" in out.stdout and "--k" in out.stdout
+    assert "--prompt-class" in out.stdout and "--prompt-lookup" in out.stdout and "--hybrid" in out.stdout

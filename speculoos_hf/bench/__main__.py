@@ -1,0 +1,5 @@
+"""`python -m speculoos_hf.bench`: the `speculoos-bench` command."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,193 @@
+"""The methods a benchmark compares. A method is data: a name, the generate() keyword arguments it adds, and
+whether the draft model takes part; `generate` runs any of them the same way.
+
+kinds: "target" (the target's stock generate(), the baseline of its decoding mode), "assisted" (transformers'
+own speculative paths through the stock generate(): assisted generation with the draft as `assistant_model`,
+or its prompt lookup), "speculoos" (through speculoos, `draft_model=draft` when the method uses the draft).
+
+A new lever is one line: a `Variant` below (a flag that adds, next to every speculoos draft-model method, a twin
+with extra generate() kwargs), or, with no code at all, `--method NAME JSON`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass, field, replace
+from typing import Callable
+
+MODES = ("greedy", "sample")
+DEFAULT_LOOKUP_TOKENS = 10  # prompt_lookup_num_tokens of --hybrid when --prompt-lookup is not given
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    kind: str  # "target" | "assisted" | "speculoos"
+    mode: str  # "greedy" | "sample"
+    kwargs: dict = field(default_factory=dict)  # generate() keyword arguments the method adds
+    draft: bool = False  # the draft model takes part (speculoos: draft_model=, transformers: assistant_model=)
+    assistant_config: dict = field(default_factory=dict)  # transformers' assisted generation: draft config fields
+
+    @property
+    def do_sample(self) -> bool:
+        return self.mode == "sample"
+
+    @property
+    def lookup(self) -> int | None:
+        return self.kwargs.get("prompt_lookup_num_tokens")
+
+    @property
+    def drafter(self) -> str | None:
+        """What proposes the tokens: "model", "lookup", "hybrid" (both), or None (the target alone)."""
+        if self.draft:
+            return "hybrid" if self.lookup else "model"
+        return "lookup" if self.lookup else None
+
+    @property
+    def K(self):
+        """Draft tokens per round (int, or a string such as "auto"); None: transformers' defaults or no draft."""
+        for value in (self.kwargs.get("num_draft_tokens"), self.assistant_config.get("num_assistant_tokens")):
+            if value is not None:
+                return value
+        return self.lookup
+
+    @property
+    def threshold(self) -> float | None:
+        return self.kwargs.get("draft_confidence_threshold")
+
+
+def target_alone(mode: str) -> Method:
+    return Method(f"target {mode}", "target", mode)
+
+
+def assisted(mode: str, K: int | None = None) -> Method:
+    """transformers' assisted generation: its defaults (K=None) or a fixed K with no confidence cut."""
+    if K is None:
+        return Method(f"assisted {mode} (defaults)", "assisted", mode, draft=True)
+    config = dict(num_assistant_tokens=K, num_assistant_tokens_schedule="constant", assistant_confidence_threshold=0.0)
+    return Method(f"assisted {mode} K={K}", "assisted", mode, draft=True, assistant_config=config)
+
+
+def lookup_kwargs(n: int, ngram: int | None = None) -> dict:
+    return {"prompt_lookup_num_tokens": n, **({"max_matching_ngram_size": ngram} if ngram else {})}
+
+
+def lookup_label(n: int, ngram: int | None = None) -> str:
+    return f"lookup N={n}" + (f" M={ngram}" if ngram else "")
+
+
+def transformers_lookup(mode: str, n: int, ngram: int | None = None) -> Method:
+    """transformers' own prompt lookup (batch size 1 only), no draft model."""
+    return Method(f"transformers {mode} {lookup_label(n, ngram)}", "assisted", mode, lookup_kwargs(n, ngram))
+
+
+def speculoos(mode: str, K, threshold: float | None = None) -> Method:
+    """speculoos with the draft model: fixed K, or up to K with dynamic lookahead at `threshold`."""
+    if threshold is None:
+        return Method(f"speculoos {mode} K={K}", "speculoos", mode, {"num_draft_tokens": K}, draft=True)
+    kwargs = {"num_draft_tokens": K, "draft_confidence_threshold": threshold}
+    return Method(f"speculoos {mode} K<={K} conf {threshold:g}", "speculoos", mode, kwargs, draft=True)
+
+
+def prompt_lookup(mode: str, n: int, ngram: int | None = None) -> Method:
+    """speculoos with prompt lookup alone (no draft model)."""
+    return Method(f"speculoos {mode} {lookup_label(n, ngram)}", "speculoos", mode, lookup_kwargs(n, ngram))
+
+
+def custom(mode: str, name: str, spec: str) -> Method:
+    """`--method NAME JSON`: speculoos with these generate() kwargs; `"draft_model": null` leaves the draft out."""
+    kwargs = json.loads(spec)
+    draft = kwargs.pop("draft_model", True) is not None
+    return Method(f"speculoos {mode} {name}", "speculoos", mode, kwargs, draft=draft)
+
+
+def with_extra(method: Method, label: str, kwargs: dict) -> Method:
+    return replace(method, name=f"{method.name} {label}", kwargs={**method.kwargs, **kwargs})
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A flag that adds, next to every speculoos draft-model method, a twin named `name + " " + label(args)`
+    with `kwargs(args)` added to its generate() call."""
+
+    flag: str
+    help: str
+    label: Callable
+    kwargs: Callable
+
+
+def _lookup_n(args) -> int:
+    return args.prompt_lookup or DEFAULT_LOOKUP_TOKENS
+
+
+VARIANTS = [
+    Variant(
+        "--hybrid",
+        "hybrid drafting: each speculoos draft-model method also with prompt lookup (N from --prompt-lookup, else 10)",
+        lambda a: "+ " + lookup_label(_lookup_n(a), a.max_matching_ngram),
+        lambda a: lookup_kwargs(_lookup_n(a), a.max_matching_ngram),
+    ),
+    # Variant("--block-verify", "block verification", lambda a: "block", lambda a: {"verification": "block"}),
+]
+
+
+def build_methods(args) -> list[Method]:
+    """Every method the command line asks for, mode by mode, the target alone first in each mode."""
+    methods = []
+    for mode in args.modes:
+        mine = [speculoos(mode, k) for k in args.k]
+        mine += [speculoos(mode, args.adaptive_k, thr) for thr in args.adaptive]
+        mine += [custom(mode, name, spec) for name, spec in args.method or []]
+        for v in VARIANTS:
+            if getattr(args, v.flag.lstrip("-").replace("-", "_")):
+                mine += [with_extra(m, v.label(args), v.kwargs(args)) for m in mine if m.draft and not m.lookup]
+        theirs = []
+        if not args.no_assisted:
+            theirs = [assisted(mode)] + [assisted(mode, k) for k in args.assisted_k]
+        if args.prompt_lookup:
+            mine.append(prompt_lookup(mode, args.prompt_lookup, args.max_matching_ngram))
+            if not args.no_transformers_lookup:
+                theirs.append(transformers_lookup(mode, args.prompt_lookup, args.max_matching_ngram))
+        methods += [target_alone(mode)] + theirs + mine
+    return methods
+
+
+def batch_methods(args, mode: str) -> list[Method]:
+    """The batched runs' speculoos methods (transformers' speculative paths refuse batch size > 1)."""
+    mine = [speculoos(mode, args.batch_k)]
+    if args.prompt_lookup:
+        mine.append(prompt_lookup(mode, args.prompt_lookup, args.max_matching_ngram))
+    for v in VARIANTS:
+        if getattr(args, v.flag.lstrip("-").replace("-", "_")):
+            mine.append(with_extra(mine[0], v.label(args), v.kwargs(args)))
+    return mine
+
+
+def stock_generate(model):
+    """The model's stock generate(), bypassing speculoos (which now also serves prompt lookup)."""
+    from ..generation import SpeculativeGenerationMixin
+
+    if isinstance(model, SpeculativeGenerationMixin):
+        return super(SpeculativeGenerationMixin, model).generate
+    return model.generate
+
+
+def generate(method: Method, target, draft, input_ids, draft_config, **gen_kwargs):
+    """Run `method` once; returns (sequences, the speculative stats or None)."""
+    kwargs = dict(gen_kwargs, do_sample=method.do_sample, **method.kwargs)
+    if not method.do_sample:
+        kwargs.update(temperature=None, top_k=None, top_p=None)
+    if method.kind != "speculoos":
+        if method.draft:
+            draft.generation_config = copy.deepcopy(draft_config)  # its heuristics persist across calls otherwise
+            for name, value in method.assistant_config.items():
+                setattr(draft.generation_config, name, value)
+            kwargs["assistant_model"] = draft
+        return stock_generate(target)(input_ids, **kwargs), None
+    target.speculative_stats = None
+    out = target.generate(input_ids, draft_model=draft if method.draft else None, **kwargs)
+    stats = getattr(target, "speculative_stats", None)
+    if stats is None:
+        raise RuntimeError(f"{method.name}: generate() did not run through speculoos (no speculative_stats)")
+    return out, stats

@@ -1,0 +1,88 @@
+"""Timing: every method on every prompt, alternated prompt by prompt so that machine drift cancels, with wall
+clock, forward passes and speculative counters summed per (method, prompt class)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from .methods import Method, generate
+
+
+class ForwardCounter:
+    """Counts forward calls of a model (transformers' assisted generation does not report its own)."""
+
+    def __init__(self, model):
+        self.calls = 0
+        self._handle = model.register_forward_pre_hook(self._hook)
+
+    def _hook(self, module, args):
+        self.calls += 1
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._handle.remove()
+
+
+@dataclass
+class Tally:
+    """One method's sums over the prompts of one class."""
+
+    seconds: float = 0.0
+    new_tokens: int = 0
+    target_forwards: int = 0
+    draft_forwards: int = 0
+    proposed: int = 0
+    accepted: int = 0
+    reached: int = 0  # draft positions evaluated up to the first rejection (for the Leviathan alpha)
+    rounds: int = 0
+    rows_rounds: int = 0  # rounds summed over rows (= rounds at batch size 1)
+    outputs: list = field(default_factory=list)  # generated ids per prompt (prompt included)
+
+    def add_stats(self, s) -> None:
+        self.proposed += s.draft_tokens_proposed
+        self.accepted += s.draft_tokens_accepted
+        self.reached += sum(s.proposed_at_position)
+        self.rounds += s.target_forward_passes
+        self.rows_rounds += sum(r.target_forward_passes for r in s.per_row)
+
+
+def timed(method: Method, target, draft, ids, mask, gen_kwargs, draft_config, tally: Tally | None = None):
+    """One timed generation of `method` on one prompt, added to `tally` when given; returns the sequences."""
+    with ForwardCounter(target) as t_count, ForwardCounter(draft) as d_count:
+        start = time.perf_counter()
+        out, stats = generate(method, target, draft, ids, draft_config, attention_mask=mask, **gen_kwargs)
+        seconds = time.perf_counter() - start
+    if tally is not None:
+        tally.seconds += seconds
+        tally.new_tokens += out.shape[1] - ids.shape[1]
+        tally.target_forwards += t_count.calls
+        tally.draft_forwards += d_count.calls
+        if stats is not None:
+            tally.add_stats(stats)
+        tally.outputs.append(out[0].tolist())
+    return out
+
+
+@torch.inference_mode()
+def alternate(methods, prompts, encoded, target, draft, gen_kwargs, draft_config, seed=0, quiet=False) -> dict:
+    """Every method on every prompt, in forward order on even prompts and reverse order on odd ones, each call
+    from the same seed for a given prompt. Returns {(method name, prompt class): Tally}."""
+    from tqdm.auto import tqdm
+
+    for m in methods:  # warm-up: first calls pay one-off costs
+        timed(m, target, draft, *encoded[0], dict(gen_kwargs, max_new_tokens=4, min_new_tokens=None), draft_config)
+    tallies = {(m.name, p.cls): Tally() for m in methods for p in prompts}
+    bar = tqdm(total=len(prompts) * len(methods), desc="speculoos-bench", disable=quiet)
+    for i, (prompt, (ids, mask)) in enumerate(zip(prompts, encoded)):
+        for m in methods if i % 2 == 0 else methods[::-1]:
+            bar.set_postfix_str(f"{prompt.cls}: {m.name}")
+            torch.manual_seed(seed + i)
+            timed(m, target, draft, ids, mask, gen_kwargs, draft_config, tallies[(m.name, prompt.cls)])
+            bar.update()
+    bar.close()
+    return tallies
