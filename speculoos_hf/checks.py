@@ -31,13 +31,26 @@ def check_models(target, draft) -> None:
 
 
 def checked_cache(model, cache, max_length: int):
-    """The cache must be a croppable DynamicCache; sliding-window layers only while the window is never exceeded."""
+    """The cache must be an empty, croppable DynamicCache. Sliding-window layers are fine at any length: KVSlots
+    records their past during a round and trims them after it, keeping each row's tokens contiguous (`max_length` is
+    kept for callers; nothing depends on it). Recurrent state (Mamba, hybrid linear attention) cannot be rolled back."""
     if cache is None:
         cache = DynamicCache(config=model.config)
+    recurrent = [type(layer).__name__ for layer, linear in zip(getattr(cache, "layers", ()), getattr(cache, "is_linear", ()))
+                 if linear]
+    if recurrent or getattr(model, "_is_stateful", False):
+        kinds = ", ".join(sorted(set(recurrent))) or type(cache).__name__
+        raise ValueError(
+            f"{type(model).__name__} is a recurrent (state-space / linear-attention) model: its cache ({kinds}) keeps "
+            "a fixed-size state that summarises every past token and cannot be rolled back to an earlier token, "
+            "which speculative decoding needs in order to discard rejected drafts. Speculative generation supports "
+            "attention models only; generate without draft_model for this model."
+        )
     if not getattr(cache, "is_croppable", False):
         raise ValueError(
             f"{type(model).__name__}'s cache ({type(cache).__name__}) cannot be cropped, which speculative decoding "
-            "needs to roll back rejected drafts. Use the default dynamic cache (no cache_implementation)."
+            "needs to roll back rejected drafts (recurrent or quantized state cannot be rolled back). Use a "
+            "transformer model with the default dynamic cache (no cache_implementation)."
         )
     if not isinstance(cache, DynamicCache):
         raise ValueError(
@@ -45,11 +58,6 @@ def checked_cache(model, cache, max_length: int):
         )
     if cache.get_seq_length() > 0:
         raise ValueError("Speculative generation starts from an empty cache; do not pass a prefilled cache.")
-    windows = [getattr(layer, "sliding_window", None) for layer in cache.layers]
-    window = min((w for w in windows if w), default=None)
-    if window is not None and max_length > window:
-        raise ValueError(
-            f"{type(model).__name__} uses sliding-window attention (window {window}) and max_length {max_length} "
-            "exceeds it; speculative generation supports sliding windows only within the window."
-        )
     return cache
+
+
