@@ -16,7 +16,15 @@ from transformers.generation.stopping_criteria import StoppingCriteriaList, Stop
 from transformers.generation.utils import GenerateDecoderOnlyOutput
 
 from .decoding import speculative_decode
-from .checks import check_generation_config, check_models, checked_cache
+from .checks import (
+    check_generate_arguments,
+    check_generation_config,
+    check_models,
+    check_position_ids,
+    checked_cache,
+    integer_at_least_one,
+    pop_stop_strings,
+)
 from .processors import check_supported
 from .stats import SpeculativeStats
 from .vocab import check_vocab_compatible
@@ -65,8 +73,7 @@ def speculative_generate(
     """Speculative generate() for `model` (any transformers causal LM) with `draft_model` proposing tokens:
     `num_draft_tokens` per round, or fewer when `draft_confidence_threshold` (0..1) stops drafting early."""
     K = DEFAULT_NUM_DRAFT_TOKENS if num_draft_tokens is None else num_draft_tokens
-    if isinstance(K, bool) or not isinstance(K, int) or K < 1:
-        raise ValueError(f"num_draft_tokens must be an integer >= 1, got {num_draft_tokens!r}.")
+    K = integer_at_least_one(K, "num_draft_tokens")
     threshold = draft_confidence_threshold
     if threshold is not None and (isinstance(threshold, bool) or not 0.0 <= float(threshold) < 1.0):
         raise ValueError(f"draft_confidence_threshold must be a probability in [0, 1), got {threshold!r}.")
@@ -79,12 +86,8 @@ def speculative_generate(
 
     streamer = kwargs.pop("streamer", None)
     tokenizer = kwargs.pop("tokenizer", None)
-    stop_strings = kwargs.pop("stop_strings", None)
-    base_config = generation_config if generation_config is not None else model.generation_config
-    if stop_strings is None and getattr(base_config, "stop_strings", None):
-        stop_strings = base_config.stop_strings
-        generation_config = copy.deepcopy(base_config)
-        generation_config.stop_strings = None
+    check_generate_arguments(model, generation_config, kwargs)
+    stop_strings, generation_config = pop_stop_strings(model, generation_config, kwargs)
     if stop_strings:
         if tokenizer is None:
             raise ValueError("stop_strings needs the tokenizer: pass tokenizer=<your tokenizer> to generate().")
@@ -101,6 +104,7 @@ def speculative_generate(
         if streamer is not None and input_ids.shape[0] > 1:
             raise ValueError("streamer supports batch size 1 only (as transformers' TextStreamer).")
         check_supported(logits_processor)
+        check_position_ids(model_kwargs.get("position_ids"), model_kwargs.get("attention_mask"), input_ids)
         check_vocab_compatible(model, draft_model, tokenizer)
         target_cache = checked_cache(model, model_kwargs.get("cache"), config.max_length)
         draft_cache = checked_cache(draft_model, None, config.max_length)
@@ -133,13 +137,34 @@ def speculative_generate(
 
 
 def _speculative_class(base: type) -> type:
-    """A subclass of `base` with the speculative generate(), keeping the base's name (save_pretrained writes it)."""
+    """A subclass of `base` with the speculative generate(), keeping the base's name (save_pretrained writes it).
+
+    pickle finds classes by module and name, which lead to `base`, not to this subclass; its instances therefore
+    pickle as "rebuild the speculative subclass of `base`" (`_reduce_speculative`), so pickle, torch.save and
+    deepcopy give back a model with the speculative generate(), in this process or a fresh one."""
     cached = _CLASS_CACHE.get(base)
     if cached is None:
-        cached = type(base.__name__, (SpeculativeGenerationMixin, base), {"__module__": base.__module__})
+        namespace = {"__module__": base.__module__, "_speculoos_base": base, "__reduce_ex__": _reduce_speculative}
+        cached = type(base.__name__, (SpeculativeGenerationMixin, base), namespace)
         cached.__qualname__ = base.__qualname__
         _CLASS_CACHE[base] = cached
     return cached
+
+
+def _reduce_speculative(self, protocol):
+    """`__reduce_ex__` of the dynamic subclasses: the default reduction with the class replaced by its base."""
+    reduced = object.__reduce_ex__(self, protocol)
+    cls = type(self)
+    base = cls.__dict__.get("_speculoos_base")
+    if base is None or not isinstance(reduced, tuple) or len(reduced) < 2 or not reduced[1] or reduced[1][0] is not cls:
+        return reduced
+    func, args = reduced[0], reduced[1]
+    return (_rebuild_speculative, (base, func, tuple(args[1:])), *reduced[2:])
+
+
+def _rebuild_speculative(base: type, func, args: tuple):
+    """Unpickling: `func(speculative subclass of base, *args)`, as the default reduction would have called it."""
+    return func(_speculative_class(base), *args)
 
 
 _CLASS_CACHE: dict[type, type] = {}

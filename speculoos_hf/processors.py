@@ -66,20 +66,32 @@ class BatchProcessors:
     """A LogitsProcessorList bound to the original batch, callable on any subset or repetition of its rows.
 
     A few processors hold per-row state indexed by batch position: the repetition penalty's left-padding lengths
-    (`prompt_ignore_length`) and the `batch_id` given to `prefix_allowed_tokens_fn`. Rows leave the batch when
+    (`prompt_ignore_length`), the encoder repetition penalty's prompts (`encoder_input_ids`) and the `batch_id`
+    given to `prefix_allowed_tokens_fn`. Rows leave the batch when
     they finish and each row is scored at several positions, so that state is re-indexed for every call.
     """
 
     def __init__(self, processors: Sequence, batch_size: int):
         self.processors = processors
         self.prefix_free = is_prefix_free(processors)
-        self._row_tensors = [
-            (proc, "prompt_ignore_length", proc.prompt_ignore_length)
+        self._row_tensors = [  # (processor, attribute, its value for every row of the batch, the original value)
+            (proc, "prompt_ignore_length", proc.prompt_ignore_length, proc.prompt_ignore_length)
             for proc in processors
             if isinstance(proc, lp.RepetitionPenaltyLogitsProcessor)
             and isinstance(proc.prompt_ignore_length, torch.Tensor)
             and proc.prompt_ignore_length.shape[0] == batch_size
         ]
+        for proc in processors:
+            if isinstance(proc, lp.EncoderRepetitionPenaltyLogitsProcessor):
+                # [B0, P]: the prompts before num_return_sequences expansion; stock repeats each row for its copies
+                prompts = original = proc.encoder_input_ids
+                if batch_size % prompts.shape[0]:
+                    raise ValueError(
+                        f"encoder_repetition_penalty holds {prompts.shape[0]} prompt rows for a batch of {batch_size}; "
+                        "they do not line up (pass the prompts the batch was built from)."
+                    )
+                prompts = prompts.repeat_interleave(batch_size // prompts.shape[0], dim=0)
+                self._row_tensors.append((proc, "encoder_input_ids", prompts, original))
         self._prefix_fns = [
             (proc, proc._prefix_allowed_tokens_fn)
             for proc in processors
@@ -91,15 +103,15 @@ class BatchProcessors:
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, rows: Sequence[int]) -> torch.Tensor:
         """Process `scores` [R, V] whose row r belongs to original batch row `rows[r]`."""
-        for proc, attr, full in self._row_tensors:
+        for proc, attr, full, _ in self._row_tensors:
             setattr(proc, attr, full.to(scores.device)[torch.tensor(rows, device=scores.device)])
         for proc, fn in self._prefix_fns:
             proc._prefix_allowed_tokens_fn = lambda batch_id, sent, fn=fn: fn(rows[batch_id], sent)
         try:
             return self.processors(input_ids, scores)
         finally:
-            for proc, attr, full in self._row_tensors:
-                setattr(proc, attr, full)
+            for proc, attr, _, original in self._row_tensors:
+                setattr(proc, attr, original)
             for proc, fn in self._prefix_fns:
                 proc._prefix_allowed_tokens_fn = fn
 
