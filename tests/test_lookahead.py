@@ -1,0 +1,100 @@
+"""The cost-model lookahead policy on synthetic timings and acceptances (pure host arithmetic, fast)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from speculoos_hf.lookahead import CostModelLookahead
+
+
+def flat_then_linear(a=0.12, n0=8, slope=0.015):
+    return lambda m: a + slope * max(0, m - n0)
+
+
+def simulate(policy, rounds, target_time, draft_time, alpha, batch=1, seed=0, noise=0.03):
+    """Run `rounds` rounds against a synthetic pair. alpha(j, r): acceptance of draft position j in round r.
+    Returns (ks chosen, tokens per second overall)."""
+    rng = random.Random(seed)
+    ks, tokens, seconds = [], 0, 0.0
+    for r in range(rounds):
+        k = policy.choose_k()
+        ks.append(k)
+        for _ in range(k):
+            d = draft_time * (1 + noise * rng.uniform(-1, 1))
+            policy.observe_draft(d, batch)
+            seconds += d
+        t = target_time((k + 1) * batch) * (1 + noise * rng.uniform(-1, 1))
+        policy.observe_target(t, k + 1, batch)
+        seconds += t
+        accepted = []
+        for _ in range(batch):
+            n = 0
+            while n < k and rng.random() < alpha(n, r):
+                n += 1
+            accepted.append(n)
+        policy.observe_round([k] * batch, accepted)
+        tokens += sum(accepted) + batch
+    return ks, tokens / seconds
+
+
+def test_good_draft_gets_a_long_lookahead():
+    T = flat_then_linear()
+    ks, rate = simulate(CostModelLookahead(), 120, T, draft_time=0.012, alpha=lambda j, r: 0.9)
+    assert sorted(ks[-40:])[20] >= 6 and min(ks[-40:]) >= 4  # the optimum for this pair is 7
+    assert rate > 3.0 / T(1)  # more than 3x the target alone
+
+
+def test_poor_draft_turns_speculation_off_and_costs_a_few_percent():
+    T = flat_then_linear()
+    policy = CostModelLookahead()
+    ks, rate = simulate(policy, 400, T, draft_time=0.045, alpha=lambda j, r: 0.03)
+    assert all(k == 0 for k in ks[10:20]) or sum(k > 0 for k in ks[10:40]) <= 3  # off after a few rounds
+    assert sum(k > 0 for k in ks[40:]) <= 10  # stays (nearly) off: only sparse probes
+    target_alone = 1.0 / T(1)
+    assert rate > 0.95 * target_alone, rate / target_alone
+
+
+def test_probes_switch_speculation_back_on_when_the_draft_improves():
+    T = flat_then_linear()
+    ks, _ = simulate(CostModelLookahead(), 400, T, draft_time=0.012, alpha=lambda j, r: 0.03 if r < 100 else 0.9)
+    assert sum(k > 0 for k in ks[60:100]) <= 5
+    assert min(ks[-50:]) >= 4
+
+
+def test_compute_bound_target_gets_a_shorter_lookahead():
+    flat = flat_then_linear(slope=0.002)
+    steep = flat_then_linear(n0=2, slope=0.04)  # each token past 2 costs a third of a pass
+    ks_flat, _ = simulate(CostModelLookahead(), 150, flat, draft_time=0.012, alpha=lambda j, r: 0.85)
+    ks_steep, _ = simulate(CostModelLookahead(), 150, steep, draft_time=0.012, alpha=lambda j, r: 0.85)
+    k_flat, k_steep = sorted(ks_flat[-30:])[15], sorted(ks_steep[-30:])[15]
+    assert k_steep < k_flat, (k_steep, k_flat)
+    assert 1 <= k_steep <= 4
+
+
+def test_batches_make_the_target_pass_compute_bound_sooner():
+    T = flat_then_linear(slope=0.01)
+    ks1, _ = simulate(CostModelLookahead(), 150, T, draft_time=0.012, alpha=lambda j, r: 0.8, batch=1)
+    ks8, _ = simulate(CostModelLookahead(), 150, T, draft_time=0.02, alpha=lambda j, r: 0.8, batch=8)
+    assert sorted(ks8[-30:])[15] < sorted(ks1[-30:])[15]
+
+
+def test_model_pieces():
+    p = CostModelLookahead(max_k=6, prior_acceptance=0.5)
+    assert p.choose_k() == p.initial_k  # nothing timed yet
+    assert p.expected_tokens(0) == 1.0
+    assert p.expected_tokens(2) == pytest.approx(1 + 0.5 + 0.25)
+    for m, t in [(1, 0.1), (2, 0.1), (4, 0.1), (8, 0.1), (12, 0.14), (16, 0.18)]:
+        for _ in range(3):
+            p.observe_target(t, m, 1)
+    assert p.target_time(1) == pytest.approx(0.1, rel=0.02)
+    assert p.target_time(16) == pytest.approx(0.18, rel=0.05)
+    assert p.target_time(24) > p.target_time(16)
+    for _ in range(200):
+        p.observe_round([3, 3], [3, 1])
+    alpha = p.acceptance()
+    assert alpha[0] == pytest.approx(1.0, abs=0.02) and alpha[1] == pytest.approx(0.5, abs=0.15)
+    p.observe_draft(0.02, 1)
+    assert p.draft_time(1) == pytest.approx(0.02) and p.draft_time(4) == pytest.approx(0.02)
+    assert p.choose_k(limit=0) == 0 and p.choose_k(limit=2) <= 2
