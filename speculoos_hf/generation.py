@@ -16,6 +16,7 @@ from transformers.generation.stopping_criteria import StoppingCriteriaList, Stop
 from transformers.generation.utils import GenerateDecoderOnlyOutput
 
 from .decoding import speculative_decode
+from .drafters.select import make_drafter
 from .checks import (
     check_generate_arguments,
     check_generation_config,
@@ -45,6 +46,12 @@ class SpeculativeGenerationMixin:
     """Adds `draft_model=` / `num_draft_tokens=` to generate(); without a draft model generate() is the stock one."""
 
     def generate(self, inputs=None, generation_config=None, *args, draft_model=None, num_draft_tokens=None, **kwargs):
+        if draft_model is None and _prompt_lookup_setting(self, generation_config, kwargs) is not None:
+            if args:
+                raise TypeError("With prompt lookup, pass generate() arguments after generation_config by keyword.")
+            return speculative_generate(
+                self, inputs, generation_config, draft_model=None, num_draft_tokens=num_draft_tokens, **kwargs
+            )
         if draft_model is None:
             if num_draft_tokens is not None or kwargs.get("draft_confidence_threshold") is not None:
                 raise ValueError(
@@ -68,21 +75,42 @@ def speculative_generate(
     draft_model,
     num_draft_tokens=None,
     draft_confidence_threshold=None,
+    prompt_lookup_num_tokens=None,
+    max_matching_ngram_size=None,
     **kwargs,
 ):
     """Speculative generate() for `model` (any transformers causal LM) with `draft_model` proposing tokens:
-    `num_draft_tokens` per round, or fewer when `draft_confidence_threshold` (0..1) stops drafting early."""
+    `num_draft_tokens` per round, or fewer when `draft_confidence_threshold` (0..1) stops drafting early.
+    `draft_model` is a causal LM or a drafter object; `prompt_lookup_num_tokens` copies n-gram continuations from
+    the context, alone (no draft_model) or together with a draft model (hybrid)."""
+    lookup_n = _prompt_lookup_setting(model, generation_config, dict(kwargs, prompt_lookup_num_tokens=prompt_lookup_num_tokens))
+    ngram = max_matching_ngram_size
+    if ngram is None:
+        base = generation_config if generation_config is not None else model.generation_config
+        ngram = getattr(base, "max_matching_ngram_size", None)
+    if num_draft_tokens is None and draft_model is None and lookup_n is not None:
+        num_draft_tokens = lookup_n
     K = DEFAULT_NUM_DRAFT_TOKENS if num_draft_tokens is None else num_draft_tokens
     K = integer_at_least_one(K, "num_draft_tokens")
     threshold = draft_confidence_threshold
     if threshold is not None and (isinstance(threshold, bool) or not 0.0 <= float(threshold) < 1.0):
         raise ValueError(f"draft_confidence_threshold must be a probability in [0, 1), got {threshold!r}.")
-    check_models(model, draft_model)
+    if lookup_n is not None:
+        lookup_n = _positive_int(lookup_n, "prompt_lookup_num_tokens")
+        K = max(K, lookup_n)
+    if ngram is not None:
+        ngram = _positive_int(ngram, "max_matching_ngram_size")
+    check_models(model, draft_model if isinstance(draft_model, PreTrainedModel) else model)
     if kwargs.get("assistant_model") is not None:
         raise ValueError("Pass either draft_model (speculoos) or assistant_model (transformers), not both.")
-    for name in ("prompt_lookup_num_tokens", "custom_generate"):
-        if kwargs.get(name) is not None:
-            raise ValueError(f"{name} cannot be combined with draft_model.")
+    if kwargs.get("custom_generate") is not None:
+        raise ValueError("custom_generate cannot be combined with draft_model.")
+    if generation_config is not None and getattr(generation_config, "prompt_lookup_num_tokens", None) is not None:
+        generation_config = copy.deepcopy(generation_config)
+        generation_config.prompt_lookup_num_tokens = None  # ours now: stock must not start its own prompt lookup
+    elif getattr(model.generation_config, "prompt_lookup_num_tokens", None) is not None:
+        generation_config = copy.deepcopy(model.generation_config)
+        generation_config.prompt_lookup_num_tokens = None
 
     streamer = kwargs.pop("streamer", None)
     tokenizer = kwargs.pop("tokenizer", None)
@@ -105,15 +133,23 @@ def speculative_generate(
             raise ValueError("streamer supports batch size 1 only (as transformers' TextStreamer).")
         check_supported(logits_processor)
         check_position_ids(model_kwargs.get("position_ids"), model_kwargs.get("attention_mask"), input_ids)
-        check_vocab_compatible(model, draft_model, tokenizer)
         target_cache = checked_cache(model, model_kwargs.get("cache"), config.max_length)
-        draft_cache = checked_cache(draft_model, None, config.max_length)
+        drafter, vocab = make_drafter(
+            model,
+            draft_model,
+            num_draft_tokens=K,
+            prompt_lookup_num_tokens=lookup_n,
+            max_matching_ngram_size=ngram,
+            confidence_threshold=None if threshold is None else float(threshold),
+            tokenizer=tokenizer,
+            max_length=config.max_length,
+        )
 
         if streamer is not None:
             streamer.put(input_ids.cpu())
         sequences, stats = speculative_decode(
             model,
-            draft_model,
+            drafter,
             input_ids,
             num_draft_tokens=K,
             do_sample=bool(config.do_sample),
@@ -124,9 +160,8 @@ def speculative_generate(
             eos_token_id=config._eos_token_tensor,
             pad_token_id=None if config._pad_token_tensor is None else int(config._pad_token_tensor),
             target_cache=target_cache,
-            draft_cache=draft_cache,
             streamer=streamer,
-            draft_confidence_threshold=None if threshold is None else float(threshold),
+            vocab_size=vocab,
         )
         model.speculative_stats = stats
         if config.return_dict_in_generate:
@@ -134,6 +169,20 @@ def speculative_generate(
         return sequences
 
     return GenerationMixin.generate(model, inputs, generation_config, custom_generate=_speculoos_decode, **kwargs)
+
+
+def _prompt_lookup_setting(model, generation_config, kwargs):
+    """prompt_lookup_num_tokens from the call, else from the generation config in force (None when unset)."""
+    if kwargs.get("prompt_lookup_num_tokens") is not None:
+        return kwargs["prompt_lookup_num_tokens"]
+    base = generation_config if generation_config is not None else model.generation_config
+    return getattr(base, "prompt_lookup_num_tokens", None)
+
+
+def _positive_int(value, name: str) -> int:
+    if isinstance(value, bool) or not hasattr(value, "__index__") or int(value) < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
+    return int(value)
 
 
 def _speculative_class(base: type) -> type:

@@ -31,16 +31,19 @@ class DecodeState:
     seq:      [B, S] committed tokens (`seq[i, :lengths[i]]`), then scratch where the round's proposals go.
     seq_host: [B, S] a CPU copy of the committed tokens, kept in step from the round's one host sync (drafters
               that search the context, as prompt lookup, read it without syncing the device).
-    valid:    [B, S] 1 where a committed slot holds a real token (0 for left padding).
+    valid:    [B, S] 1 where a committed slot holds a real token (0 for left padding); `valid_host` its CPU copy.
     lengths:  host ints, committed length of each row (the last committed token is not yet in any cache).
     """
 
     seq: torch.Tensor
     seq_host: torch.Tensor
     valid: torch.Tensor
+    valid_host: torch.Tensor
     lengths: list[int]
     rows: list[int]
-    finished: list[bool] = field(default_factory=list)  # stopped, kept in the batch only while lockstep needs it
+    first_valid: list[int]  # index of each row's first real prompt token (P for a row that is all padding)
+    finished: list[bool] = field(default_factory=list)  # stopped; still in the batch while others must run on
+    stop_length: list[int] = field(default_factory=list)  # committed length when the row stopped
 
     @property
     def batch_size(self) -> int:
@@ -51,9 +54,9 @@ class DecodeState:
 
     def select(self, alive: list[int]) -> None:
         """Keep only the rows at positions `alive` (finished rows leave the batch)."""
-        idx = torch.tensor(alive, device=self.seq.device)
+        idx = torch.tensor(alive, dtype=torch.long, device=self.seq.device)
+        host_idx = torch.tensor(alive, dtype=torch.long)
         self.seq, self.valid = self.seq[idx], self.valid[idx]
-        self.seq_host = self.seq_host[torch.tensor(alive)]
-        self.lengths = [self.lengths[i] for i in alive]
-        self.rows = [self.rows[i] for i in alive]
-        self.finished = [self.finished[i] for i in alive]
+        self.seq_host, self.valid_host = self.seq_host[host_idx], self.valid_host[host_idx]
+        for name in ("lengths", "rows", "first_valid", "finished", "stop_length"):
+            setattr(self, name, [getattr(self, name)[i] for i in alive])

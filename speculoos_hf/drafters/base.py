@@ -9,7 +9,7 @@ token was drawn from the `probs` it reports, and that whether and what it propos
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -47,16 +47,27 @@ class RoundOutcome:
     accepted:     host ints, the same on the host.
     kept:         host ints, new tokens committed this round (accepted + 1, or fewer where a stop cut the row).
     old_lengths:  host ints, committed lengths before the round (the new tokens start there in `state.seq`).
+    done:         host bools, the row stopped this round.
+    new_tokens:   [B, k+1] CPU, the round's candidate new tokens (row i committed `new_tokens[i, :kept[i]]`).
     """
 
     num_accepted: torch.Tensor
     accepted: list[int]
     kept: list[int]
     old_lengths: list[int]
+    done: list[bool] = field(default_factory=list)
+    new_tokens: torch.Tensor | None = None
+    eos_at: list[int] = field(default_factory=list)
+    ended: list[int] = field(default_factory=list)  # host ints: tokens of the round that are the row's own output
 
     def proposal_tokens_kept(self, i: int) -> int:
         """How many of row i's proposed tokens are now committed."""
         return min(self.accepted[i], self.kept[i])
+
+    def cached_drafts(self, i: int) -> int:
+        """How many of row i's proposed tokens a cache that ran over them keeps: committed ones, but never the last
+        committed token (it is fed next round, as every round's first token)."""
+        return max(0, min(self.accepted[i], self.kept[i] - 1))
 
 
 @runtime_checkable
