@@ -11,6 +11,7 @@ import torch
 from ..drafters import int8_draft
 from ..generation import enable_speculative
 from ..models import REFERENCE_DRAFT, REFERENCE_TARGET, load_model, load_tokenizer
+from ..placement import placement_kwargs, placement_summary
 from .batched import run_batches
 from .machine import forward_cost, machine_info, memory_bandwidth, weight_bytes
 from .methods import VARIANTS, build_methods
@@ -22,7 +23,10 @@ from .timing import alternate
 def run(args) -> dict:
     torch.manual_seed(args.seed)
     dtype = getattr(torch, args.dtype)
-    target = enable_speculative(load_model(args.target, dtype=dtype))
+    placement = placement_kwargs(max_memory=args.target_max_memory)  # --target-max-memory: offload the rest to disk
+    if placement:
+        placement["offload_folder"] = args.offload_folder or str(Path(args.out) / "offload")
+    target = enable_speculative(load_model(args.target, dtype=dtype, **placement))
     draft = load_model(args.draft, dtype=dtype)
     if args.draft_int8:
         draft = int8_draft(draft)  # the same (quantised) draft serves speculoos and transformers' assisted generation
@@ -58,6 +62,7 @@ def run(args) -> dict:
         "draft": str(args.draft),
         "dtype": args.dtype,
         "draft_int8": bool(args.draft_int8),
+        "target_placement": placement_summary(target),  # share of weights per device ("disk": offloaded)
         "max_new_tokens": args.max_new_tokens,
         "temperature": args.temperature,
         "prompt_classes": classes,
@@ -135,6 +140,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-repeats", type=int, default=1, help="alternated repeats per batch size")
     p.add_argument("--draft-int8", action="store_true", help="int8 copy of the draft (CPU), used by every method")
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    p.add_argument("--target-max-memory", default=None, metavar="BUDGET",
+                   help="offload part of the target: memory budget per device, e.g. 'cpu=1.5GiB' or '0=8GiB,cpu=20GiB'; "
+                   "accelerate places what does not fit on disk (--offload-folder)")
+    p.add_argument("--offload-folder", default=None, help="offloaded target weights (default: <out>/offload)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="bench-results")
     p.add_argument("--quiet", action="store_true")
