@@ -32,3 +32,67 @@ def test_weight_bytes_counts_int8_weights_and_skips_untied_input_embedding():
     norms = sum(p.numel() for n, p in draft.named_parameters() if "norm" in n)
     assert weight_bytes(draft) == 4 * (linear + norms)  # float32, embedding table not read per step
     assert weight_bytes(int8_draft(draft)) == linear + 4 * norms
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# FR-Spec reduced heads
+# ---------------------------------------------------------------------------------------------------------------
+
+from speculoos_hf.drafters.reduced_head import ReducedLMHead, frequent_token_ids, reduced_head_draft  # noqa: E402
+
+
+def test_frequent_token_ids_order_specials_counts_then_rank():
+    _, _, tok = toy_pair()
+    V = len(tok)
+    specials = set(tok.all_special_ids) | set(tok.added_tokens_decoder)  # always kept
+    ids = frequent_token_ids(len(specials) + 3, V, token_ids=[[7, 7, 7, 9], [9, 12]], tokenizer=tok)
+    assert set(ids.tolist()) == specials | {7, 9, 12}
+    ids = frequent_token_ids(len(specials) + 3, V, token_ids=[7, 7, 9], tokenizer=tok)
+    first_unseen = min(set(range(V)) - specials - {7, 9})
+    assert set(ids.tolist()) == specials | {7, 9, first_unseen}
+    w = tok.convert_tokens_to_ids("w05")
+    assert w in frequent_token_ids(len(specials) + 1, V, texts=["w05 w05 w05"], tokenizer=tok).tolist()
+    assert frequent_token_ids(5, 100).tolist() == [0, 1, 2, 3, 4]  # no source: id (merge) rank
+
+
+def test_reduced_head_logits_and_shared_weights():
+    target, draft, tok = toy_pair()
+    V = draft.config.vocab_size
+    keep = torch.tensor([0, 3, 5, 8, 13, 21])
+    r = reduced_head_draft(draft, keep)
+    assert isinstance(r.lm_head, ReducedLMHead) and not isinstance(draft.lm_head, ReducedLMHead)  # original untouched
+    assert r.model is draft.model  # decoder shared, not copied
+    ids = torch.tensor([[1, 4, 2, 7]])
+    full = draft(ids).logits
+    small = r(ids).logits
+    assert small.shape == full.shape
+    assert torch.allclose(small[..., keep], full[..., keep], atol=1e-5)
+    mask = torch.ones(V, dtype=torch.bool)
+    mask[keep] = False
+    assert torch.isneginf(small[..., mask]).all()
+    assert r.lm_head.proj.weight.shape == (len(keep), draft.config.hidden_size)  # only the small head is computed
+
+
+def test_reduced_head_draft_keeps_generation_exact():
+    """The draft never proposes an id outside the kept set; the output stays the target's (greedy: identical;
+    sampling: the distribution tests of the rule cover q = 0 outside the kept ids)."""
+    target, draft, tok = toy_pair()
+    enable_speculative(target)
+    V = draft.config.vocab_size
+    keep = frequent_token_ids(V // 2, V, tokenizer=tok)
+    r = reduced_head_draft(draft, keep)
+    ids, mask = tok(["w01 w02 w03", "w10"], return_tensors="pt", padding=True).values()
+    ref = target.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=20)
+    out = target.generate(ids, attention_mask=mask, draft_model=r, num_draft_tokens=4, do_sample=False, max_new_tokens=20)
+    assert torch.equal(out, ref)
+    sampled = target.generate(ids, attention_mask=mask, draft_model=r, num_draft_tokens=3, do_sample=True, max_new_tokens=10)
+    assert sampled.shape[0] == 2
+    # composes with int8: reduce first, then quantise (the small head is quantised too)
+    q = int8_draft(r)
+    assert isinstance(q.lm_head, ReducedLMHead)
+    out = target.generate(ids, attention_mask=mask, draft_model=q, num_draft_tokens=4, do_sample=False, max_new_tokens=20)
+    assert torch.equal(out, ref)
+    # and the other way round: a reduced head over an int8 draft dequantises the int8 head's kept rows
+    r2 = reduced_head_draft(int8_draft(draft), keep)
+    out = target.generate(ids, attention_mask=mask, draft_model=r2, num_draft_tokens=4, do_sample=False, max_new_tokens=20)
+    assert torch.equal(out, ref)
