@@ -185,9 +185,9 @@ def generate(method: Method, target, draft, input_ids, draft_config, **gen_kwarg
                 setattr(draft.generation_config, name, value)
             kwargs["assistant_model"] = draft
         return stock_generate(target)(input_ids, **kwargs), None
-    target.speculative_stats = None
+    before = getattr(target, "speculative_stats", None)
     out = target.generate(input_ids, draft_model=draft if method.draft else None, **kwargs)
     stats = getattr(target, "speculative_stats", None)
-    if stats is None:
+    if stats is None or stats is before:  # a stock generate() leaves the stats of the last speculoos call
         raise RuntimeError(f"{method.name}: generate() did not run through speculoos (no speculative_stats)")
     return out, stats
