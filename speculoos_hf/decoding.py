@@ -51,7 +51,7 @@ class Verdict:
 
     num_accepted: torch.Tensor  # [B] accepted proposal tokens
     new: torch.Tensor  # [B, k+1] accepted drafts then the replacement/bonus token
-    scores: torch.Tensor  # [B, k+1, V] processed target scores (passed to the user's criteria)
+    scores: torch.Tensor  # [B, k+1, V] processed target scores
 
 
 def split_stopping_criteria(stopping_criteria, max_length: int, eos_token_id):
@@ -230,7 +230,7 @@ def apply_stops(ctx, state: DecodeState, stops: Stops, verdict: Verdict, row_end
         ended = list(kept)
         done = [hit_eos[i] or state.lengths[i] + kept[i] >= row_end[i] for i in range(B)]
     if len(stops.others):
-        _check_user_criteria(stops, state, kept, done, ended, verdict.scores)
+        _check_user_criteria(stops, state, kept, done, ended)
     ended = [0 if state.finished[i] else min(ended[i], kept[i]) for i in range(B)]
     return RoundOutcome(verdict.num_accepted, accepted, kept, list(state.lengths), done=done,
                         new_tokens=synced[:, 3:], eos_at=eos_at, ended=ended)
@@ -363,11 +363,10 @@ def _start_state(input_ids: torch.Tensor, mask: torch.Tensor, width: int, pad: i
     return state
 
 
-def _check_user_criteria(stops: Stops, state: DecodeState, kept: list[int], done: list[bool], ended: list[int],
-                         scores: torch.Tensor) -> None:
+def _check_user_criteria(stops: Stops, state: DecodeState, kept: list[int], done: list[bool], ended: list[int]) -> None:
     """Call the user's criteria after every kept token; where one fires the row is done and its own tokens end
     there (in place). Rows are grouped by length; in lockstep that is the whole batch in its own row order, as stock
-    calls them (with the processed scores of that position)."""
+    calls them."""
     seq = state.seq
     for t in range(max(kept)):
         live = [i for i in range(len(kept)) if t < kept[i] and (stops.lockstep or not state.finished[i])]
@@ -376,7 +375,7 @@ def _check_user_criteria(stops: Stops, state: DecodeState, kept: list[int], done
             by_len.setdefault(state.lengths[i] + t + 1, []).append(i)
         for length, idx in by_len.items():
             index = torch.tensor(idx, device=seq.device)
-            fired = stops.others(seq[index, :length], scores[index, t]).tolist()
+            fired = stops.others(seq[index, :length], None).tolist()  # stock passes no scores (no output_scores)
             for i, f in zip(idx, fired):
                 if f and not done[i] and not state.finished[i]:
                     done[i] = True

@@ -83,34 +83,31 @@ def speculative_generate(
     `num_draft_tokens` per round, or fewer when `draft_confidence_threshold` (0..1) stops drafting early.
     `draft_model` is a causal LM or a drafter object; `prompt_lookup_num_tokens` copies n-gram continuations from
     the context, alone (no draft_model) or together with a draft model (hybrid)."""
-    lookup_n = _prompt_lookup_setting(model, generation_config, dict(kwargs, prompt_lookup_num_tokens=prompt_lookup_num_tokens))
+    lookup_n = _prompt_lookup_setting(model, generation_config, {"prompt_lookup_num_tokens": prompt_lookup_num_tokens})
     ngram = max_matching_ngram_size
     if ngram is None:
         base = generation_config if generation_config is not None else model.generation_config
         ngram = getattr(base, "max_matching_ngram_size", None)
+    if lookup_n is not None:
+        lookup_n = integer_at_least_one(lookup_n, "prompt_lookup_num_tokens")
+    if ngram is not None:
+        ngram = integer_at_least_one(ngram, "max_matching_ngram_size")
     if num_draft_tokens is None and draft_model is None and lookup_n is not None:
         num_draft_tokens = lookup_n
     K = DEFAULT_NUM_DRAFT_TOKENS if num_draft_tokens is None else num_draft_tokens
     K = integer_at_least_one(K, "num_draft_tokens")
+    if lookup_n is not None:
+        K = max(K, lookup_n)
     threshold = draft_confidence_threshold
     if threshold is not None and (isinstance(threshold, bool) or not 0.0 <= float(threshold) < 1.0):
         raise ValueError(f"draft_confidence_threshold must be a probability in [0, 1), got {threshold!r}.")
-    if lookup_n is not None:
-        lookup_n = _positive_int(lookup_n, "prompt_lookup_num_tokens")
-        K = max(K, lookup_n)
-    if ngram is not None:
-        ngram = _positive_int(ngram, "max_matching_ngram_size")
     check_models(model, draft_model if isinstance(draft_model, PreTrainedModel) else model)
     if kwargs.get("assistant_model") is not None:
         raise ValueError("Pass either draft_model (speculoos) or assistant_model (transformers), not both.")
     if kwargs.get("custom_generate") is not None:
         raise ValueError("custom_generate cannot be combined with draft_model.")
-    if generation_config is not None and getattr(generation_config, "prompt_lookup_num_tokens", None) is not None:
-        generation_config = copy.deepcopy(generation_config)
-        generation_config.prompt_lookup_num_tokens = None  # ours now: stock must not start its own prompt lookup
-    elif getattr(model.generation_config, "prompt_lookup_num_tokens", None) is not None:
-        generation_config = copy.deepcopy(model.generation_config)
-        generation_config.prompt_lookup_num_tokens = None
+    # prompt lookup is ours now: stock must not start its own (it would refill the field from the model's config)
+    kwargs["prompt_lookup_num_tokens"] = None
 
     streamer = kwargs.pop("streamer", None)
     tokenizer = kwargs.pop("tokenizer", None)
@@ -177,12 +174,6 @@ def _prompt_lookup_setting(model, generation_config, kwargs):
         return kwargs["prompt_lookup_num_tokens"]
     base = generation_config if generation_config is not None else model.generation_config
     return getattr(base, "prompt_lookup_num_tokens", None)
-
-
-def _positive_int(value, name: str) -> int:
-    if isinstance(value, bool) or not hasattr(value, "__index__") or int(value) < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
-    return int(value)
 
 
 def _speculative_class(base: type) -> type:

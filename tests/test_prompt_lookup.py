@@ -1,0 +1,180 @@
+"""Prompt lookup and hybrid drafting: float32 greedy equality with the target alone (batched) and G-tests with power
+against the exact target distribution (pattern and helpers of test_distribution.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import LogitsProcessor, LogitsProcessorList
+
+import speculoos_hf.decoding as decoding
+from conftest import left_pad_batch, perturbed_copy, tiny_model
+from speculoos_hf import enable_speculative
+from speculoos_hf.drafters.prompt_lookup import PromptLookupDrafter, find_continuation
+from test_distribution import ALPHA, N, PROMPT, _generate, _processors, exact_distribution, g_test
+
+
+def _repetitive_prompts(batch: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded prompts that repeat a random phrase, so n-grams recur (lengths differ per row)."""
+    gen = torch.Generator().manual_seed(seed)
+    prompts = []
+    for i in range(batch):
+        phrase = torch.randint(0, 60, (4 + i,), generator=gen)
+        prompts.append(torch.cat([phrase, torch.randint(0, 60, (2,), generator=gen), phrase, phrase[:2]]))
+    return left_pad_batch(prompts)
+
+
+def test_find_continuation_earliest_longest_match():
+    tokens = torch.tensor([5, 6, 7, 8, 1, 5, 6, 9, 5, 6])
+    assert find_continuation(tokens, 2, 1, 3).tolist() == [7, 8, 1]  # "5 6" first seen at 0
+    assert find_continuation(tokens, 3, 3, 3).tolist() == []  # "9 5 6" never recurs
+    assert find_continuation(torch.tensor([1, 2, 3, 4]), 2, 1, 5).tolist() == []
+    assert find_continuation(torch.tensor([3, 1, 3]), 2, 1, 5).tolist() == [1, 3]  # stops at the end of the context
+
+
+@pytest.fixture(scope="module")
+def models():
+    target = enable_speculative(tiny_model("llama", seed=0, logit_scale=2.0))
+    return target, perturbed_copy(target, noise=0.05, seed=1)
+
+
+@pytest.mark.parametrize("num_tokens,ngram", [(1, 1), (3, 2), (10, 3)])
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_prompt_lookup_greedy_equals_target_batched(arch, num_tokens, ngram):
+    target = enable_speculative(tiny_model(arch, seed=0, logit_scale=2.0))
+    ids, mask = _repetitive_prompts(3)
+    ref = target.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=24)
+    out = target.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=24,
+                          prompt_lookup_num_tokens=num_tokens, max_matching_ngram_size=ngram)
+    assert torch.equal(out, ref)
+    stats = target.speculative_stats
+    assert stats.draft_forward_passes == 0 and stats.draft_tokens_proposed > 0
+    assert stats.new_tokens == 3 * 24
+
+
+class RepeatPeriod(LogitsProcessor):
+    """Makes any model continue periodically (period 4): the kind of text prompt lookup is for."""
+
+    def __call__(self, input_ids, scores):
+        bonus = torch.zeros_like(scores).scatter_(1, input_ids[:, -4:-3], 50.0)
+        return scores + bonus
+
+
+def test_prompt_lookup_copies_what_the_target_repeats():
+    """On periodic text the copies are accepted: about 5 tokens per target pass, same output as the target."""
+    target = enable_speculative(tiny_model("llama", seed=0, logit_scale=2.0))
+    ids = torch.tensor([[7, 3, 9, 11, 7, 3]])
+    kw = dict(do_sample=False, max_new_tokens=30, logits_processor=LogitsProcessorList([RepeatPeriod()]))
+    out = target.generate(ids, prompt_lookup_num_tokens=5, **kw)
+    assert torch.equal(out, target.generate(ids, **kw))
+    stats = target.speculative_stats
+    assert stats.acceptance_rate > 0.9 and stats.target_forward_passes <= 8
+
+
+@pytest.mark.parametrize("K,lookup", [(3, 2), (4, 6)])
+def test_hybrid_greedy_equals_target_batched(models, K, lookup):
+    target, draft = models
+    ids, mask = _repetitive_prompts(4, seed=3)
+    ref = target.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=20)
+    out = target.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=20, draft_model=draft,
+                          num_draft_tokens=K, prompt_lookup_num_tokens=lookup)
+    assert torch.equal(out, ref)
+    stats = target.speculative_stats
+    assert stats.draft_forward_passes > 0 and stats.draft_tokens_accepted > 0
+
+
+def test_hybrid_rounds_use_both_sources(models):
+    """Rounds where the lookup has a copy leave the draft idle; its cache catches up without recomputing."""
+    target, draft = models
+    ids = torch.tensor([[7, 3, 9, 11, 7, 3]])
+    kw = dict(do_sample=False, max_new_tokens=30, logits_processor=LogitsProcessorList([RepeatPeriod()]))
+    out = target.generate(ids, draft_model=draft, num_draft_tokens=3, prompt_lookup_num_tokens=6, **kw)
+    hybrid = target.speculative_stats
+    assert torch.equal(out, target.generate(ids, **kw))
+    target.generate(ids, draft_model=draft, num_draft_tokens=3, **kw)
+    model_only = target.speculative_stats
+    assert hybrid.draft_forward_passes < model_only.draft_forward_passes
+    assert hybrid.target_forward_passes < model_only.target_forward_passes
+    # no recompute: the draft is fed the prompt, each committed token at most once, and its own drafts
+    assert hybrid.draft_input_tokens <= ids.shape[1] + 30 + hybrid.draft_forward_passes * 2
+
+
+def _always_accept(draft_tokens, draft_probs, target_probs, uniform, exp_noise, num_proposed=None):
+    """A broken rule: every proposed token accepted, bonus token from p at the end of the proposal."""
+    B, K = draft_tokens.shape
+    n = torch.full((B,), K, dtype=torch.long) if num_proposed is None else num_proposed
+    p_n = target_probs.gather(1, n[:, None, None].expand(B, 1, target_probs.shape[-1])).squeeze(1)
+    return n, torch.argmax(p_n / exp_noise, dim=-1)
+
+
+LOOKUP_CASES = {
+    "lookup_plain": dict(settings={}, kw=dict(prompt_lookup_num_tokens=3, max_matching_ngram_size=2)),
+    "lookup_temperature_top_p": dict(settings=dict(temperature=0.7, top_p=0.9),
+                                     kw=dict(prompt_lookup_num_tokens=4, max_matching_ngram_size=1)),
+    "hybrid_plain": dict(settings={}, kw=dict(prompt_lookup_num_tokens=3, num_draft_tokens=3), draft=True),
+    "hybrid_repetition_penalty": dict(settings=dict(repetition_penalty=1.5),
+                                      kw=dict(prompt_lookup_num_tokens=2, num_draft_tokens=4), draft=True),
+}
+
+
+@pytest.mark.parametrize("name", list(LOOKUP_CASES))
+def test_lookup_and_hybrid_sampling_exact(name, monkeypatch):
+    from test_distribution import _model
+
+    target = enable_speculative(_model(0))
+    draft = None
+    if LOOKUP_CASES[name].get("draft"):
+        draft = _model(0)
+        torch.manual_seed(123)
+        with torch.no_grad():
+            for p in draft.parameters():
+                p.add_(0.6 * p.std() * torch.randn_like(p))
+    case = LOOKUP_CASES[name]
+    settings, kw = case["settings"], dict(case["kw"])
+    if draft is not None:
+        kw["draft_model"] = draft
+    expected = exact_distribution(target, PROMPT, _processors(**settings))
+    (spec,) = _generate(target, [PROMPT], N, seed=11, **settings, **kw)
+    stats = target.speculative_stats
+    assert 0.05 < stats.acceptance_rate < 0.98 and stats.draft_tokens_proposed > N
+    p = g_test(spec, expected)
+    assert p > ALPHA, f"{name}: samples deviate from the exact target distribution (p={p:.2e})"
+
+    monkeypatch.setattr(decoding, "speculative_verify", _always_accept)
+    (broken,) = _generate(target, [PROMPT], N, seed=12, **settings, **kw)
+    p_broken = g_test(broken, expected)
+    assert p_broken < ALPHA, f"{name}: the test cannot detect an always-accept rule (p={p_broken:.2e})"
+
+
+def test_hybrid_batched_prompts_exact(monkeypatch):
+    from test_distribution import _model
+
+    target = enable_speculative(_model(0))
+    draft = _model(5)
+    prompts = [[2], [1, 3, 0], [3, 3, 1, 0, 2, 1]]
+    kw = dict(draft_model=draft, num_draft_tokens=3, prompt_lookup_num_tokens=3, temperature=0.9)
+    groups = _generate(target, prompts, N // 2, seed=13, **kw)
+    for prompt, samples in zip(prompts, groups):
+        p = g_test(samples, exact_distribution(target, prompt, _processors(temperature=0.9)))
+        assert p > ALPHA, f"prompt {prompt}: batched hybrid samples deviate (p={p:.2e})"
+    monkeypatch.setattr(decoding, "speculative_verify", _always_accept)
+    groups = _generate(target, prompts, N // 2, seed=14, **kw)
+    worst = max(g_test(s, exact_distribution(target, pr, _processors(temperature=0.9))) for pr, s in zip(prompts, groups))
+    assert worst < ALPHA
+
+
+def test_drafter_object_as_draft_model(models):
+    """Any object with the drafter interface is accepted as draft_model."""
+    target, _ = models
+    ids, mask = _repetitive_prompts(2, seed=9)
+    ref = target.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=12)
+    out = target.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=12,
+                          draft_model=PromptLookupDrafter(num_tokens=4))
+    assert torch.equal(out, ref)
+    assert target.speculative_stats.draft_tokens_proposed > 0
+
+
+def test_invalid_prompt_lookup_settings_refused(models):
+    target, _ = models
+    with pytest.raises(ValueError, match="prompt_lookup_num_tokens"):
+        target.generate(torch.tensor([[1, 2]]), max_new_tokens=3, prompt_lookup_num_tokens=0)
