@@ -1,51 +1,119 @@
-"""Draft/target vocabulary compatibility.
+"""Draft/target vocabularies: one tokenizer, or two.
 
-Token ids must mean the same thing to both models. Equal `vocab_size` is taken as compatible. Different sizes are
-fine when the models share one tokenizer whose ids fit in both embeddings (padded embedding matrices, as Qwen2.5
-0.5B with 151936 rows and 7B with 152064): the draft then has probability 0 on ids it lacks and a draft id the
-target lacks is always rejected, so the output stays exact. Anything else is refused.
+Token ids must mean the same to both models for a draft to propose in its own ids (`ModelDrafter`). That holds
+when both use one tokenizer, including padded embedding matrices of different sizes (Qwen2.5 0.5B with 151936
+rows and 7B with 152064) as long as the tokenizer's ids fit in both: the draft then has probability 0 on ids it
+lacks and a draft id the target lacks is always rejected, so the output stays exact.
+
+A draft with another tokenizer proposes through `OtherTokenizerDrafter` (vocabulary intersection when sampling,
+re-encoded text when greedy; see `speculoos_hf.drafters.other_tokenizer`). Which of the two applies:
+
+1. Both tokenizers at hand (`tokenizer=` and `assistant_tokenizer=`, or either loaded from its model's
+   `name_or_path` from local files): the same tokens by the same ids, fitting both embeddings -> one tokenizer;
+   otherwise -> the other-tokenizer path.
+2. Not both at hand: equal `vocab_size` is taken as one tokenizer; different sizes as one tokenizer only when
+   `tokenizer=` fits both embeddings. Anything else is refused with a ValueError that says to pass
+   `assistant_tokenizer=`.
 """
 
 from __future__ import annotations
 
-_TOKENIZER_VERDICTS: dict[tuple[str, str], bool] = {}
+_LOADED: dict[str, object] = {}
+_SAME: dict[tuple[int, int], bool] = {}
 
 
 def vocab_size(model) -> int:
     return model.config.get_text_config().vocab_size
 
 
-def _same_tokenizers(target_name: str, draft_name: str, limit: int) -> bool:
-    """Load both models' tokenizers (from name_or_path) and compare vocabularies; memoised per pair."""
-    key = (target_name, draft_name)
-    if key not in _TOKENIZER_VERDICTS:
+def load_tokenizer(name_or_path: str):
+    """The tokenizer stored with a model (local files or the hub cache only, never the network), or None."""
+    if not name_or_path:
+        return None
+    if name_or_path not in _LOADED:
         try:
             from transformers import AutoTokenizer
 
-            tok_t = AutoTokenizer.from_pretrained(target_name)
-            tok_d = AutoTokenizer.from_pretrained(draft_name)
-            verdict = tok_t.get_vocab() == tok_d.get_vocab() and len(tok_t) <= limit
-        except Exception:  # no tokenizer to be found: cannot prove compatibility
-            verdict = False
-        _TOKENIZER_VERDICTS[key] = verdict
-    return _TOKENIZER_VERDICTS[key]
+            _LOADED[name_or_path] = AutoTokenizer.from_pretrained(name_or_path, local_files_only=True)
+        except Exception:  # no tokenizer there: cannot be checked
+            _LOADED[name_or_path] = None
+    return _LOADED[name_or_path]
 
 
-def check_vocab_compatible(target, draft, tokenizer=None) -> None:
-    """Raise ValueError unless target and draft token ids can be compared one to one."""
+def same_tokenizer(a, b) -> bool:
+    """Do the two tokenizers mean the same token by every id they share? (A family's tokenizers may differ
+    only in extra added tokens at the end, which, like padded embedding rows, costs acceptance, never exactness.)"""
+    if a is b:
+        return True
+    key = (id(a), id(b))
+    if key not in _SAME:
+        ia = {i: t for t, i in a.get_vocab().items()}
+        ib = {i: t for t, i in b.get_vocab().items()}
+        common = min(len(a), len(b))
+        _SAME[key] = common > 0 and all(ia.get(i) == ib.get(i) for i in range(common))
+    return _SAME[key]
+
+
+def tokenizers_of(target, draft, tokenizer=None, assistant_tokenizer=None):
+    """(target tokenizer, draft tokenizer), each passed or loaded from its model's name_or_path; None if neither."""
+    tok_t = tokenizer if tokenizer is not None else load_tokenizer(getattr(target, "name_or_path", "") or "")
+    tok_d = assistant_tokenizer
+    if tok_d is None:
+        tok_d = load_tokenizer(getattr(draft, "name_or_path", "") or "")
+    return tok_t, tok_d
+
+
+def tokenizer_relation(target, draft, tokenizer=None, assistant_tokenizer=None):
+    """("same", tokenizer) or ("other", (target tokenizer, draft tokenizer)); ValueError when neither holds."""
     vt, vd = vocab_size(target), vocab_size(draft)
-    if vt == vd:
-        return
     limit = min(vt, vd)
+    tok_t, tok_d = tokenizers_of(target, draft, tokenizer, assistant_tokenizer)
+    if assistant_tokenizer is not None and tok_t is None:
+        raise ValueError(
+            "assistant_tokenizer= was given, but the target's tokenizer is not: pass tokenizer=<the target's "
+            "tokenizer> too (as with transformers' assisted generation)."
+        )
+    if tok_t is not None and tok_d is not None:
+        if same_tokenizer(tok_t, tok_d) and (vt == vd or len(tok_t) <= limit):
+            return "same", tok_t
+        return "other", (tok_t, tok_d)  # (also one tokenizer whose ids do not fit both embeddings: by text)
+    if vt == vd:
+        return "same", tokenizer
     if tokenizer is not None and len(tokenizer) <= limit:
-        return
-    target_name = getattr(target, "name_or_path", "") or ""
-    draft_name = getattr(draft, "name_or_path", "") or ""
-    if tokenizer is None and target_name and draft_name and _same_tokenizers(target_name, draft_name, limit):
-        return
+        return "same", tokenizer
     raise ValueError(
-        f"Draft vocab_size {vd} differs from target vocab_size {vt}. Speculative decoding needs token ids that mean "
-        "the same to both models: use a draft from the target's family with the same tokenizer, and pass that "
-        f"tokenizer to generate(tokenizer=...) so its {limit}-id range can be checked (or load both models from "
-        "paths that include their tokenizers)."
+        f"Draft vocab_size {vd} differs from target vocab_size {vt}. If the draft has its own tokenizer, pass both "
+        "tokenizers: generate(..., tokenizer=<target's tokenizer>, assistant_tokenizer=<draft's tokenizer>), and "
+        "the draft proposes across vocabularies (exactly). If it shares the target's tokenizer, pass that tokenizer "
+        f"as tokenizer=... so its id range can be checked against both embeddings ({limit} ids)."
     )
+
+
+def check_vocab_compatible(target, draft, tokenizer=None, assistant_tokenizer=None) -> None:
+    """Raise ValueError unless the draft's token ids mean the same as the target's (one tokenizer). A draft with
+    another tokenizer is served by `model_drafter`, which picks the drafter for either case."""
+    relation, _ = tokenizer_relation(target, draft, tokenizer, assistant_tokenizer)
+    if relation != "same":
+        raise ValueError(
+            "The draft model has another tokenizer than the target: its token ids mean other tokens. Build its "
+            "drafter with speculoos_hf.vocab.model_drafter (generate() does so when given tokenizer= and "
+            "assistant_tokenizer=)."
+        )
+
+
+def model_drafter(target, draft_model, *, tokenizer=None, assistant_tokenizer=None, cache=None,
+                  confidence_threshold: float | None = None):
+    """The drafter for a draft model and the id range V both distributions live on: `(drafter, V)`.
+
+    One tokenizer: `ModelDrafter`, V = the larger vocab_size. Two: `OtherTokenizerDrafter`, V = the target's."""
+    from .drafters.model import ModelDrafter
+    from .drafters.other_tokenizer import OtherTokenizerDrafter
+
+    relation, toks = tokenizer_relation(target, draft_model, tokenizer, assistant_tokenizer)
+    vt = vocab_size(target)
+    if relation == "same":
+        return ModelDrafter(draft_model, cache, confidence_threshold), max(vt, vocab_size(draft_model))
+    tok_t, tok_d = toks
+    drafter = OtherTokenizerDrafter(draft_model, tok_t, tok_d, vt, cache=cache,
+                                    confidence_threshold=confidence_threshold)
+    return drafter, vt
