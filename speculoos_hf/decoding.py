@@ -218,8 +218,9 @@ def apply_stops(ctx, state: DecodeState, stops: Stops, verdict: Verdict, row_end
     accepted, natural, eos_at = (synced[:, c].tolist() for c in range(3))  # the round's one host sync
     hit_eos = [e <= n for e, n in zip(eos_at, natural)]
     if stops.lockstep:
-        # a row that ends on EOS (or has ended) does not hold the others back; all keep the same number
-        holding = [natural[i] for i in range(B) if not state.finished[i] and not hit_eos[i]]
+        # all rows keep the same number; a row that ends on EOS (or has, and is padded since) does not hold the
+        # others back, but a stopped row without EOS does: stock keeps its real tokens
+        holding = [natural[i] for i in range(B) if not hit_eos[i] and not (state.finished[i] and stops.has_eos)]
         n = min(holding) if holding else max(eos_at[i] for i in range(B) if hit_eos[i] and not state.finished[i])
         n = min(n, min(e - c for e, c in zip(row_end, state.lengths)))
         kept = [n] * B
