@@ -274,6 +274,14 @@ def test_cli_single_process(pair, saved_pair, tmp_path):
     assert _strip_timing(_read(tmp_path / "cli.jsonl")) == _strip_timing(_read(tmp_path / "py.jsonl"))
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.mark.skipif(shutil.which("accelerate") is None, reason="accelerate's launcher is not on PATH")
 def test_two_processes_merge_equals_single_process(saved_pair, tmp_path):
     """`accelerate launch` with 2 CPU processes (gloo): each takes its share, the merged file equals one process's."""
@@ -286,7 +294,7 @@ def test_two_processes_merge_equals_single_process(saved_pair, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     env.pop("LOCAL_RANK", None)
     cmd = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
-           "no", "--dynamo_backend", "no", "--main_process_port", "29517", "-m", "speculoos_hf.cli_generate",
+           "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()), "-m", "speculoos_hf.cli_generate",
            *_cli_args(saved_pair, inp, tmp_path / "two.jsonl")]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

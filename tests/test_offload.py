@@ -85,6 +85,19 @@ def test_enable_speculative_on_dispatched_model_batched(saved_llama, tmp_path):
     assert torch.equal(out, plain)
 
 
+def test_enable_speculative_after_accelerate_disk_offload(saved_llama, tmp_path):
+    """A model already in memory, moved entirely to disk by accelerate's `disk_offload` (every weight on "meta")."""
+    from accelerate import disk_offload
+
+    _, in_memory, draft = saved_llama
+    prompt = make_prompt(6, seed=5)
+    plain = in_memory.generate(prompt, max_new_tokens=16, do_sample=False)
+    target = enable_speculative(disk_offload(tiny_llama(seed=0, layers=3), str(tmp_path / "off"), execution_device="cpu"))
+    assert all(p.device.type == "meta" for p in target.parameters()) and input_device(target) == torch.device("cpu")
+    out = target.generate(prompt, draft_model=draft, num_draft_tokens=5, max_new_tokens=16, do_sample=False)
+    assert torch.equal(out, plain)
+
+
 def test_draft_offloaded_too(saved_llama, tmp_path):
     """The draft lives wherever its user put it: here it is itself dispatched with accelerate's cpu_offload."""
     from accelerate import cpu_offload
