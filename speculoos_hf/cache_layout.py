@@ -75,9 +75,18 @@ def permute_slots(cache, order: torch.Tensor, total: int) -> None:
     for layer, sliding in _attention_layers(cache):
         stored = layer.keys.shape[-2]
         idx = order[:, total - stored :] - (total - stored) if stored < total else order
-        idx = idx.clamp(0, stored - 1).to(layer.keys.device)[:, None, :, None]
-        layer.keys = layer.keys.gather(2, idx.expand(-1, layer.keys.shape[1], -1, layer.keys.shape[-1]))
-        layer.values = layer.values.gather(2, idx.expand(-1, layer.values.shape[1], -1, layer.values.shape[-1]))
+        idx = idx.clamp(0, stored - 1).to(layer.keys.device)
+        layer.keys = _take_slots(layer.keys, idx)
+        layer.values = _take_slots(layer.values, idx)
+
+
+def _take_slots(states: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """states [B, H, S, D], idx [B, S] -> out[b, h, j] = states[b, h, idx[b, j]]. One index_select over rows of D
+    values: as fast as a copy (torch.gather with an index expanded to [B, H, S, D] is ~50x slower on CPU)."""
+    B, H, S, D = states.shape
+    base = torch.arange(B * H, device=idx.device).view(B, H, 1) * S
+    flat = (idx[:, None, :] + base).reshape(-1)
+    return states.reshape(B * H * S, D).index_select(0, flat).view(B, H, S, D)
 
 
 def slice_slots(cache, total: int, start: int, end: int, trim: bool = True) -> None:

@@ -28,18 +28,27 @@ row's real tokens first, in order, and its holes last (positions are explicit, s
 logits come back in the caller's order and the slots are compacted before the next forward. Slot indices given to
 `keep` are the caller's ("logical") indices; KVSlots maps them to where the slots now are.
 
-Why compaction rather than lockstep (cropping every row to the shortest acceptance and re-feeding the others'
-accepted tokens)? Lockstep recomputes up to K tokens per row per round: with a partial acceptance in some row that
-is nearly every round, i.e. an extra forward pass (or a verify pass K tokens longer) each round. Compaction moves
-bytes instead: one gather of the cache per round, only when rows accepted different counts, only for the models
-above; sliding layers hold only window - 1 + K slots, so for them it costs next to nothing whatever the length.
-Measured on CPU (2 cores, float32, Mistral-shaped 4 layers, hidden 512, batch 4): see `tests/test_architectures.py`
-and the report in the module `speculoos_hf.cache_layout`'s tests; the gather of a 512-slot full-attention cache takes
-about a tenth of one target forward over that cache, a window-64 sliding cache about a hundredth.
+Why compaction rather than the alternatives:
+  - Lockstep (crop every row to the shortest acceptance, re-feed the others' accepted tokens next round)
+    recomputes up to K tokens per row per round in both models; with partial acceptance that is nearly every
+    round, and on a compute-bound device (CPU, float32: 2+ tokens cost about twice 1) it is close to an extra
+    forward per round. It would also change the loop, which compaction does not.
+  - Per-layer-type 4D masks (window counted in positions) would leave MPT's ALiBi and GPT-Neo's local buffer wrong,
+    work only for models that accept mask dicts, and need full-length sliding layers (O(L) memory and attention).
+  - Compaction moves bytes instead: one index_select per layer (as fast as a copy; torch.gather with an expanded
+    index was ~50x slower on CPU) when rows accepted different counts, for the models above only. Sliding layers hold
+    window - 1 + K slots, so for them the cost does not grow with the length; full layers next to them (Gemma 2/3)
+    and MPT/GPT-Neo move their whole cache.
+Measured (2 shared CPU cores, float32, Mistral-shaped target and perturbed-copy draft, 4 layers, hidden 256, batch 4,
+prompt 64 + 192 new tokens, K = 4): window 32, 233 compactions (target and draft) took 3.6% of the generation;
+compaction forced on full-attention layers (the MPT / GPT-Neo / Gemma full-layer case, up to 260 slots), 3.5%.
+One gather of a 4-layer hidden-512 batch-4 cache: 0.7 ms with window 64 against ~95 ms for the 4-token verify
+forward over it; 17 ms for a 512-slot full cache (~15% of that forward), 115 ms at 2048 slots (~45%).
 With batch size 1, or when every row accepted the same number of drafts, nothing moves (a plain crop).
 
-Host syncs: a `valid` tensor passed to `forward` in compact mode is read on the host (pass `valid=None` when every
-token is real: no sync); `keep` in compact mode reads one int (the longest row) when it has to compact.
+Host syncs: a `valid` tensor passed to `forward` in compact mode is read on the host, so pass a CPU tensor (free)
+or `valid=None` when every token is real; `keep` in compact mode reads one int (the longest row) when it compacts,
+and `select_rows` when rows leave.
 """
 
 from __future__ import annotations
@@ -152,7 +161,7 @@ class KVSlots:
         (None: as given). A row with tokens already cached gets its chunk's real tokens first (holes trail, to be
         compacted before the next forward); an empty row gets its holes first (they look like left padding)."""
         B = len(self._nonempty)
-        if valid_host is None:
+        if valid_host is None or all(map(all, valid_host)):
             self._nonempty = [True] * B
             return None
         rows, changed = [], False
@@ -182,6 +191,13 @@ class KVSlots:
         self._dirty = False
         self._moved = True
 
+    def caller_slot_mask(self) -> torch.Tensor:
+        """[B, L] the slot mask in the caller's slot order (compact mode may move slots within a round; between
+        rounds, after `keep`/`select_rows`, both orders are the same)."""
+        if not self.compact or self._logical is None or self._logical.shape != self.slot_mask.shape:
+            return self.slot_mask
+        return torch.zeros_like(self.slot_mask).scatter(1, self._logical, self.slot_mask)
+
     def invalidate_tail(self, first_slot: int, valid: torch.Tensor) -> None:
         """Overwrite the validity of slots [first_slot, first_slot + n) with `valid` [B, n] (rejected drafts -> holes).
         Slots are the caller's indices; a slot fed as a hole stays one."""
@@ -203,7 +219,8 @@ class KVSlots:
     def keep(self, first_slot: int, valid: torch.Tensor, last_valid: list[int]) -> None:
         """Roll back after a round: of the slots appended from `first_slot`, keep those marked in `valid` [B, n]
         (the rest become holes), record each row's last valid slot (host ints) and crop trailing holes.
-        In each row the kept slots must be a prefix of [first_slot, first_slot + n) (rejections are suffixes).
+        In each row, the slots dropped must be the row's last real tokens (rejections are suffixes): compact mode
+        relies on it to know, from `last_valid` alone, when the rows stay right-aligned.
         Slot indices are only meaningful until the next keep/select_rows: read `num_slots` afresh each round."""
         if valid.shape[1]:
             self.invalidate_tail(first_slot, valid)

@@ -71,21 +71,29 @@ def _configs(window: int) -> dict:
                                   ffn_dim=2 * H, word_embed_proj_dim=H, max_position_embeddings=256)),
         "bloom": (T.BloomConfig, dict(vocab_size=64, hidden_size=H, n_layer=2, n_head=4)),
         "mpt": (T.MptConfig, dict(vocab_size=64, d_model=H, n_layers=2, n_heads=4, max_seq_len=256)),
+        # chunked attention (chunks of W slots) next to a full layer; attention sinks with a window next to a full one
+        "llama4": (T.Llama4TextConfig, _llama_like(head_dim=8, attention_chunk_size=W, num_local_experts=2,
+                                                   num_experts_per_tok=1, intermediate_size_mlp=2 * H,
+                                                   layer_types=["chunked_attention", "full_attention"],
+                                                   no_rope_layers=[1, 0])),
+        "gpt_oss": (T.GptOssConfig, _llama_like(head_dim=8, sliding_window=W, num_local_experts=4,
+                                                num_experts_per_tok=2,
+                                                layer_types=["sliding_attention", "full_attention"])),
     }
 
 
 ARCHS = list(_configs(WINDOW))
 # attention by slot distance: must be compacted with batches (Bloom's and Falcon's ALiBi use positions: not these)
 SLOT_COUNTING = {"qwen2", "qwen3", "qwen3_moe", "mistral", "mixtral", "gemma2", "gemma3", "phi3", "starcoder2",
-                 "cohere2", "olmo3", "gpt_neo", "mpt"}
-_EAGER = {"gemma2", "bloom", "mpt", "gpt_neo"}  # no sdpa in transformers for the last three; gemma2 prefers eager
+                 "cohere2", "olmo3", "gpt_neo", "mpt", "llama4", "gpt_oss"}
+_EAGER = {"gemma2", "bloom", "mpt", "gpt_neo", "gpt_oss"}  # gemma2 prefers eager; the others have no sdpa
 
 
 def tiny_arch(name: str, window: int | None = WINDOW, seed: int = 0, logit_scale: float = 4.0):
     """Tiny float32 `name` model; `window=None` turns its sliding window off (same weights for the same seed)."""
     config_cls, kwargs = _configs(window or WINDOW)[name]
     if window is None:
-        for key in ("sliding_window", "use_sliding_window", "max_window_layers", "layer_types"):
+        for key in ("sliding_window", "use_sliding_window", "max_window_layers", "layer_types", "attention_chunk_size"):
             kwargs.pop(key, None)
     config = config_cls(**kwargs, tie_word_embeddings=False, pad_token_id=PAD_ID, bos_token_id=None,
                         eos_token_id=None)
