@@ -24,10 +24,12 @@ from transformers.generation.stopping_criteria import EosTokenCriteria, MaxLengt
 from .drafters.base import Drafter, Proposal, RoundOutcome
 from .drafters.model import pad_vocab
 from .kv_slots import KVSlots
+from .lookahead import CostModelLookahead
 from .placement import input_device
 from .processors import BatchProcessors, apply_processors
 from .state import DecodeContext, DecodeState
 from .stats import RowStats, SpeculativeStats
+from .timing import Stopwatch
 from .verify import greedy_verify, place_next_token, speculative_verify
 
 
@@ -90,8 +92,12 @@ def speculative_decode(
     target_cache=None,
     streamer=None,
     vocab_size: int | None = None,
+    lookahead: CostModelLookahead | None = None,
 ) -> tuple[torch.Tensor, SpeculativeStats]:
-    """Generate with `drafter` proposing and `target` verifying. Returns (sequences [B, P + new], stats)."""
+    """Generate with `drafter` proposing and `target` verifying. Returns (sequences [B, P + new], stats).
+
+    `lookahead`: a cost model that picks each round's number of drafts (up to `num_draft_tokens`) from measured
+    draft and target times and acceptance by position, and turns speculation off where it cannot pay."""
     started = time.perf_counter()
     device = input_device(target)
     input_ids = input_ids.to(device)
@@ -117,15 +123,26 @@ def speculative_decode(
     prefill(tgt, state)
     drafter.start(ctx, state)
     row_end = [end] * B  # per row: where it stops at the latest (moves in when stopped rows must run along)
+    all_padding = any(f >= P for f in state.first_valid)
 
+    watch = Stopwatch(device)
     while state.rows:
         k = min(K, max(e - n for e, n in zip(row_end_of(state, row_end), state.lengths)) - 1)
+        if lookahead is not None:
+            k = lookahead.choose_k(batch=state.batch_size, limit=k)
+        if all_padding:  # stock scores a row that is all padding from its masked last slot alone: so do we, once
+            k, all_padding = 0, False
+        mark = watch.start()
         proposal = drafter.propose(state, k) if k > 0 else empty_proposal(ctx, state)
+        draft_span, mark = watch.stop(mark), watch.start()
         first_slot = tgt.num_slots
         stats.target_cache_slots = max(stats.target_cache_slots, first_slot + proposal.k + 1)
         scores = score(tgt, ctx, state, proposal)  # [B, k+1, V]
+        target_span = watch.stop(mark)
         verdict = verify(ctx, proposal, scores)
         outcome = apply_stops(ctx, state, stops, verdict, row_end_of(state, row_end))
+        if lookahead is not None:  # after the round's sync: the timings are complete
+            observe(lookahead, watch, draft_span, target_span, proposal, outcome, k)
         commit(state, stops, outcome, stats, streamer, proposal)
         roll_back(tgt, drafter, state, outcome, first_slot, proposal.k)
         retire_finished(state, stops, outcome, out, tgt, drafter, row_end)
@@ -311,6 +328,18 @@ def retire_finished(state: DecodeState, stops: Stops, outcome: RoundOutcome, out
         alive_t = torch.tensor(alive, device=tgt.device)
         tgt.select_rows(alive_t, alive)
         drafter.select_rows(alive_t, alive)
+
+
+def observe(lookahead: CostModelLookahead, watch: Stopwatch, draft_span, target_span, proposal: Proposal,
+            outcome: RoundOutcome, k: int) -> None:
+    """Feed the cost model this round's draft and target times and each row's acceptance."""
+    B = len(outcome.accepted)
+    if k > 0 and proposal.k > 0:
+        forwards = getattr(proposal, "forwards", proposal.k)
+        if forwards:
+            lookahead.observe_draft(watch.seconds(draft_span) / forwards, B)
+    lookahead.observe_target(watch.seconds(target_span), proposal.k + 1, B)
+    lookahead.observe_round(proposal.counts() if k > 0 else [0] * B, outcome.accepted)
 
 
 # ----------------------------------------------------------------------------------------------------- helpers

@@ -17,6 +17,7 @@ from transformers.generation.utils import GenerateDecoderOnlyOutput
 
 from .decoding import speculative_decode
 from .drafters.select import make_drafter
+from .lookahead import CostModelLookahead
 from .checks import (
     check_generate_arguments,
     check_generation_config,
@@ -30,7 +31,9 @@ from .processors import check_supported
 from .stats import SpeculativeStats
 from .vocab import check_vocab_compatible
 
-DEFAULT_NUM_DRAFT_TOKENS = 5
+# num_draft_tokens=None (or "auto"): a cost model picks each round's k up to this, and 0 where drafting cannot pay
+AUTO_MAX_DRAFT_TOKENS = 12
+DEFAULT_NUM_DRAFT_TOKENS = 5  # the seed API's K
 
 _KNOWN_MODEL_KWARGS = {"attention_mask", "cache", "past_key_values", "position_ids", "logits_to_keep", "use_cache"}
 
@@ -94,8 +97,8 @@ def speculative_generate(
         ngram = integer_at_least_one(ngram, "max_matching_ngram_size")
     if num_draft_tokens is None and draft_model is None and lookup_n is not None:
         num_draft_tokens = lookup_n
-    K = DEFAULT_NUM_DRAFT_TOKENS if num_draft_tokens is None else num_draft_tokens
-    K = integer_at_least_one(K, "num_draft_tokens")
+    auto_k = num_draft_tokens is None or (isinstance(num_draft_tokens, str) and num_draft_tokens == "auto")
+    K = AUTO_MAX_DRAFT_TOKENS if auto_k else integer_at_least_one(num_draft_tokens, "num_draft_tokens")
     if lookup_n is not None:
         K = max(K, lookup_n)
     threshold = draft_confidence_threshold
@@ -159,6 +162,7 @@ def speculative_generate(
             target_cache=target_cache,
             streamer=streamer,
             vocab_size=vocab,
+            lookahead=CostModelLookahead(max_k=K) if auto_k else None,
         )
         model.speculative_stats = stats
         if config.return_dict_in_generate:

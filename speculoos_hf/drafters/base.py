@@ -25,11 +25,13 @@ class Proposal:
     probs:        [B, k, V] q_j, the distribution token j was sampled from, or None for deterministic proposals
                   (q = one-hot: accepted with probability p(d), replaced from norm(max(0, p - onehot(d)))).
     num_proposed: host ints [B], or None when every row proposes k tokens.
+    forwards:     draft forwards the proposal took (0 for a copy), for the cost model of `num_draft_tokens=None`.
     """
 
     tokens: torch.Tensor
     probs: torch.Tensor | None = None
     num_proposed: list[int] | None = None
+    forwards: int | None = None  # draft-model forwards it took (for the cost model; None: one per token)
 
     @property
     def k(self) -> int:

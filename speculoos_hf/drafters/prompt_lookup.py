@@ -55,7 +55,7 @@ class PromptLookupDrafter:
         tokens = torch.zeros(state.batch_size, width, dtype=torch.long)
         for i, f in enumerate(found):
             tokens[i, : len(f)] = f
-        return Proposal(tokens.to(state.seq.device), None, [len(f) for f in found])
+        return Proposal(tokens.to(state.seq.device), None, [len(f) for f in found], forwards=0)
 
     def commit(self, state: DecodeState, outcome: RoundOutcome) -> None:
         """Nothing to roll back: the context is the committed tokens themselves."""

@@ -1,0 +1,60 @@
+"""num_draft_tokens=None (the default): a cost model picks k each round. Exact whatever it picks (greedy equality,
+G-test with power), and a draft that is never right gets switched off rather than slowing generation down."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import speculoos_hf.decoding as decoding
+from conftest import left_pad_batch, make_prompt, perturbed_copy, tiny_model
+from speculoos_hf import enable_speculative
+from test_distribution import ALPHA, N, PROMPT, _generate, _processors, exact_distribution, g_test
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_auto_k_greedy_equals_target_batched(arch):
+    target = enable_speculative(tiny_model(arch, seed=0))
+    draft = perturbed_copy(target, noise=0.05, seed=1)
+    ids, mask = left_pad_batch([make_prompt(n, seed=n)[0] for n in (2, 7, 4)])
+    ref = target.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=40)
+    out = target.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=40, draft_model=draft)
+    assert torch.equal(out, ref)
+    stats = target.speculative_stats
+    assert stats.draft_tokens_accepted > 0 and stats.num_draft_tokens >= 4
+
+
+def test_useless_draft_is_switched_off():
+    """A draft from another random model: acceptance ~0, so after a few rounds most rounds draft nothing."""
+    target = enable_speculative(tiny_model("llama", seed=0))
+    bad = tiny_model("llama", seed=99)
+    ids = make_prompt(5, seed=3)
+    out = target.generate(ids, do_sample=False, max_new_tokens=120, draft_model=bad)
+    assert torch.equal(out, target.generate(ids, do_sample=False, max_new_tokens=120))
+    stats = target.speculative_stats
+    assert stats.acceptance_rate < 0.2
+    assert stats.draft_tokens_proposed < 0.3 * stats.new_tokens  # speculation was off for most of the run
+
+
+def test_auto_k_sampling_exact(monkeypatch):
+    from test_distribution import _model
+
+    target = enable_speculative(_model(0))
+    draft = _model(0)
+    torch.manual_seed(123)
+    with torch.no_grad():
+        for p in draft.parameters():
+            p.add_(0.6 * p.std() * torch.randn_like(p))
+    expected = exact_distribution(target, PROMPT, _processors(temperature=0.8))
+    (spec,) = _generate(target, [PROMPT], N, seed=21, draft_model=draft, temperature=0.8)
+    assert target.speculative_stats.draft_tokens_proposed > 0
+    assert g_test(spec, expected) > ALPHA
+
+    def always_accept(draft_tokens, draft_probs, target_probs, uniform, exp_noise, num_proposed=None):
+        B, K = draft_tokens.shape
+        n = torch.full((B,), K, dtype=torch.long)
+        return n, torch.argmax(target_probs[:, K] / exp_noise, dim=-1)
+
+    monkeypatch.setattr(decoding, "speculative_verify", always_accept)
+    (broken,) = _generate(target, [PROMPT], N, seed=22, draft_model=draft, temperature=0.8)
+    assert g_test(broken, expected) < ALPHA
