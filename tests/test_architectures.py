@@ -181,6 +181,22 @@ def test_sweep_has_power_without_compaction(monkeypatch):
             _check_greedy(target, draft)
 
 
+@pytest.mark.parametrize("name", ["mistral", "gemma2", "mpt"])
+def test_rows_leaving_at_different_times(name, compactions):
+    """An EOS that one row reaches early: rows leave the batch one by one (select_rows crops the leading holes)."""
+    target, draft = _pair(name)
+    ids, mask = left_pad_batch([make_prompt(n, seed=n)[0] for n in PROMPTS])
+    free = target.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=NEW)
+    width = ids.shape[1]
+    eos = int(free[1, width + 4])  # row 1 stops after 5 tokens (others maybe later, or never)
+    ref = target.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=NEW, eos_token_id=eos)
+    spec = target.generate(ids, attention_mask=mask, draft_model=draft, num_draft_tokens=3, do_sample=False,
+                           max_new_tokens=NEW, eos_token_id=eos)
+    assert torch.equal(spec, ref), f"\n{spec.tolist()}\n!= target alone\n{ref.tolist()}"
+    assert len({r.new_tokens for r in target.speculative_stats.per_row}) > 1, "rows should stop at different times"
+    assert compactions[0] > 0
+
+
 # ------------------------------------------------------------------------------------- KVSlots against clean runs
 
 
