@@ -30,7 +30,7 @@ from .processors import BatchProcessors, apply_processors
 from .state import DecodeContext, DecodeState
 from .stats import RowStats, SpeculativeStats
 from .timing import Stopwatch
-from .verify import greedy_verify, place_next_token, speculative_verify
+from .verify import block_verify, greedy_verify, place_next_token, speculative_verify
 
 
 @dataclass
@@ -93,11 +93,13 @@ def speculative_decode(
     streamer=None,
     vocab_size: int | None = None,
     lookahead: CostModelLookahead | None = None,
+    block_verification: bool = False,
 ) -> tuple[torch.Tensor, SpeculativeStats]:
     """Generate with `drafter` proposing and `target` verifying. Returns (sequences [B, P + new], stats).
 
     `lookahead`: a cost model that picks each round's number of drafts (up to `num_draft_tokens`) from measured
-    draft and target times and acceptance by position, and turns speculation off where it cannot pay."""
+    draft and target times and acceptance by position, and turns speculation off where it cannot pay.
+    `block_verification` (sampling): the block rule of Sun et al. (2024), exact, at least as many tokens accepted."""
     started = time.perf_counter()
     device = input_device(target)
     input_ids = input_ids.to(device)
@@ -111,7 +113,7 @@ def speculative_decode(
     stops = Stops(torch.tensor(eos_ids, dtype=torch.long, device=device), others, pad, lockstep)
     V = vocab_size or target.config.get_text_config().vocab_size
     end = max(max_length, P)
-    ctx = DecodeContext(BatchProcessors(logits_processor, B), bool(do_sample), V, device, end)
+    ctx = DecodeContext(BatchProcessors(logits_processor, B), bool(do_sample), V, device, end, block_verification)
     state = _start_state(input_ids, mask, end + K + 1, pad)
     stats = SpeculativeStats(num_draft_tokens=K, per_row=[RowStats() for _ in range(B)])
     stats.proposed_at_position, stats.accepted_at_position = [0] * K, [0] * K
@@ -204,7 +206,11 @@ def verify(ctx: DecodeContext, proposal: Proposal, scores: torch.Tensor) -> Verd
         p = torch.softmax(scores, dim=-1)  # [B, k+1, V]
         uniform = torch.rand(B, k, device=scores.device)  # [B, k]
         exp_noise = torch.empty(B, scores.shape[-1], device=scores.device).exponential_()  # [B, V]
-        if num_proposed is None and proposal.probs is not None:
+        if ctx.block_verification:
+            num_accepted, next_token = block_verify(
+                proposal.tokens, proposal.probs, p, uniform, exp_noise, num_proposed=num_proposed
+            )
+        elif num_proposed is None and proposal.probs is not None:
             num_accepted, next_token = speculative_verify(proposal.tokens, proposal.probs, p, uniform, exp_noise)
         else:
             num_accepted, next_token = speculative_verify(

@@ -22,6 +22,7 @@ class DecodeContext:
     vocab_size: int  # V: both distributions live on ids [0, V) (the larger of the two models' vocabularies)
     device: torch.device  # where the target's inputs and logits live; verification runs there
     end: int  # every row stops at this committed length (prompt and padding included)
+    block_verification: bool = False  # sampling: verify each block jointly (Sun et al. 2024) instead of token-wise
 
 
 @dataclass
