@@ -197,6 +197,18 @@ def test_rows_leaving_at_different_times(name, compactions):
     assert compactions[0] > 0
 
 
+@pytest.mark.parametrize("name", ["mistral", "gemma2", "mpt"])
+def test_prompt_lookup_with_windows(name):
+    """Prompt lookup (no draft model: rows propose different numbers of tokens) on slot-counting targets."""
+    target, _ = _pair(name)
+    rows = [torch.tensor([5, 6, 7, 8, 5, 6, 7, 8, 5, 6]), torch.tensor([9, 1, 2, 9, 1]), torch.tensor([3, 4, 3])]
+    ids, mask = left_pad_batch(rows)
+    ref = target.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=NEW)
+    spec = target.generate(ids, attention_mask=mask, prompt_lookup_num_tokens=3, do_sample=False, max_new_tokens=NEW)
+    assert torch.equal(spec, ref), f"\n{spec.tolist()}\n!= target alone\n{ref.tolist()}"
+    assert target.speculative_stats.draft_tokens_proposed > 0
+
+
 # ------------------------------------------------------------------------------------- KVSlots against clean runs
 
 
