@@ -125,7 +125,8 @@ def block_path_probs(
             p_d = P_next.gather(-1, d_next[..., None]).squeeze(-1)  # [B, K-1]
             w_q = after[:, :-1] * (P_next.sum(-1) - p_d).clamp(min=0.0)  # [B, K-1]   p_i p(d) <= 1 at d
         else:
-            w_q = torch.clamp(after[:, :-1, None] * P_next - draft_probs[:, 1:].to(dtype), min=0.0).sum(-1)  # [B, K-1]
+            tmp = P_next * after[:, :-1, None]  # [B, K-1, V]   one temporary, updated in place (CPU: fewer allocations)
+            w_q = tmp.sub_(draft_probs[:, 1:].to(dtype)).clamp_(min=0.0).sum(-1)  # [B, K-1]
         h_q = w_q / (w_q + 1.0 - after[:, :-1]).clamp(min=tiny)  # [B, K-1]   0/0 -> 0 (then h is irrelevant)
         h_q = torch.cat([h_q, h_q.new_zeros(B, 1)], dim=1)  # [B, K]
     else:
