@@ -143,10 +143,14 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.set_title(f"{cls} prompts")
         ax.set_xlabel("draft tokens per round K")
         ax.set_ylabel("speedup over target alone")
-        ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
+    labels = {}  # one legend for the panels, outside them
+    for ax in axes[0]:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            labels.setdefault(label, handle)
+    fig.legend(labels.values(), labels.keys(), loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 
