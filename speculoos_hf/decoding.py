@@ -163,10 +163,16 @@ def prefill(tgt: KVSlots, state: DecodeState) -> None:
     B, P = state.batch_size, state.lengths[0]
     tgt.start(B)
     if P > 1:
-        tgt.forward(state.seq[:, : P - 1], state.valid[:, : P - 1], logits_to_keep=1)
+        tgt.forward(state.seq[:, : P - 1], state.valid_host[:, : P - 1], logits_to_keep=1)  # host mask: no sync
         valid = state.valid_host[:, : P - 1].bool()
         idx = torch.arange(P - 1)[None, :].expand_as(valid)
         tgt.last_valid = torch.where(valid, idx, torch.full_like(idx, -1)).max(dim=1).values.tolist()
+    tgt.skip_position(all_padding_rows(state))
+
+
+def all_padding_rows(state: DecodeState) -> torch.Tensor:
+    """[B] 1 for rows whose prompt is all padding (stock gives their new tokens positions 1, 2, ...)."""
+    return torch.tensor([int(f >= state.lengths[0]) for f in state.first_valid])
 
 
 def empty_proposal(ctx: DecodeContext, state: DecodeState) -> Proposal:
@@ -183,8 +189,8 @@ def score(tgt: KVSlots, ctx: DecodeContext, state: DecodeState, proposal: Propos
     C = state.lengths_tensor()  # [B]
     state.seq.scatter_(1, C[:, None] + torch.arange(k, device=C.device)[None, :], proposal.tokens)  # [B, k]
     x0 = state.seq.gather(1, (C - 1)[:, None])  # [B, 1]
-    x0_valid = state.valid.gather(1, (C - 1)[:, None])  # [B, 1] 0 only for an all-padding prompt
-    valid = torch.cat([x0_valid, torch.ones(B, k, dtype=torch.long, device=C.device)], dim=1)  # [B, k+1]
+    x0_valid = state.valid_host[torch.arange(B), torch.tensor(state.lengths) - 1][:, None]  # [B, 1] host, 0 only
+    valid = torch.cat([x0_valid, torch.ones(B, k, dtype=torch.long)], dim=1)  # [B, k+1] for an all-padding prompt
     logits = pad_vocab(tgt.forward(torch.cat([x0, proposal.tokens], 1), valid, k + 1).to(ctx.device), ctx.vocab_size)
     if not len(ctx.processors):
         return logits  # [B, k+1, V]

@@ -103,6 +103,7 @@ class KVSlots:
             check_movable(self.cache)
         self.slot_mask = torch.zeros(batch_size, 0, dtype=torch.long, device=self.device)
         self.next_pos = torch.zeros(batch_size, dtype=torch.long, device=self.device)
+        self.position_offset = torch.zeros(batch_size, dtype=torch.long, device=self.device)  # see skip_position
         self.last_valid = [-1] * batch_size
         self._logical = torch.zeros(batch_size, 0, dtype=torch.long, device=self.device)
         self._nonempty = [False] * batch_size
@@ -131,7 +132,7 @@ class KVSlots:
             if order is not None:
                 tokens, valid = tokens.gather(1, order), valid.gather(1, order)
         position_ids = self.next_pos[:, None] + valid.cumsum(dim=1) - 1  # [B, n]
-        position_ids = position_ids.clamp(min=0)
+        position_ids = position_ids.clamp(min=0) + self.position_offset[:, None] * valid  # offset real tokens only
         attention_mask = torch.cat([self.slot_mask, valid], dim=1)  # [B, L+n]
         keep = n if order is not None else logits_to_keep
         out = self.model(
@@ -216,6 +217,10 @@ class KVSlots:
         )
         self.next_pos = self.next_pos - before + valid.sum(dim=1)
 
+    def skip_position(self, rows: torch.Tensor) -> None:
+        """Rows [B] (0/1) whose prompt is all padding: stock numbers their new tokens from 1, not 0."""
+        self.position_offset = self.position_offset + rows.to(self.device, torch.long)
+
     def keep(self, first_slot: int, valid: torch.Tensor, last_valid: list[int]) -> None:
         """Roll back after a round: of the slots appended from `first_slot`, keep those marked in `valid` [B, n]
         (the rest become holes), record each row's last valid slot (host ints) and crop trailing holes.
@@ -267,6 +272,7 @@ class KVSlots:
         self.cache.batch_select_indices(rows)
         self.slot_mask = self.slot_mask[rows]
         self.next_pos = self.next_pos[rows]
+        self.position_offset = self.position_offset[rows]
         self.last_valid = [self.last_valid[r] for r in rows_host]
         if self.compact:
             self._logical = self._logical[rows]

@@ -294,7 +294,6 @@ def test_recurrent_model_message_says_what_the_cache_cannot_do():
 # ------------------------------------------------------------------------------------- 8. an all-padding row
 
 
-@pytest.mark.xfail(reason="lead: all-padding row", strict=False)
 @pytest.mark.parametrize("builder", [tiny_llama, tiny_gpt2])
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 def test_all_padding_row_matches_stock(builder, attn):

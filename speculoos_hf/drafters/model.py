@@ -64,9 +64,10 @@ class ModelDrafter:
         self.fed = [0] * state.batch_size
         self._prefill_passes = int(P > 1)
         if P > 1:
-            self.kv.forward(state.seq[:, : P - 1], state.valid[:, : P - 1], logits_to_keep=1)
+            self.kv.forward(state.seq[:, : P - 1], state.valid_host[:, : P - 1], logits_to_keep=1)
             self.kv.last_valid = _last_valid(state.valid_host[:, : P - 1])
             self.fed = [P - 1] * state.batch_size
+        self.kv.skip_position(torch.tensor([int(f >= P) for f in state.first_valid]))
         self._round = None
 
     def propose(self, state: DecodeState, k: int) -> Proposal:
@@ -80,7 +81,7 @@ class ModelDrafter:
         tokens, probs = [], []
         for j in range(k):
             if j:
-                logits = kv.forward(tokens[-1][:, None], torch.ones(B, 1, dtype=torch.long), 1)[:, -1]  # [B, V_d]
+                logits = kv.forward(tokens[-1][:, None], None, 1)[:, -1]  # [B, V_d]
             logits = pad_vocab(logits.to(ctx.device), ctx.vocab_size)  # [B, V]
             scores = apply_processors(ctx.processors, state.seq, [n + j for n in state.lengths], logits, state.rows)
             q = torch.softmax(scores, dim=-1) if ctx.do_sample or self.confidence_threshold is not None else None
@@ -147,7 +148,7 @@ class ModelDrafter:
         valid_host = (positions >= fed) & state.valid_host.gather(1, positions.clamp(min=0)).bool()  # [B, w]
         index = positions.clamp(min=0).to(state.seq.device)
         chunk = state.seq.gather(1, index)  # [B, w]
-        logits = kv.forward(chunk, valid_host.to(state.seq.device).long(), 1)[:, -1]
+        logits = kv.forward(chunk, valid_host.long(), 1)[:, -1]  # a host mask: no sync in compact mode
         row_last = _last_valid(valid_host.long())
         kv.last_valid = [first_slot + j if j >= 0 else old for j, old in zip(row_last, kv.last_valid)]
         return logits
