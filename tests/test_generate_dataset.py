@@ -274,6 +274,18 @@ def test_cli_single_process(pair, saved_pair, tmp_path):
     assert _strip_timing(_read(tmp_path / "cli.jsonl")) == _strip_timing(_read(tmp_path / "py.jsonl"))
 
 
+def test_cli_offloaded_target(saved_pair, tmp_path, capsys):
+    """--target-max-memory: accelerate puts what does not fit on disk; the records are the same."""
+    from speculoos_hf.cli_generate import main
+
+    inp = _write_jsonl(tmp_path / "in.jsonl", _prompts(4))
+    assert main(_cli_args(saved_pair, inp, tmp_path / "mem.jsonl")) == 0
+    assert main(_cli_args(saved_pair, inp, tmp_path / "off.jsonl", "--target-max-memory", "cpu=40KB")) == 0
+    assert "disk" in capsys.readouterr().err  # the placement line: part of the target is on disk
+    assert (tmp_path / "off.jsonl.offload").is_dir()
+    assert _strip_timing(_read(tmp_path / "off.jsonl")) == _strip_timing(_read(tmp_path / "mem.jsonl"))
+
+
 def _free_port() -> int:
     import socket
 
