@@ -1,23 +1,28 @@
-"""Shared tiny-model helpers for the speculoos test suite.
+"""Shared tiny models, helpers and fixtures of the speculoos test suite: the one place that builds test models.
 
-Everything is built offline from configs (no hub access), in float32, with tiny sizes (hidden 32-64, 1-2 layers)
-so the whole suite runs in seconds on a couple of CPU cores. Random models give near-uniform logits, so the
+Everything is built offline from configs (no hub access), in float32, with tiny sizes (hidden 16-32, 1-2 layers)
+so the whole suite runs in minutes on a couple of CPU cores. Random models give near-uniform logits, so the
 helpers scale the logits (`logit_scale`) to make distributions peaked, which makes greedy decisions robust
 (no near-ties that float rounding could flip) and gives drafts realistic acceptance rates.
 
-Helpers (plain functions, importable with `from conftest import ...` or through the fixtures below):
-  tiny_llama(vocab_size, seed, layers, logit_scale, ...)   LlamaForCausalLM (rotary positions)
-  tiny_gpt2(vocab_size, seed, layers, logit_scale, ...)    GPT2LMHeadModel (absolute positions, tied lm_head)
-  tiny_qwen2(vocab_size, seed, layers, logit_scale, ...)   Qwen2ForCausalLM
-  tiny_model(arch, ...)                                    one of the three by name ("llama", "gpt2", "qwen2")
+Helpers (plain functions, importable with `from conftest import ...`):
+  tiny_model(arch, vocab_size, seed, layers, logit_scale, hidden, attn_implementation, init, **config)
+                                   the one builder: "llama", "gpt2", "qwen2" (ARCHS), or "t5", "bart", "mamba"
+  tiny_llama / tiny_gpt2 / tiny_qwen2(vocab_size, seed, ...)   tiny_model of that architecture
   perturbed_copy(model, noise, seed)                       a draft = model with its weights perturbed
+  tiny_pair(arch, noise, draft_seed, speculative, ...)     (target with speculative generate(), perturbed copy)
+  gtest_model(seed, logit_scale, n_ids) / gtest_draft()    the G-tests' 4-token target and draft (see gtest.py)
   tiny_tokenizer()                                         offline PreTrainedTokenizerFast over a word vocab
   tokenizer_words()                                        the words of that vocabulary (ids 0..59)
   make_prompt(length, vocab_size, seed, batch)             random prompt ids, avoiding special ids
   left_pad_batch(prompts, pad_id)                          (input_ids, attention_mask) for left padding
 
-Every model comes back in eval mode with `generation_config.eos_token_id = None` (so generation runs for
-`max_new_tokens` unless a test sets an eos) and `pad_token_id = PAD_ID`.
+Fixtures: tokenizer (session); ids (a 5-token prompt); pair (module; options from the module's PAIR dict),
+fresh_pair (the same, per test, for tests that change the models); trios (module; (target, good, bad) per
+architecture); gtest_pair (module; the G-tests' target and draft).
+
+Every ARCHS model built with the default init comes back in eval mode with `generation_config.eos_token_id = None`
+(so generation runs for `max_new_tokens` unless a test sets an eos) and `pad_token_id = PAD_ID`.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ import copy
 
 import pytest
 import torch
+
+from speculoos_hf import enable_speculative
 
 # Tiny models: intra-op threading only adds overhead (and, on a busy 2-core machine, OpenMP spin/contention
 # can make each tiny matmul take milliseconds). One thread keeps the suite fast and deterministic.
@@ -94,73 +101,110 @@ def _has_submodule(model, name: str) -> bool:
         return False
 
 
-def _llama_like(config_cls, model_cls, vocab_size, seed, layers, logit_scale, hidden, attn_implementation, **extra):
-    """Llama-shaped configs (Llama, Qwen2): rotary positions, grouped-query attention."""
+def _architecture(arch: str, vocab_size: int, layers: int, hidden: int, attn_implementation: str):
+    """(config class, model class, config fields) of `arch` at the suite's tiny sizes."""
+    import transformers as T
+
+    pad = PAD_ID if PAD_ID < vocab_size else None
+    if arch in ("llama", "qwen2"):  # rotary positions, grouped-query attention
+        fields = dict(
+            vocab_size=vocab_size,
+            hidden_size=hidden,
+            intermediate_size=2 * hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=512,
+            tie_word_embeddings=False,
+            pad_token_id=pad,
+            bos_token_id=None,
+            eos_token_id=None,
+            attn_implementation=attn_implementation,
+        )
+        if arch == "llama":
+            return T.LlamaConfig, T.LlamaForCausalLM, fields
+        return T.Qwen2Config, T.Qwen2ForCausalLM, dict(fields, use_sliding_window=False)
+    if arch == "gpt2":  # absolute positions, tied lm_head
+        fields = dict(
+            vocab_size=vocab_size,
+            n_embd=hidden,
+            n_layer=layers,
+            n_head=4,
+            n_positions=512,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+            pad_token_id=pad,
+            bos_token_id=None,
+            eos_token_id=None,
+            attn_implementation=attn_implementation,
+        )
+        return T.GPT2Config, T.GPT2LMHeadModel, fields
+    # Models speculative generate() refuses (tests of the error messages): the library's own special tokens.
+    if arch == "t5":  # encoder-decoder
+        fields = dict(vocab_size=vocab_size, d_model=hidden, d_kv=8, d_ff=2 * hidden, num_layers=layers,
+                      num_decoder_layers=layers, num_heads=4, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+        return T.T5Config, T.T5ForConditionalGeneration, fields
+    if arch == "bart":  # encoder-decoder
+        fields = dict(vocab_size=vocab_size, d_model=hidden, encoder_layers=layers, decoder_layers=layers,
+                      encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=2 * hidden,
+                      decoder_ffn_dim=2 * hidden, max_position_embeddings=64, pad_token_id=1, bos_token_id=0,
+                      eos_token_id=2, decoder_start_token_id=2)
+        return T.BartConfig, T.BartForConditionalGeneration, fields
+    if arch == "mamba":  # recurrent cache (cannot be rolled back)
+        fields = dict(vocab_size=vocab_size, hidden_size=hidden, state_size=4, num_hidden_layers=layers, expand=2,
+                      conv_kernel=2)
+        return T.MambaConfig, T.MambaForCausalLM, fields
+    raise ValueError(f"unknown tiny architecture {arch!r}")
+
+
+def tiny_model(arch: str = "llama", vocab_size: int = DEFAULT_VOCAB, seed: int = 0, layers: int = 2,
+               logit_scale: float | None = None, hidden: int = 32, attn_implementation: str = "sdpa",
+               init: str | None = None, **config_kwargs):
+    """The suite's one builder of tiny random models; every other model helper here is a thin wrapper of it.
+
+    arch: "llama", "qwen2", "gpt2" (the causal LMs of ARCHS), or "t5", "bart", "mamba" (refusal tests only: their
+        library defaults for special tokens, no attn_implementation).
+    init: "peaked" (default for ARCHS): deterministic re-init from `seed`, logits scaled by `logit_scale` (default 4)
+        and the suite's conventions (module docstring). "hf" (the only one for t5, bart, mamba): the library's own
+        init under torch.manual_seed(seed), the output embeddings multiplied by `logit_scale` (default 1), eval mode,
+        the config as built.
+    config_kwargs: config fields added to or overriding the tiny defaults.
+    """
+    config_cls, model_cls, fields = _architecture(arch, vocab_size, layers, hidden, attn_implementation)
+    init = init or ("peaked" if arch in ARCHS else "hf")
+    assert init == "hf" or (init == "peaked" and arch in ARCHS), (arch, init)
+    fields.update(config_kwargs)
     torch.manual_seed(seed)
-    defaults = dict(
-        vocab_size=vocab_size,
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        tie_word_embeddings=False,
-        pad_token_id=PAD_ID if PAD_ID < vocab_size else None,
-        bos_token_id=None,
-        eos_token_id=None,
-        attn_implementation=attn_implementation,
-    )
-    defaults.update(extra)
-    return _finish(model_cls(config_cls(**defaults)), seed, logit_scale)
+    model = model_cls(config_cls(**fields))
+    if init == "peaked":
+        return _finish(model, seed, 4.0 if logit_scale is None else logit_scale)
+    model.eval()
+    if logit_scale is not None and logit_scale != 1.0:
+        with torch.no_grad():
+            model.get_output_embeddings().weight.mul_(logit_scale)
+    return model
 
 
-def tiny_llama(vocab_size: int = DEFAULT_VOCAB, seed: int = 0, layers: int = 2, logit_scale: float = 4.0,
-               hidden: int = 32, attn_implementation: str = "sdpa", **config_kwargs):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    return _llama_like(LlamaConfig, LlamaForCausalLM, vocab_size, seed, layers, logit_scale, hidden,
-                       attn_implementation, **config_kwargs)
+def tiny_llama(vocab_size: int = DEFAULT_VOCAB, seed: int = 0, **kwargs):
+    return tiny_model("llama", vocab_size, seed, **kwargs)
 
 
-def tiny_qwen2(vocab_size: int = DEFAULT_VOCAB, seed: int = 0, layers: int = 2, logit_scale: float = 4.0,
-               hidden: int = 32, attn_implementation: str = "sdpa", **config_kwargs):
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    return _llama_like(Qwen2Config, Qwen2ForCausalLM, vocab_size, seed, layers, logit_scale, hidden,
-                       attn_implementation, **{"use_sliding_window": False, **config_kwargs})
+def tiny_qwen2(vocab_size: int = DEFAULT_VOCAB, seed: int = 0, **kwargs):
+    return tiny_model("qwen2", vocab_size, seed, **kwargs)
 
 
-def tiny_gpt2(vocab_size: int = DEFAULT_VOCAB, seed: int = 0, layers: int = 2, logit_scale: float = 4.0,
-              hidden: int = 32, attn_implementation: str = "sdpa", **config_kwargs):
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(seed)
-    defaults = dict(
-        vocab_size=vocab_size,
-        n_embd=hidden,
-        n_layer=layers,
-        n_head=4,
-        n_positions=512,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-        pad_token_id=PAD_ID if PAD_ID < vocab_size else None,
-        bos_token_id=None,
-        eos_token_id=None,
-        attn_implementation=attn_implementation,
-    )
-    defaults.update(config_kwargs)
-    config = GPT2Config(**defaults)
-    return _finish(GPT2LMHeadModel(config), seed, logit_scale)
+def tiny_gpt2(vocab_size: int = DEFAULT_VOCAB, seed: int = 0, **kwargs):
+    return tiny_model("gpt2", vocab_size, seed, **kwargs)
 
 
-_BUILDERS = {"llama": tiny_llama, "gpt2": tiny_gpt2, "qwen2": tiny_qwen2}
-
-
-def tiny_model(arch: str, vocab_size: int = DEFAULT_VOCAB, seed: int = 0, **kwargs):
-    """A tiny random causal LM of architecture `arch` ("llama", "gpt2" or "qwen2")."""
-    return _BUILDERS[arch](vocab_size=vocab_size, seed=seed, **kwargs)
+def tiny_pair(arch: str = "llama", noise: float = 0.05, draft_seed: int = 1, speculative: bool = True, **kwargs):
+    """(target, draft): tiny_model(arch, **kwargs) with the speculative generate() enabled (unless `speculative` is
+    False) and its perturbed_copy (noise 0.05, seed 1: high but partial greedy acceptance)."""
+    target = tiny_model(arch, **kwargs)
+    if speculative:
+        enable_speculative(target)
+    return target, perturbed_copy(target, noise=noise, seed=draft_seed)
 
 
 def perturbed_copy(model, noise: float = 0.05, seed: int = 1):
@@ -219,15 +263,49 @@ def left_pad_batch(prompts: list[torch.Tensor], pad_id: int = PAD_ID) -> tuple[t
     return ids, mask
 
 
-def new_tokens(sequences: torch.Tensor, prompt_len: int) -> torch.Tensor:
-    return sequences[:, prompt_len:]
+# ------------------------------------------------------------------------------------- the G-tests' 4-token model
+
+GTEST_V = 4  # vocabulary of the G-tests (gtest.V): 4**5 continuations of 5 tokens can be enumerated
+GTEST_PAD = GTEST_V  # their pad id, outside the vocabulary, so padded outputs cannot be confused with tokens
+
+
+def gtest_model(seed: int, logit_scale: float = 6.0, n_ids: int = GTEST_V + 1):
+    """The G-tests' target: a tiny Llama (library init) with GTEST_V tokens plus the pad id, which a hook on the
+    lm_head keeps from ever being sampled (a processor-free -1e9 on its logit). n_ids <= GTEST_PAD: no pad id."""
+    model = tiny_model("llama", n_ids, seed, logit_scale=logit_scale, init="hf", max_position_embeddings=64,
+                       pad_token_id=GTEST_PAD if n_ids > GTEST_PAD else None)
+    if n_ids > GTEST_PAD:
+        model.lm_head.register_forward_hook(mask_pad)
+    return model
+
+
+def mask_pad(module, inputs, output):
+    """Forward hook: the G-test pad id gets logit -1e9."""
+    output[..., GTEST_PAD] = -1e9
+    return output
+
+
+def gtest_draft(seed: int = 0, noise: float = 0.6, noise_seed: int = 123):
+    """The G-tests' draft: gtest_model(seed) with Gaussian noise of `noise` x each tensor's std on every weight
+    (acceptance well between 0 and 1, a distribution visibly different from the target's)."""
+    draft = gtest_model(seed)
+    torch.manual_seed(noise_seed)
+    with torch.no_grad():
+        for p in draft.parameters():
+            p.add_(noise * p.std() * torch.randn_like(p))
+    return draft
 
 
 # ----------------------------------------------------------------------------------------------------- fixtures
+#
+# Module-scoped models are shared by the tests of one file, which must leave them as they found them (generate()
+# only sets `speculative_stats`); a test that changes a model (its generation_config, its forward) takes
+# `fresh_pair` or builds its own.
 
 
 @pytest.fixture(autouse=True)
-def _deterministic_threads():
+def _seed_torch():
+    """Every test starts from the same global torch seed."""
     torch.manual_seed(0)
     yield
 
@@ -238,9 +316,46 @@ def tokenizer():
 
 
 @pytest.fixture
-def llama_pair():
-    """(target, good draft) Llama pair with the speculative generate() enabled on the target."""
-    from speculoos_hf import enable_speculative
+def ids():
+    """A one-row prompt of 5 word ids (make_prompt(5, seed=0))."""
+    return make_prompt(5, seed=0)
 
-    target = enable_speculative(tiny_llama(seed=0))
-    return target, perturbed_copy(target, noise=0.05, seed=1)
+
+def _pair_options(request) -> dict:
+    return dict(getattr(request.module, "PAIR", {}))
+
+
+@pytest.fixture(scope="module")
+def pair(request):
+    """tiny_pair(**PAIR), built once per test module; a module sets `PAIR = dict(...)` (tiny_pair's options) for
+    another pair than the default (Llama, vocabulary 64, 2 layers, seed 0)."""
+    return tiny_pair(**_pair_options(request))
+
+
+@pytest.fixture
+def fresh_pair(request):
+    """The module's pair (see `pair`), built anew for one test that changes it."""
+    return tiny_pair(**_pair_options(request))
+
+
+@pytest.fixture(scope="module")
+def trios():
+    """A function (arch, attn_implementation="sdpa", vocab_size=64) -> (target, good draft, bad draft), each built
+    once per test module: tiny_pair(arch, ...) and an unrelated model of the same shape (seed 123)."""
+    built: dict = {}
+
+    def get(arch: str = "llama", attn_implementation: str = "sdpa", vocab_size: int = DEFAULT_VOCAB):
+        key = (arch, attn_implementation, vocab_size)
+        if key not in built:
+            kw = dict(vocab_size=vocab_size, attn_implementation=attn_implementation)
+            target, good = tiny_pair(arch, **kw)
+            built[key] = (target, good, tiny_model(arch, seed=123, **kw))
+        return built[key]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def gtest_pair():
+    """(target with the speculative generate(), draft) of the G-tests: gtest_model(0) and gtest_draft()."""
+    return enable_speculative(gtest_model(0)), gtest_draft()

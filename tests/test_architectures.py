@@ -282,7 +282,7 @@ def test_recurrent_model_is_refused():
 
 def _windowed_model(seed: int, window: int):
     """test_distribution's tiny target (4 tokens + a pad id never sampled), as a Mistral with a sliding window."""
-    from test_distribution import PAD, V, _mask_pad
+    from gtest import PAD, V, _mask_pad
 
     torch.manual_seed(seed)
     config = T.MistralConfig(vocab_size=V + 1, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -300,7 +300,7 @@ def test_sliding_window_sampling_is_exact(monkeypatch):
     5 new tokens: every continuation runs past the window. Power: draft-only samples, an always-accept rule and
     the same sampler with holes left in place (no compaction) must all be rejected."""
     import speculoos_hf.decoding as decoding
-    from test_distribution import ALPHA, N, _always_accept, _generate, _processors, exact_distribution, g_test
+    from gtest import ALPHA, N, _always_accept, _generate, _processors, exact_distribution, g_test
 
     target = enable_speculative(_windowed_model(0, window=3))
     draft = _windowed_model(0, window=3)

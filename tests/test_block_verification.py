@@ -8,7 +8,7 @@ import torch
 
 import speculoos_hf.decoding as decoding
 from speculoos_hf import enable_speculative
-from test_distribution import ALPHA, N, PROMPT, _generate, _model, _processors, exact_distribution, g_test
+from gtest import ALPHA, N, PROMPT, _generate, _model, _processors, exact_distribution, g_test
 
 
 @pytest.fixture(scope="module")

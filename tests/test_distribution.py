@@ -4,166 +4,17 @@ A tiny target with a 4-token vocabulary: every continuation of T tokens is enume
 probability computed with the same logits processors generate() applies. Thousands of speculative samples
 (one batched generate call) are compared with a G-test at a fixed significance level, with fixed seeds, so
 the outcome is deterministic. Each case also shows the test's power: the same test on a known-wrong sampler
-(draft-only samples, or a rule that accepts every draft) must reject.
+(draft-only samples, or a rule that accepts every draft) must reject. The method's helpers are in gtest.py, the
+models in conftest.py (gtest_model, gtest_draft, the gtest_pair fixture).
 """
 
 from __future__ import annotations
 
-import itertools
-from collections import Counter
-
 import pytest
-import torch
-from scipy.stats import power_divergence
-from transformers import LlamaConfig, LlamaForCausalLM, LogitsProcessorList
-from transformers.generation.logits_process import (
-    RepetitionPenaltyLogitsProcessor,
-    TemperatureLogitsWarper,
-    TopKLogitsWarper,
-    TopPLogitsWarper,
-)
 
 import speculoos_hf.decoding as decoding
+from gtest import ALPHA, N, PROMPT, T, V, _always_accept, _generate, _model, _processors, exact_distribution, g_test
 from speculoos_hf import enable_speculative
-
-V = 4  # vocabulary
-T = 5  # new tokens: 4**5 = 1024 continuations
-N = 12_000  # samples per test
-ALPHA = 1e-3  # significance level of every goodness-of-fit test
-PAD = V  # outside the vocabulary, so padded outputs cannot be confused with tokens
-
-
-def _model(seed: int, logit_scale: float = 6.0, n_ids: int = V + 1) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        vocab_size=n_ids,  # V tokens + the pad id, never produced (its logit is pushed to -inf below)
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        bos_token_id=None,
-        eos_token_id=None,
-        pad_token_id=PAD if n_ids > PAD else None,
-    )
-    model = LlamaForCausalLM(cfg).eval()
-    with torch.no_grad():
-        model.lm_head.weight.mul_(logit_scale)
-    if n_ids <= PAD:
-        return model
-    # The pad id must never be sampled: a processor-free way is a huge negative bias on its logit.
-    model.lm_head.register_forward_hook(_mask_pad)
-    return model
-
-
-def _mask_pad(module, inputs, output):
-    output[..., PAD] = -1e9
-    return output
-
-
-@pytest.fixture(scope="module")
-def target():
-    return enable_speculative(_model(0))
-
-
-@pytest.fixture(scope="module")
-def draft(target):
-    """The target with noisy weights: acceptance well between 0 and 1, distribution visibly different."""
-    d = _model(0)
-    torch.manual_seed(123)
-    with torch.no_grad():
-        for p in d.parameters():
-            p.add_(0.6 * p.std() * torch.randn_like(p))
-    return d
-
-
-def _processors(temperature=1.0, top_k=None, top_p=None, repetition_penalty=None) -> LogitsProcessorList:
-    """The list generate() builds for these arguments, in generate()'s order."""
-    procs = LogitsProcessorList()
-    if repetition_penalty is not None:
-        procs.append(RepetitionPenaltyLogitsProcessor(repetition_penalty))
-    if temperature != 1.0:
-        procs.append(TemperatureLogitsWarper(temperature))
-    if top_k is not None:
-        procs.append(TopKLogitsWarper(top_k))
-    if top_p is not None:
-        procs.append(TopPLogitsWarper(top_p))
-    return procs
-
-
-@torch.no_grad()
-def exact_distribution(model, prompt: list[int], processors, eos: int | None = None) -> dict[tuple, float]:
-    """P(continuation) under target-only sampling: enumerate all V**T continuations, truncate at EOS."""
-    conts = torch.tensor(list(itertools.product(range(V), repeat=T)))  # [V**T, T]
-    P = len(prompt)
-    seqs = torch.cat([torch.tensor(prompt).expand(len(conts), P), conts], dim=1)  # [V**T, P+T]
-    logits = model(input_ids=seqs).logits[:, P - 1 : P + T - 1].float()  # [V**T, T, V+1]
-    logp = torch.zeros(len(conts), dtype=torch.float64)
-    for j in range(T):
-        scores = processors(seqs[:, : P + j], logits[:, j].clone())
-        probs = torch.softmax(scores, dim=-1).double()
-        logp += probs.gather(1, conts[:, j : j + 1]).squeeze(1).log()
-    dist: dict[tuple, float] = Counter()
-    for cont, lp in zip(conts.tolist(), logp.exp().tolist()):
-        dist[_outcome(cont, eos)] += lp  # continuations after EOS sum to 1, so summing is exact
-    return dict(dist)
-
-
-def _outcome(tokens: list[int], eos: int | None) -> tuple:
-    out = []
-    for t in tokens:
-        if t == PAD:
-            break
-        out.append(t)
-        if t == eos:
-            break
-    return tuple(out)
-
-
-def g_test(samples: list[tuple], expected: dict[tuple, float]) -> float:
-    """G-test p-value of observed outcomes against exact probabilities (bins with expected < 5 pooled)."""
-    counts = Counter(samples)
-    impossible = [o for o in counts if expected.get(o, 0.0) == 0.0]
-    if impossible:
-        return 0.0  # an outcome of probability zero was sampled: certainly wrong
-    n = len(samples)
-    obs, exp, pool_obs, pool_exp = [], [], 0, 0.0
-    for outcome, p in expected.items():
-        if n * p >= 5:
-            obs.append(counts.get(outcome, 0))
-            exp.append(n * p)
-        else:
-            pool_obs += counts.get(outcome, 0)
-            pool_exp += n * p
-    if pool_exp > 0:
-        obs.append(pool_obs)
-        exp.append(pool_exp)
-    scale = n / sum(exp)  # float rounding of the exact probabilities
-    return float(power_divergence(obs, [e * scale for e in exp], lambda_="log-likelihood").pvalue)
-
-
-def _generate(model, prompts: list[list[int]], n_each: int, seed: int, **kwargs) -> list[list[tuple]]:
-    """n_each samples for each prompt, all in one left-padded batch; returns outcomes per prompt."""
-    width = max(map(len, prompts))
-    ids = torch.tensor([[PAD] * (width - len(p)) + p for p in prompts for _ in range(n_each)])
-    mask = (ids != PAD).long()
-    torch.manual_seed(seed)
-    out = model.generate(
-        ids, attention_mask=mask, do_sample=True, max_new_tokens=T, pad_token_id=PAD, top_k=kwargs.pop("top_k", 0), **kwargs
-    )
-    new = out[:, width:].tolist()
-    eos = kwargs.get("eos_token_id")
-    outcomes = [_outcome(row, eos) for row in new]
-    return [outcomes[i * n_each : (i + 1) * n_each] for i in range(len(prompts))]
-
-
-def _always_accept(draft_tokens, draft_probs, target_probs, uniform, exp_noise):
-    """A broken rule: every draft accepted, bonus token from p_K."""
-    B, K = draft_tokens.shape
-    n = torch.full((B,), K, dtype=torch.long, device=draft_tokens.device)
-    return n, torch.argmax(target_probs[:, K] / exp_noise, dim=-1)
-
 
 CASES = {
     "plain_T1": dict(settings={}, K=4),
@@ -176,11 +27,11 @@ CASES = {
     "eos_in_block": dict(settings={}, K=4, eos=2),
     "adaptive_lookahead": dict(settings=dict(temperature=0.8), K=5, extra=dict(draft_confidence_threshold=0.7)),
 }
-PROMPT = [1, 3, 0]
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_speculative_matches_exact_distribution(name, target, draft, monkeypatch):
+def test_speculative_matches_exact_distribution(name, gtest_pair, monkeypatch):
+    target, draft = gtest_pair
     case = CASES[name]
     settings, K, eos = case["settings"], case["K"], case.get("eos")
     procs = _processors(**settings)
@@ -212,8 +63,9 @@ def test_speculative_matches_exact_distribution(name, target, draft, monkeypatch
         assert any(len(o) < T for o in spec)
 
 
-def test_batched_rows_with_different_prompt_lengths(target, draft, monkeypatch):
+def test_batched_rows_with_different_prompt_lengths(gtest_pair, monkeypatch):
     """One left-padded batch, prompts of lengths 1, 3 and 6: each row group has its own exact distribution."""
+    target, draft = gtest_pair
     prompts = [[2], [1, 3, 0], [3, 3, 1, 0, 2, 1]]
     settings = dict(temperature=0.8, repetition_penalty=1.3)
     procs = _processors(**settings)
@@ -241,8 +93,9 @@ class _LenOnly:
 
 
 @pytest.mark.parametrize("draft_ids", [V, V + 3], ids=["draft_lacks_pad_id", "draft_has_ids_target_lacks"])
-def test_vocab_size_mismatch_stays_exact(draft_ids, target, monkeypatch):
+def test_vocab_size_mismatch_stays_exact(draft_ids, gtest_pair, monkeypatch):
     """Padded-embedding pairs: ids only one model has get probability 0 there; the output is still exactly p."""
+    target, _ = gtest_pair
     draft = _model(7, n_ids=draft_ids)
     expected = exact_distribution(target, PROMPT, _processors(temperature=0.9))
     kwargs = dict(draft_model=draft, num_draft_tokens=3, temperature=0.9, tokenizer=_LenOnly(V))

@@ -4,15 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import (
-    BartConfig,
-    BartForConditionalGeneration,
-    DynamicCache,
-    LogitsProcessorList,
-    T5Config,
-    T5ForConditionalGeneration,
-    TextStreamer,
-)
+from transformers import DynamicCache, LogitsProcessorList, TextStreamer
 from transformers.generation.logits_process import UnbatchedClassifierFreeGuidanceLogitsProcessor
 
 from conftest import (
@@ -21,22 +13,13 @@ from conftest import (
     left_pad_batch,
     make_prompt,
     perturbed_copy,
-    tiny_llama,
-    tiny_qwen2,
+    tiny_model,
+    tiny_pair,
     tiny_tokenizer,
 )
 from speculoos_hf import enable_speculative
 
-
-@pytest.fixture(scope="module")
-def pair():
-    target = enable_speculative(tiny_llama(vocab_size=64, seed=0, layers=1))
-    return target, perturbed_copy(target, noise=0.05, seed=1)
-
-
-@pytest.fixture(scope="module")
-def ids():
-    return make_prompt(5, seed=0)
+PAIR = dict(layers=1)  # the `pair` fixture: a one-layer Llama, vocabulary 64, and its perturbed copy
 
 
 @pytest.mark.parametrize("K", [0, -1, 2.5, True, "3"])
@@ -58,41 +41,24 @@ def test_beam_search_refused(pair, ids):
         target.generate(ids, draft_model=draft, num_beams=2, max_new_tokens=4)
 
 
-def _tiny_t5():
-    config = T5Config(
-        vocab_size=64, d_model=32, d_kv=8, d_ff=64, num_layers=1, num_decoder_layers=1, num_heads=4,
-        decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
-    )
-    return T5ForConditionalGeneration(config).eval()
-
-
-def _tiny_bart():
-    config = BartConfig(
-        vocab_size=64, d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=4,
-        decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=64,
-        pad_token_id=1, bos_token_id=0, eos_token_id=2, decoder_start_token_id=2,
-    )
-    return BartForConditionalGeneration(config).eval()
-
-
-@pytest.mark.parametrize("builder", [_tiny_t5, _tiny_bart])
-def test_encoder_decoder_target_refused(pair, ids, builder):
+@pytest.mark.parametrize("arch", ["t5", "bart"])
+def test_encoder_decoder_target_refused(pair, ids, arch):
     _, draft = pair
-    target = enable_speculative(builder())
+    target = enable_speculative(tiny_model(arch, layers=1))
     with pytest.raises(ValueError, match="encoder-decoder"):
         target.generate(ids, draft_model=draft, max_new_tokens=4)
 
 
-@pytest.mark.parametrize("builder", [_tiny_t5, _tiny_bart])
-def test_encoder_decoder_draft_refused(pair, ids, builder):
+@pytest.mark.parametrize("arch", ["t5", "bart"])
+def test_encoder_decoder_draft_refused(pair, ids, arch):
     target, _ = pair
     with pytest.raises(ValueError, match="encoder-decoder"):
-        target.generate(ids, draft_model=builder(), max_new_tokens=4)
+        target.generate(ids, draft_model=tiny_model(arch, layers=1), max_new_tokens=4)
 
 
 def test_different_vocab_sizes_without_tokenizer(pair, ids):
     target, _ = pair
-    draft = tiny_llama(vocab_size=80, seed=5, layers=1)
+    draft = tiny_model("llama", vocab_size=80, seed=5, layers=1)
     with pytest.raises(ValueError) as info:
         target.generate(ids, draft_model=draft, max_new_tokens=4)
     message = str(info.value)
@@ -121,7 +87,8 @@ def _zero_padded_rows(model, used: int):
 @pytest.mark.parametrize("target_vocab, draft_vocab", [(64, 72), (72, 64), (TOKENIZER_LEN, 64)])
 def test_different_vocab_sizes_with_fitting_tokenizer(target_vocab, draft_vocab):
     tok = tiny_tokenizer()
-    target = enable_speculative(_zero_padded_rows(tiny_llama(vocab_size=target_vocab, seed=0, layers=1), len(tok)))
+    target = tiny_model("llama", vocab_size=target_vocab, seed=0, layers=1)
+    target = enable_speculative(_zero_padded_rows(target, len(tok)))
     draft = _zero_padded_rows(_resized_copy(target, draft_vocab), len(tok))
     assert len(tok) <= min(target_vocab, draft_vocab)
     ids = make_prompt(5, seed=3)
@@ -142,7 +109,8 @@ def test_target_token_outside_draft_vocab():
     """The target may produce an id the (smaller) draft lacks (a padded row has non-zero probability when
     sampling). Exactness only needs the target; the draft must not crash on such an id in its input."""
     tok = tiny_tokenizer()
-    target = enable_speculative(tiny_llama(vocab_size=72, seed=0, layers=1))  # random rows 63..71: often chosen
+    # random rows 63..71: often chosen
+    target = enable_speculative(tiny_model("llama", vocab_size=72, seed=0, layers=1))
     draft = _resized_copy(target, 64)
     ids = make_prompt(5, seed=3)
     ref = target.generate(ids, do_sample=False, max_new_tokens=15)
@@ -153,8 +121,8 @@ def test_target_token_outside_draft_vocab():
 
 def test_different_vocab_sizes_with_too_large_tokenizer(ids):
     tok = tiny_tokenizer()  # 63 ids
-    target = enable_speculative(tiny_llama(vocab_size=72, seed=0, layers=1))
-    draft = tiny_llama(vocab_size=60, seed=1, layers=1)
+    target = enable_speculative(tiny_model("llama", vocab_size=72, seed=0, layers=1))
+    draft = tiny_model("llama", vocab_size=60, seed=1, layers=1)
     with pytest.raises(ValueError, match="60"):
         target.generate(ids, draft_model=draft, max_new_tokens=4, tokenizer=tok)
 
@@ -254,10 +222,8 @@ def test_inputs_embeds_refused(pair, ids):
 
 def test_sliding_window_exact_within_and_beyond_window():
     """No longer refused past the window (issue 10; the architecture sweep is tests/test_architectures.py)."""
-    target = enable_speculative(tiny_qwen2(seed=0, layers=1, use_sliding_window=True, sliding_window=16,
-                                           max_window_layers=0))
+    target, draft = tiny_pair("qwen2", layers=1, use_sliding_window=True, sliding_window=16, max_window_layers=0)
     assert target.config.layer_types == ["sliding_attention"]
-    draft = perturbed_copy(target, noise=0.05, seed=1)
     ids = make_prompt(5, seed=4)
     for new in (10, 30):
         ref = target.generate(ids, do_sample=False, max_new_tokens=new)
@@ -271,7 +237,7 @@ def test_different_vocab_sizes_resolved_through_saved_tokenizers(tmp_path):
     from transformers import AutoModelForCausalLM
 
     tok = tiny_tokenizer()
-    target = tiny_llama(vocab_size=64, seed=0, layers=1)
+    target = tiny_model("llama", vocab_size=64, seed=0, layers=1)
     draft = _resized_copy(target, 72)
     target.save_pretrained(tmp_path / "target")
     tok.save_pretrained(tmp_path / "target")
@@ -294,11 +260,8 @@ def test_different_vocab_sizes_resolved_through_saved_tokenizers(tmp_path):
 
 
 def test_right_padding_is_refused():
-    from conftest import tiny_llama, perturbed_copy
-    from speculoos_hf import enable_speculative
-
-    target = enable_speculative(tiny_llama())
+    target, draft = tiny_pair()
     ids = torch.tensor([[5, 6, 7, 61], [5, 6, 7, 8]])
     mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])
     with pytest.raises(ValueError, match="left"):
-        target.generate(ids, attention_mask=mask, draft_model=perturbed_copy(target), max_new_tokens=3)
+        target.generate(ids, attention_mask=mask, draft_model=draft, max_new_tokens=3)

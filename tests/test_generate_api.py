@@ -18,16 +18,7 @@ from transformers import (
 )
 from transformers.generation.streamers import BaseStreamer
 
-from conftest import (
-    PAD_ID,
-    TOKENIZER_LEN,
-    left_pad_batch,
-    make_prompt,
-    perturbed_copy,
-    tiny_gpt2,
-    tiny_llama,
-    tiny_tokenizer,
-)
+from conftest import PAD_ID, TOKENIZER_LEN, left_pad_batch, make_prompt, perturbed_copy, tiny_model, tiny_pair
 import speculoos_hf
 from speculoos_hf import (
     SpeculativeGenerateOutput,
@@ -38,25 +29,16 @@ from speculoos_hf import (
 )
 
 
-@pytest.fixture(scope="module")
-def pair():
-    """(target, good draft), vocab = len(tiny_tokenizer()) so every id decodes."""
-    target = enable_speculative(tiny_llama(vocab_size=TOKENIZER_LEN, seed=0))
-    return target, perturbed_copy(target, noise=0.05, seed=1)
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return tiny_tokenizer()
+PAIR = dict(vocab_size=TOKENIZER_LEN)  # the `pair` fixture: vocabulary = len(tokenizer), so every id decodes
 
 
 # ------------------------------------------------------------------------------------------- stock behaviour
 
 
-@pytest.mark.parametrize("builder", [tiny_llama, tiny_gpt2])
-def test_without_draft_generate_is_stock(builder):
-    stock = builder(seed=3)
-    spec = enable_speculative(builder(seed=3))
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_without_draft_generate_is_stock(arch):
+    stock = tiny_model(arch, seed=3)
+    spec = enable_speculative(tiny_model(arch, seed=3))
     ids = make_prompt(6, seed=1)
     assert torch.equal(
         stock.generate(ids, do_sample=False, max_new_tokens=12), spec.generate(ids, do_sample=False, max_new_tokens=12)
@@ -76,7 +58,7 @@ def test_without_draft_generate_is_stock(builder):
 
 
 def test_enable_speculative_keeps_identity(tmp_path):
-    model = tiny_llama(seed=0)
+    model = tiny_model("llama", seed=0)
     same = enable_speculative(model)
     assert same is model
     assert type(model).__name__ == "LlamaForCausalLM"
@@ -84,7 +66,7 @@ def test_enable_speculative_keeps_identity(tmp_path):
     assert isinstance(model, SpeculativeGenerationMixin)
     assert enable_speculative(model) is model and type(model).__name__ == "LlamaForCausalLM"  # idempotent
     # two models of the same class share one speculative class
-    other = enable_speculative(tiny_llama(seed=1))
+    other = enable_speculative(tiny_model("llama", seed=1))
     assert type(other) is type(model)
 
     ids = make_prompt(5, seed=2)
@@ -172,20 +154,20 @@ def _check_stats(stats: SpeculativeStats, K: int, new_per_row: list[int]) -> Non
 # --------------------------------------------------------------------------------------------------- streamers
 
 
-def test_text_streamer_prints_generated_text(pair, tok, capsys):
+def test_text_streamer_prints_generated_text(pair, tokenizer, capsys):
     target, draft = pair
     ids = make_prompt(5, seed=4)
     capsys.readouterr()
     out = target.generate(
         ids, draft_model=draft, num_draft_tokens=4, do_sample=False, max_new_tokens=14,
-        streamer=TextStreamer(tok, skip_prompt=True),
+        streamer=TextStreamer(tokenizer, skip_prompt=True),
     )
     printed = capsys.readouterr().out
-    expected = tok.decode(out[0, 5:])
+    expected = tokenizer.decode(out[0, 5:])
     assert printed.rstrip("\n") == expected
     assert len(expected.split()) == 14
     # exactly what the stock generate() prints with the same streamer
-    target.generate(ids, do_sample=False, max_new_tokens=14, streamer=TextStreamer(tok, skip_prompt=True))
+    target.generate(ids, do_sample=False, max_new_tokens=14, streamer=TextStreamer(tokenizer, skip_prompt=True))
     assert capsys.readouterr().out == printed
 
 
@@ -315,8 +297,8 @@ def test_user_stopping_criteria_checked_per_token(pair, use_self_draft):
         assert 6 + 8 not in criterion.seen_lengths  # never looked past the stop
 
 
-def test_generation_config_is_honoured(pair, tok):
-    target, draft = pair
+def test_generation_config_is_honoured(fresh_pair, tokenizer):
+    target, draft = fresh_pair  # the test changes the target's generation_config
     ids = make_prompt(6, seed=9)
     gc = GenerationConfig(max_new_tokens=9, do_sample=False, repetition_penalty=1.6, pad_token_id=PAD_ID)
     ref = target.generate(ids, generation_config=gc)
@@ -330,10 +312,10 @@ def test_generation_config_is_honoured(pair, tok):
     assert torch.equal(out, target.generate(ids, generation_config=gc, max_new_tokens=4))
     # stop strings and eos from a GenerationConfig
     plain = target.generate(ids, do_sample=False, max_new_tokens=20)[0, 6:].tolist()
-    word = tok.convert_ids_to_tokens(plain[3])
+    word = tokenizer.convert_ids_to_tokens(plain[3])
     gc_stop = GenerationConfig(max_new_tokens=20, do_sample=False, stop_strings=[word], pad_token_id=PAD_ID)
-    ref = target.generate(ids, generation_config=gc_stop, tokenizer=tok)
-    out = target.generate(ids, generation_config=gc_stop, tokenizer=tok, draft_model=draft, num_draft_tokens=4)
+    ref = target.generate(ids, generation_config=gc_stop, tokenizer=tokenizer)
+    out = target.generate(ids, generation_config=gc_stop, tokenizer=tokenizer, draft_model=draft, num_draft_tokens=4)
     assert torch.equal(out, ref) and ref.shape[1] <= 6 + 4
     gc_eos = GenerationConfig(max_new_tokens=20, do_sample=False, eos_token_id=plain[2], pad_token_id=PAD_ID)
     ref = target.generate(ids, generation_config=gc_eos)
@@ -366,8 +348,7 @@ def _record_forward(model, log: list):
 
 @pytest.mark.parametrize("K", [1, 3, 6])
 def test_no_token_is_recomputed(K):
-    target = enable_speculative(tiny_llama(seed=0))
-    draft = perturbed_copy(target, noise=0.05, seed=1)
+    target, draft = tiny_pair()  # its own pair: the test wraps the models' forward
     P = 7
     ids = make_prompt(P, seed=K)
     t_log, d_log = [], []
@@ -394,14 +375,13 @@ def test_no_token_is_recomputed(K):
 # ---------------------------------------------------------------------------------------------------- seed API
 
 
-def test_seed_api_sampler(tok):
+def test_seed_api_sampler(tokenizer):
     from speculoos import SpeculativeSampler
 
     assert SpeculativeSampler is speculoos_hf.SpeculativeSampler
-    target = tiny_llama(vocab_size=TOKENIZER_LEN, seed=0)
-    draft = perturbed_copy(target, noise=0.05, seed=1)
-    sampler = SpeculativeSampler(draft, target, K=3, tokenizer=tok)
-    assert sampler.K == 3 and sampler.tokenizer is tok
+    target, draft = tiny_pair(vocab_size=TOKENIZER_LEN, speculative=False)
+    sampler = SpeculativeSampler(draft, target, K=3, tokenizer=tokenizer)
+    assert sampler.K == 3 and sampler.tokenizer is tokenizer
     ids = sampler.encode("w01 w02 w03 w04")
     assert ids.shape == (1, 4) and ids[0].tolist() == [1, 2, 3, 4]
 
@@ -424,8 +404,7 @@ def test_seed_api_sampler(tok):
 def test_seed_api_functions():
     from speculoos_hf import auto_regressive_sampling, speculative_sampling
 
-    target = tiny_llama(seed=0)
-    draft = perturbed_copy(target, noise=0.05, seed=1)
+    target, draft = tiny_pair(speculative=False)
     ids = make_prompt(5, seed=12)
     torch.manual_seed(0)
     out = speculative_sampling(ids, draft, target, T=8, K=3)
@@ -486,20 +465,19 @@ def test_user_stopping_criteria_batched(pair):
     assert [r.new_tokens for r in target.speculative_stats.per_row] == [2, 12, 5]
 
 
-def test_seed_api_sampler_from_paths(tmp_path, tok):
+def test_seed_api_sampler_from_paths(tmp_path, tokenizer):
     """Models and tokenizer given as local paths (loaded with from_pretrained; the tokenizer from the target)."""
     from speculoos import SpeculativeSampler
 
-    target = tiny_llama(vocab_size=TOKENIZER_LEN, seed=0)
-    draft = perturbed_copy(target, noise=0.05, seed=1)
+    target, draft = tiny_pair(vocab_size=TOKENIZER_LEN, speculative=False)
     target.save_pretrained(tmp_path / "target")
-    tok.save_pretrained(tmp_path / "target")
+    tokenizer.save_pretrained(tmp_path / "target")
     draft.save_pretrained(tmp_path / "draft")
     sampler = SpeculativeSampler(str(tmp_path / "draft"), str(tmp_path / "target"), K=2, dtype=torch.float32)
-    assert len(sampler.tokenizer) == len(tok)
+    assert len(sampler.tokenizer) == len(tokenizer)
     ids = sampler.encode("w03 w04 w05")
     assert ids[0].tolist() == [3, 4, 5]
     greedy = sampler.sample(ids, T=6, do_sample=False)
     assert torch.equal(greedy, target.generate(ids, do_sample=False, max_new_tokens=6))
     text = sampler.sample_and_decode("w03 w04 w05", T=4, do_sample=False)
-    assert text == tok.decode(greedy[0, :7], skip_special_tokens=True)
+    assert text == tokenizer.decode(greedy[0, :7], skip_special_tokens=True)

@@ -17,27 +17,13 @@ from conftest import (
     left_pad_batch,
     make_prompt,
     perturbed_copy,
-    tiny_model,
     tiny_tokenizer,
 )
-from speculoos_hf import enable_speculative
-
-_CACHE: dict = {}
 
 
-def _models(arch: str, attn: str = "sdpa", vocab_size: int = 64):
-    """(target with speculative generate, good draft, bad draft), built once per module."""
-    key = (arch, attn, vocab_size)
-    if key not in _CACHE:
-        target = enable_speculative(tiny_model(arch, vocab_size=vocab_size, seed=0, attn_implementation=attn))
-        good = perturbed_copy(target, noise=0.05, seed=1)
-        bad = tiny_model(arch, vocab_size=vocab_size, seed=123, attn_implementation=attn)
-        _CACHE[key] = (target, good, bad)
-    return _CACHE[key]
-
-
-def _draft(arch: str, kind: str, attn: str = "sdpa", vocab_size: int = 64):
-    target, good, bad = _models(arch, attn, vocab_size)
+def _pick(trio, kind: str):
+    """The draft of a trio (target, good, bad) by name: "good", "bad" or "self" (the target as its own draft)."""
+    target, good, bad = trio
     return {"good": good, "bad": bad, "self": target}[kind]
 
 
@@ -52,9 +38,9 @@ def _assert_same(spec: torch.Tensor, ref: torch.Tensor) -> None:
 @pytest.mark.parametrize("K", [1, 2, 5, 8])
 @pytest.mark.parametrize("draft_kind", ["good", "bad", "self"])
 @pytest.mark.parametrize("arch", ARCHS)
-def test_matches_target_greedy(arch, draft_kind, K):
-    target, _, _ = _models(arch)
-    draft = _draft(arch, draft_kind)
+def test_matches_target_greedy(arch, draft_kind, K, trios):
+    target, _, _ = trio = trios(arch)
+    draft = _pick(trio, draft_kind)
     for prompt_len, max_new in ((1, 7), (7, 17)):
         ids = make_prompt(prompt_len, seed=prompt_len + K)
         ref = target.generate(ids, do_sample=False, max_new_tokens=max_new)
@@ -68,9 +54,9 @@ def test_matches_target_greedy(arch, draft_kind, K):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_good_draft_gives_partial_acceptance(arch):
-    """Sanity check of the fixtures: the perturbed copy is accepted often but not always, the bad draft rarely."""
-    target, good, bad = _models(arch)
+def test_good_draft_gives_partial_acceptance(arch, trios):
+    """Sanity check of the trios: the perturbed copy is accepted often but not always, the bad draft rarely."""
+    target, good, bad = trios(arch)
     ids = make_prompt(6, seed=3)
     target.generate(ids, draft_model=good, num_draft_tokens=3, do_sample=False, max_new_tokens=30)
     good_rate = target.speculative_stats.acceptance_rate
@@ -91,9 +77,9 @@ def _greedy_new_tokens(target, ids, max_new: int, **kw) -> list[int]:
 @pytest.mark.parametrize("K", [2, 8])
 @pytest.mark.parametrize("draft_kind", ["good", "self"])
 @pytest.mark.parametrize("arch", ARCHS)
-def test_stops_on_eos(arch, draft_kind, K):
-    target, _, _ = _models(arch)
-    draft = _draft(arch, draft_kind)
+def test_stops_on_eos(arch, draft_kind, K, trios):
+    target, _, _ = trio = trios(arch)
+    draft = _pick(trio, draft_kind)
     ids = make_prompt(5, seed=11)
     plain = _greedy_new_tokens(target, ids, 20)
     eos = plain[3]  # the 4th generated token: greedy (with this eos) stops at its first occurrence
@@ -116,9 +102,9 @@ def test_stops_on_eos(arch, draft_kind, K):
 
 @pytest.mark.parametrize("K", [1, 5])
 @pytest.mark.parametrize("arch", ARCHS)
-def test_stops_on_stop_strings(arch, K):
+def test_stops_on_stop_strings(arch, K, trios):
     tok = tiny_tokenizer()
-    target, good, _ = _models(arch, vocab_size=TOKENIZER_LEN)
+    target, good, _ = trios(arch, vocab_size=TOKENIZER_LEN)
     assert target.config.vocab_size == len(tok)
     ids = make_prompt(4, seed=21)
     plain = _greedy_new_tokens(target, ids, 20)
@@ -144,8 +130,8 @@ def test_stops_on_stop_strings(arch, K):
 @pytest.mark.parametrize("K", [1, 8])
 @pytest.mark.parametrize("max_new", [1, 2, 7])
 @pytest.mark.parametrize("arch", ARCHS)
-def test_never_exceeds_max_new_tokens(arch, max_new, K):
-    target, good, _ = _models(arch)
+def test_never_exceeds_max_new_tokens(arch, max_new, K, trios):
+    target, good, _ = trios(arch)
     ids = make_prompt(6, seed=max_new)
     ref = target.generate(ids, do_sample=False, max_new_tokens=max_new)
     for draft in (good, target):
@@ -158,8 +144,8 @@ def test_never_exceeds_max_new_tokens(arch, max_new, K):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_max_length(arch):
-    target, good, _ = _models(arch)
+def test_max_length(arch, trios):
+    target, good, _ = trios(arch)
     ids = make_prompt(6, seed=5)
     ref = target.generate(ids, do_sample=False, max_length=15)
     spec = target.generate(ids, draft_model=good, num_draft_tokens=4, do_sample=False, max_length=15)
@@ -169,8 +155,8 @@ def test_max_length(arch):
 
 @pytest.mark.parametrize("K", [2, 6])
 @pytest.mark.parametrize("arch", ARCHS)
-def test_min_new_tokens(arch, K):
-    target, good, _ = _models(arch)
+def test_min_new_tokens(arch, K, trios):
+    target, good, _ = trios(arch)
     ids = make_prompt(5, seed=31)
     plain = _greedy_new_tokens(target, ids, 20)
     eos = plain[0]  # without min_new_tokens generation would stop after one token
@@ -187,8 +173,8 @@ def test_min_new_tokens(arch, K):
 
 @pytest.mark.parametrize("K", [1, 5])
 @pytest.mark.parametrize("arch", ARCHS)
-def test_repetition_penalty(arch, K):
-    target, good, bad = _models(arch)
+def test_repetition_penalty(arch, K, trios):
+    target, good, bad = trios(arch)
     ids = make_prompt(6, seed=41)
     ref = target.generate(ids, do_sample=False, max_new_tokens=16, repetition_penalty=1.8)
     for draft in (good, bad, target):
@@ -198,11 +184,11 @@ def test_repetition_penalty(arch, K):
         _assert_same(spec, ref)
 
 
-def test_repetition_penalty_changes_output():
+def test_repetition_penalty_changes_output(trios):
     """The penalty setting is not a no-op on the fixture models (so the test above checks something)."""
     changed = 0
     for arch in ARCHS:
-        target, _, _ = _models(arch)
+        target, _, _ = trios(arch)
         ids = make_prompt(6, seed=41)
         a = target.generate(ids, do_sample=False, max_new_tokens=16)
         b = target.generate(ids, do_sample=False, max_new_tokens=16, repetition_penalty=1.8)
@@ -216,8 +202,8 @@ def _bigrams(tokens: list[int]) -> list[tuple[int, int]]:
 
 @pytest.mark.parametrize("K", [2, 8])
 @pytest.mark.parametrize("arch", ARCHS)
-def test_no_repeat_ngram_size(arch, K):
-    target, good, _ = _models(arch)
+def test_no_repeat_ngram_size(arch, K, trios):
+    target, good, _ = trios(arch)
     ids = make_prompt(6, seed=51)
     ref = target.generate(ids, do_sample=False, max_new_tokens=20, no_repeat_ngram_size=2)
     grams = _bigrams(ref[0].tolist())
@@ -230,8 +216,8 @@ def test_no_repeat_ngram_size(arch, K):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_combined_processors_and_eos(arch):
-    target, good, _ = _models(arch)
+def test_combined_processors_and_eos(arch, trios):
+    target, good, _ = trios(arch)
     ids = make_prompt(7, seed=61)
     plain = _greedy_new_tokens(target, ids, 20)
     kw = dict(
@@ -255,8 +241,8 @@ def _batch(lengths=(3, 7, 5), seed=0):
 @pytest.mark.parametrize("K", [1, 4])
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "qwen2"])
-def test_batched_left_padded(arch, attn, K):
-    target, good, bad = _models(arch, attn)
+def test_batched_left_padded(arch, attn, K, trios):
+    target, good, bad = trios(arch, attn)
     assert target.config._attn_implementation == attn
     ids, mask = _batch(seed=K)
     ref = target.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=12, pad_token_id=PAD_ID)
@@ -274,9 +260,9 @@ def test_batched_left_padded(arch, attn, K):
 @pytest.mark.parametrize("K", [2, 5])
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
-def test_batched_rows_finishing_on_eos(arch, attn, K):
+def test_batched_rows_finishing_on_eos(arch, attn, K, trios):
     """Rows that hit eos early are padded with pad_token_id exactly as in the stock batched greedy."""
-    target, good, _ = _models(arch, attn)
+    target, good, _ = trios(arch, attn)
     ids, mask = _batch(lengths=(4, 8, 6), seed=70)
     L = ids.shape[1]
     plain = target.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=16, pad_token_id=PAD_ID)
@@ -294,8 +280,8 @@ def test_batched_rows_finishing_on_eos(arch, attn, K):
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
-def test_batched_with_processors(arch):
-    target, good, _ = _models(arch)
+def test_batched_with_processors(arch, trios):
+    target, good, _ = trios(arch)
     ids, mask = _batch(lengths=(5, 2, 6), seed=80)
     kw = dict(attention_mask=mask, do_sample=False, max_new_tokens=14, pad_token_id=PAD_ID,
               repetition_penalty=1.5, no_repeat_ngram_size=2)
@@ -305,8 +291,8 @@ def test_batched_with_processors(arch):
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
-def test_num_return_sequences_sampling_shape(arch):
-    target, good, _ = _models(arch)
+def test_num_return_sequences_sampling_shape(arch, trios):
+    target, good, _ = trios(arch)
     ids, mask = _batch(seed=90)
     L = ids.shape[1]
     torch.manual_seed(0)
@@ -325,8 +311,8 @@ def test_num_return_sequences_sampling_shape(arch):
 
 @pytest.mark.parametrize("K", [2, 5])
 @pytest.mark.parametrize("arch", ARCHS)
-def test_bfloat16_draft_float32_target(arch, K):
-    target, good, _ = _models(arch)
+def test_bfloat16_draft_float32_target(arch, K, trios):
+    target, good, _ = trios(arch)
     draft = perturbed_copy(target, noise=0.05, seed=2).to(torch.bfloat16)
     assert next(draft.parameters()).dtype == torch.bfloat16
     ids = make_prompt(6, seed=K)
@@ -344,9 +330,9 @@ def test_bfloat16_draft_float32_target(arch, K):
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
-def test_batched_extreme_padding(arch):
+def test_batched_extreme_padding(arch, trios):
     """A one-token prompt next to long ones (its prefill prefix is pure padding), and K > max_new_tokens."""
-    target, good, _ = _models(arch)
+    target, good, _ = trios(arch)
     ids, mask = _batch(lengths=(1, 8, 2), seed=100)
     for max_new, K in ((9, 3), (3, 8)):
         ref = target.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=max_new, pad_token_id=PAD_ID)
@@ -358,9 +344,9 @@ def test_batched_extreme_padding(arch):
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
-def test_batched_stop_strings_and_min_new_tokens(arch):
+def test_batched_stop_strings_and_min_new_tokens(arch, trios):
     tok = tiny_tokenizer()
-    target, good, _ = _models(arch, vocab_size=TOKENIZER_LEN)
+    target, good, _ = trios(arch, vocab_size=TOKENIZER_LEN)
     ids, mask = _batch(lengths=(4, 6, 3), seed=110)
     L = ids.shape[1]
     plain = target.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=14, pad_token_id=PAD_ID)
@@ -389,10 +375,10 @@ def _unused_id(sequences: torch.Tensor, vocab_size: int) -> int:
 
 @pytest.mark.parametrize("K", [1, 4])
 @pytest.mark.parametrize("arch", ARCHS)
-def test_sampling_with_top_k_1_is_greedy(arch, K):
+def test_sampling_with_top_k_1_is_greedy(arch, K, trios):
     """do_sample=True with top_k=1 makes target and draft distributions one-hot: the speculative sampling path
     (accept/reject + residual) must then reproduce the target greedy output exactly, whatever the seed."""
-    target, good, bad = _models(arch)
+    target, good, bad = trios(arch)
     ids = make_prompt(5, seed=120)
     ref = target.generate(ids, do_sample=False, max_new_tokens=15)
     for seed, draft in ((0, good), (1, bad)):
@@ -409,10 +395,10 @@ def test_sampling_with_top_k_1_is_greedy(arch, K):
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "qwen2"])
-def test_batched_stress_varied_lengths_and_eos(arch):
+def test_batched_stress_varied_lengths_and_eos(arch, trios):
     """B=5 rows of random lengths (1..9) and an eos hit at different steps per row, several K and drafts:
     exercises rows leaving the batch, holes from per-row rejections and cropping."""
-    target, good, bad = _models(arch)
+    target, good, bad = trios(arch)
     gen = torch.Generator().manual_seed(7)
     for trial, K in enumerate((2, 5, 8)):
         lengths = torch.randint(1, 10, (5,), generator=gen).tolist()
@@ -428,9 +414,9 @@ def test_batched_stress_varied_lengths_and_eos(arch):
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
-def test_multi_token_stop_string(arch):
+def test_multi_token_stop_string(arch, trios):
     tok = tiny_tokenizer()
-    target, good, _ = _models(arch, vocab_size=TOKENIZER_LEN)
+    target, good, _ = trios(arch, vocab_size=TOKENIZER_LEN)
     ids = make_prompt(5, seed=130)
     plain = _greedy_new_tokens(target, ids, 20)
     stop = tok.decode(plain[5:7])  # two words, "wAA wBB"
