@@ -7,15 +7,14 @@ import pytest
 import torch
 
 import speculoos_hf.decoding as decoding
-from conftest import left_pad_batch, make_prompt, perturbed_copy, tiny_model
+from conftest import left_pad_batch, make_prompt, tiny_model, tiny_pair
+from gtest import ALPHA, N, PROMPT, _generate, _processors, exact_distribution, g_test
 from speculoos_hf import enable_speculative
-from test_distribution import ALPHA, N, PROMPT, _generate, _processors, exact_distribution, g_test
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
 def test_auto_k_greedy_equals_target_batched(arch):
-    target = enable_speculative(tiny_model(arch, seed=0))
-    draft = perturbed_copy(target, noise=0.05, seed=1)
+    target, draft = tiny_pair(arch)
     ids, mask = left_pad_batch([make_prompt(n, seed=n)[0] for n in (2, 7, 4)])
     ref = target.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=40)
     out = target.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=40, draft_model=draft)
@@ -36,15 +35,8 @@ def test_useless_draft_is_switched_off():
     assert stats.draft_tokens_proposed < 0.3 * stats.new_tokens  # speculation was off for most of the run
 
 
-def test_auto_k_sampling_exact(monkeypatch):
-    from test_distribution import _model
-
-    target = enable_speculative(_model(0))
-    draft = _model(0)
-    torch.manual_seed(123)
-    with torch.no_grad():
-        for p in draft.parameters():
-            p.add_(0.6 * p.std() * torch.randn_like(p))
+def test_auto_k_sampling_exact(gtest_pair, monkeypatch):
+    target, draft = gtest_pair
     expected = exact_distribution(target, PROMPT, _processors(temperature=0.8))
     (spec,) = _generate(target, [PROMPT], N, seed=21, draft_model=draft, temperature=0.8)
     assert target.speculative_stats.draft_tokens_proposed > 0

@@ -1,5 +1,5 @@
 """Prompt lookup and hybrid drafting: float32 greedy equality with the target alone (batched) and G-tests with power
-against the exact target distribution (pattern and helpers of test_distribution.py)."""
+against the exact target distribution (the method of test_distribution.py, helpers in gtest.py)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,12 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
 import speculoos_hf.decoding as decoding
-from conftest import left_pad_batch, perturbed_copy, tiny_model
+from conftest import gtest_model, left_pad_batch, tiny_model
+from gtest import ALPHA, N, PROMPT, _always_accept, _generate, _processors, exact_distribution, g_test
 from speculoos_hf import enable_speculative
 from speculoos_hf.drafters.prompt_lookup import PromptLookupDrafter, find_continuation
-from test_distribution import ALPHA, N, PROMPT, _generate, _processors, exact_distribution, g_test
+
+PAIR = dict(logit_scale=2.0)  # the `pair` fixture: a Llama with less peaked logits, and its perturbed copy
 
 
 def _repetitive_prompts(batch: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -30,12 +32,6 @@ def test_find_continuation_earliest_longest_match():
     assert find_continuation(tokens, 3, 3, 3).tolist() == []  # "9 5 6" never recurs
     assert find_continuation(torch.tensor([1, 2, 3, 4]), 2, 1, 5).tolist() == []
     assert find_continuation(torch.tensor([3, 1, 3]), 2, 1, 5).tolist() == [1, 3]  # stops at the end of the context
-
-
-@pytest.fixture(scope="module")
-def models():
-    target = enable_speculative(tiny_model("llama", seed=0, logit_scale=2.0))
-    return target, perturbed_copy(target, noise=0.05, seed=1)
 
 
 @pytest.mark.parametrize("num_tokens,ngram", [(1, 1), (3, 2), (10, 3)])
@@ -60,9 +56,9 @@ class RepeatPeriod(LogitsProcessor):
         return scores + bonus
 
 
-def test_prompt_lookup_copies_what_the_target_repeats():
+def test_prompt_lookup_copies_what_the_target_repeats(pair):
     """On periodic text the copies are accepted: about 5 tokens per target pass, same output as the target."""
-    target = enable_speculative(tiny_model("llama", seed=0, logit_scale=2.0))
+    target, _ = pair
     ids = torch.tensor([[7, 3, 9, 11, 7, 3]])
     kw = dict(do_sample=False, max_new_tokens=30, logits_processor=LogitsProcessorList([RepeatPeriod()]))
     out = target.generate(ids, prompt_lookup_num_tokens=5, **kw)
@@ -72,8 +68,8 @@ def test_prompt_lookup_copies_what_the_target_repeats():
 
 
 @pytest.mark.parametrize("K,lookup", [(3, 2), (4, 6)])
-def test_hybrid_greedy_equals_target_batched(models, K, lookup):
-    target, draft = models
+def test_hybrid_greedy_equals_target_batched(pair, K, lookup):
+    target, draft = pair
     ids, mask = _repetitive_prompts(4, seed=3)
     ref = target.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=20)
     out = target.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=20, draft_model=draft,
@@ -83,9 +79,9 @@ def test_hybrid_greedy_equals_target_batched(models, K, lookup):
     assert stats.draft_forward_passes > 0 and stats.draft_tokens_accepted > 0
 
 
-def test_hybrid_rounds_use_both_sources(models):
+def test_hybrid_rounds_use_both_sources(pair):
     """Rounds where the lookup has a copy leave the draft idle; its cache catches up without recomputing."""
-    target, draft = models
+    target, draft = pair
     ids = torch.tensor([[7, 3, 9, 11, 7, 3]])
     kw = dict(do_sample=False, max_new_tokens=30, logits_processor=LogitsProcessorList([RepeatPeriod()]))
     out = target.generate(ids, draft_model=draft, num_draft_tokens=3, prompt_lookup_num_tokens=6, **kw)
@@ -99,14 +95,6 @@ def test_hybrid_rounds_use_both_sources(models):
     assert hybrid.draft_input_tokens <= ids.shape[1] + 30 + hybrid.draft_forward_passes * 2
 
 
-def _always_accept(draft_tokens, draft_probs, target_probs, uniform, exp_noise, num_proposed=None):
-    """A broken rule: every proposed token accepted, bonus token from p at the end of the proposal."""
-    B, K = draft_tokens.shape
-    n = torch.full((B,), K, dtype=torch.long) if num_proposed is None else num_proposed
-    p_n = target_probs.gather(1, n[:, None, None].expand(B, 1, target_probs.shape[-1])).squeeze(1)
-    return n, torch.argmax(p_n / exp_noise, dim=-1)
-
-
 LOOKUP_CASES = {
     "lookup_plain": dict(settings={}, kw=dict(prompt_lookup_num_tokens=3, max_matching_ngram_size=2)),
     "lookup_temperature_top_p": dict(settings=dict(temperature=0.7, top_p=0.9),
@@ -118,17 +106,10 @@ LOOKUP_CASES = {
 
 
 @pytest.mark.parametrize("name", list(LOOKUP_CASES))
-def test_lookup_and_hybrid_sampling_exact(name, monkeypatch):
-    from test_distribution import _model
-
-    target = enable_speculative(_model(0))
-    draft = None
-    if LOOKUP_CASES[name].get("draft"):
-        draft = _model(0)
-        torch.manual_seed(123)
-        with torch.no_grad():
-            for p in draft.parameters():
-                p.add_(0.6 * p.std() * torch.randn_like(p))
+def test_lookup_and_hybrid_sampling_exact(name, gtest_pair, monkeypatch):
+    target, draft = gtest_pair
+    if not LOOKUP_CASES[name].get("draft"):
+        draft = None
     case = LOOKUP_CASES[name]
     settings, kw = case["settings"], dict(case["kw"])
     if draft is not None:
@@ -146,11 +127,9 @@ def test_lookup_and_hybrid_sampling_exact(name, monkeypatch):
     assert p_broken < ALPHA, f"{name}: the test cannot detect an always-accept rule (p={p_broken:.2e})"
 
 
-def test_hybrid_batched_prompts_exact(monkeypatch):
-    from test_distribution import _model
-
-    target = enable_speculative(_model(0))
-    draft = _model(5)
+def test_hybrid_batched_prompts_exact(gtest_pair, monkeypatch):
+    target, _ = gtest_pair
+    draft = gtest_model(5)
     prompts = [[2], [1, 3, 0], [3, 3, 1, 0, 2, 1]]
     kw = dict(draft_model=draft, num_draft_tokens=3, prompt_lookup_num_tokens=3, temperature=0.9)
     groups = _generate(target, prompts, N // 2, seed=13, **kw)
@@ -163,9 +142,9 @@ def test_hybrid_batched_prompts_exact(monkeypatch):
     assert worst < ALPHA
 
 
-def test_drafter_object_as_draft_model(models):
+def test_drafter_object_as_draft_model(pair):
     """Any object with the drafter interface is accepted as draft_model."""
-    target, _ = models
+    target, _ = pair
     ids, mask = _repetitive_prompts(2, seed=9)
     ref = target.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=12)
     out = target.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=12,
@@ -174,7 +153,7 @@ def test_drafter_object_as_draft_model(models):
     assert target.speculative_stats.draft_tokens_proposed > 0
 
 
-def test_invalid_prompt_lookup_settings_refused(models):
-    target, _ = models
+def test_invalid_prompt_lookup_settings_refused(pair):
+    target, _ = pair
     with pytest.raises(ValueError, match="prompt_lookup_num_tokens"):
         target.generate(torch.tensor([[1, 2]]), max_new_tokens=3, prompt_lookup_num_tokens=0)
