@@ -19,7 +19,8 @@ Helpers (plain functions, importable with `from conftest import ...`):
 
 Fixtures: tokenizer (session); ids (a 5-token prompt); pair (module; options from the module's PAIR dict),
 fresh_pair (the same, per test, for tests that change the models); trios (module; (target, good, bad) per
-architecture); gtest_pair (module; the G-tests' target and draft).
+architecture); gtest_pair (module; the G-tests' target and draft); tiny_model_dir (module; a saved tiny Llama);
+isolated_cache (an empty SPECULOOS_CACHE); kernel_env (module; a Jupyter kernelspec running this interpreter).
 
 Every ARCHS model built with the default init comes back in eval mode with `generation_config.eos_token_id = None`
 (so generation runs for `max_new_tokens` unless a test sets an eos) and `pad_token_id = PAD_ID`.
@@ -359,3 +360,36 @@ def trios():
 def gtest_pair():
     """(target with the speculative generate(), draft) of the G-tests: gtest_model(0) and gtest_draft()."""
     return enable_speculative(gtest_model(0)), gtest_draft()
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    """A tiny random Llama (vocabulary 64, hidden 16, 1 layer, 2 heads) saved with save_pretrained (float32)."""
+    path = tmp_path_factory.mktemp("tiny_llama")
+    tiny_model("llama", layers=1, hidden=16, init="hf", num_attention_heads=2, num_key_value_heads=2,
+               max_position_embeddings=32).save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def isolated_cache(tmp_path, monkeypatch):
+    """An empty speculoos cache root (SPECULOOS_CACHE) of the test's own."""
+    root = tmp_path / "cache"
+    monkeypatch.setenv("SPECULOOS_CACHE", str(root))
+    return root
+
+
+@pytest.fixture(scope="module")
+def kernel_env(tmp_path_factory):
+    """A JUPYTER_PATH whose `kernels/python3` launches this interpreter (found before any user or system spec)."""
+    import sys
+
+    from ipykernel.kernelspec import write_kernel_spec
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    root = tmp_path_factory.mktemp("jupyter")
+    write_kernel_spec(path=str(root / "kernels" / "python3"), overrides={"display_name": "Python 3 (speculoos tests)"})
+    spec = KernelSpecManager(kernel_dirs=[str(root / "kernels")]).get_kernel_spec("python3")
+    assert spec.argv[0] == sys.executable
+    return str(root)
+

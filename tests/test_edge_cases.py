@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from transformers import GenerationConfig, LlamaForCausalLM, MambaConfig, MambaForCausalLM
+from transformers import GenerationConfig, LlamaForCausalLM
 from transformers.generation import logits_process as lp
 
 from conftest import (
@@ -25,18 +25,17 @@ from conftest import (
     TOKENIZER_LEN,
     left_pad_batch,
     make_prompt,
-    perturbed_copy,
-    tiny_gpt2,
-    tiny_llama,
+    tiny_model,
+    tiny_pair,
     tiny_tokenizer,
 )
 from speculoos_hf import SpeculativeGenerationMixin, enable_speculative
 from speculoos_hf.processors import BatchProcessors
 
 
-def _pair(builder=tiny_llama, seed=0, **kwargs):
-    target = enable_speculative(builder(vocab_size=TOKENIZER_LEN, seed=seed, layers=1, **kwargs))
-    return target, perturbed_copy(target, noise=0.05, seed=1)
+# The `pair` fixture (shared by the tests that leave the models alone) and `fresh_pair` (for a test that changes them):
+# a one-layer Llama over the tokenizer's vocabulary and its perturbed copy.
+PAIR = dict(vocab_size=TOKENIZER_LEN, layers=1)
 
 
 def _batch(lengths=(3, 6, 4), seed=0):
@@ -46,8 +45,8 @@ def _batch(lengths=(3, 6, 4), seed=0):
 # ------------------------------------------------------------------------ 3. encoder_repetition_penalty, batch > 1
 
 
-def test_encoder_repetition_penalty_batched_matches_stock():
-    target, draft = _pair()
+def test_encoder_repetition_penalty_batched_matches_stock(pair):
+    target, draft = pair
     ids, mask = _batch()
     kw = dict(attention_mask=mask, max_new_tokens=12, do_sample=False, pad_token_id=PAD_ID)
     ref = target.generate(ids, encoder_repetition_penalty=3.0, **kw)
@@ -84,9 +83,9 @@ def _stop_word(target, ids, mask, tok):
 
 
 @pytest.mark.parametrize("where", ["model_config", "explicit_over_model_config", "given_config", "none_overrides"])
-def test_stop_strings_from_generation_config(where):
+def test_stop_strings_from_generation_config(where, fresh_pair):
     tok = tiny_tokenizer()
-    target, draft = _pair()
+    target, draft = fresh_pair
     ids, mask = _batch()
     word = _stop_word(target, ids, mask, tok)
     # an EOS id makes stock pad the rows that stopped (without one, see the lead's item on stopped rows)
@@ -113,17 +112,17 @@ def test_stop_strings_from_generation_config(where):
     assert target.generation_config.stop_strings is not None  # the model's own config is left alone
 
 
-def test_stop_strings_in_model_config_without_tokenizer_names_the_tokenizer():
-    target, draft = _pair()
+def test_stop_strings_in_model_config_without_tokenizer_names_the_tokenizer(fresh_pair):
+    target, draft = fresh_pair
     target.generation_config.stop_strings = ["w01"]
     with pytest.raises(ValueError, match="tokenizer"):
         target.generate(make_prompt(4), draft_model=draft, max_new_tokens=4)
 
 
 @pytest.mark.parametrize("via", ["argument", "generation_config", "model_config"])
-def test_token_healing_refused(via):
+def test_token_healing_refused(via, fresh_pair):
     tok = tiny_tokenizer()
-    target, draft = _pair()
+    target, draft = fresh_pair
     kw = dict(max_new_tokens=4, tokenizer=tok)
     if via == "argument":
         kw["token_healing"] = True
@@ -140,7 +139,7 @@ def test_token_healing_refused(via):
 
 
 def test_shifted_position_ids_refused():
-    target, draft = _pair(tiny_gpt2)  # absolute positions: a shift changes the output
+    target, draft = tiny_pair("gpt2", **PAIR)  # absolute positions: a shift changes the output
     ids = make_prompt(5, seed=2)
     shifted = torch.arange(40, 45)[None]
     ref_shifted = target.generate(ids, position_ids=shifted, max_new_tokens=8, do_sample=False)
@@ -150,7 +149,7 @@ def test_shifted_position_ids_refused():
 
 
 def test_batched_position_ids_differing_on_a_real_token_refused():
-    target, draft = _pair(tiny_gpt2)
+    target, draft = tiny_pair("gpt2", **PAIR)
     ids, mask = _batch()
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     positions[1, -1] += 1
@@ -160,7 +159,7 @@ def test_batched_position_ids_differing_on_a_real_token_refused():
 
 def test_default_position_ids_accepted_and_exact():
     """position_ids equal to the ones stock derives from the mask (padding slots may hold anything) change nothing."""
-    target, draft = _pair(tiny_gpt2)
+    target, draft = tiny_pair("gpt2", **PAIR)
     ids, mask = _batch()
     positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 7)  # any value on padding
     positions[:, -1] = (mask.sum(-1) - 1)
@@ -191,14 +190,14 @@ _MODES = {
 
 
 @pytest.mark.parametrize("name", list(_MODES))
-def test_unimplemented_decoding_modes_refused_by_name(name):
-    target, draft = _pair()
+def test_unimplemented_decoding_modes_refused_by_name(name, fresh_pair):
+    target, draft = fresh_pair
     with pytest.raises(ValueError, match=name):
         target.generate(make_prompt(4), draft_model=draft, max_new_tokens=4, **_MODES[name])
 
 
-def test_decoding_mode_from_generation_config_refused():
-    target, draft = _pair()
+def test_decoding_mode_from_generation_config_refused(fresh_pair):
+    target, draft = fresh_pair
     target.generation_config.penalty_alpha = 0.6
     target.generation_config.top_k = 4
     with pytest.raises(ValueError, match="contrastive search"):
@@ -212,8 +211,8 @@ def test_decoding_mode_from_generation_config_refused():
 
 
 @pytest.mark.parametrize("K", [np.int64(3), np.int32(2), torch.tensor(3)])
-def test_integral_num_draft_tokens(K):
-    target, draft = _pair()
+def test_integral_num_draft_tokens(K, pair):
+    target, draft = pair
     ids, mask = _batch()
     kw = dict(attention_mask=mask, max_new_tokens=10, do_sample=False, pad_token_id=PAD_ID)
     out = target.generate(ids, draft_model=draft, num_draft_tokens=K, **kw)
@@ -222,8 +221,8 @@ def test_integral_num_draft_tokens(K):
 
 
 @pytest.mark.parametrize("K", [np.float64(3.0), torch.tensor(2.5), np.int64(0), 3.0])
-def test_non_integral_num_draft_tokens_refused(K):
-    target, draft = _pair()
+def test_non_integral_num_draft_tokens_refused(K, pair):
+    target, draft = pair
     with pytest.raises(ValueError, match="num_draft_tokens"):
         target.generate(make_prompt(4), draft_model=draft, num_draft_tokens=K, max_new_tokens=4)
 
@@ -241,17 +240,17 @@ def _check_speculative(model, original, draft):
     assert model.speculative_stats.target_forward_passes > 0
 
 
-def test_pickle_and_deepcopy_keep_the_speculative_generate():
-    target, draft = _pair()
+def test_pickle_and_deepcopy_keep_the_speculative_generate(pair):
+    target, draft = pair
     for protocol in (2, pickle.HIGHEST_PROTOCOL):
         _check_speculative(pickle.loads(pickle.dumps(target, protocol=protocol)), target, draft)
     _check_speculative(copy.deepcopy(target), target, draft)
-    plain = tiny_llama(vocab_size=TOKENIZER_LEN, seed=0, layers=1)
+    plain = tiny_model("llama", **PAIR)
     assert type(pickle.loads(pickle.dumps(plain))) is LlamaForCausalLM  # models not enabled are untouched
 
 
-def test_torch_save_loads_in_a_fresh_process(tmp_path):
-    target, draft = _pair()
+def test_torch_save_loads_in_a_fresh_process(tmp_path, pair):
+    target, draft = pair
     ids, mask = _batch()
     ref = target.generate(ids, attention_mask=mask, max_new_tokens=10, do_sample=False, pad_token_id=PAD_ID)
     torch.save({"target": target, "draft": draft, "ids": ids, "mask": mask, "ref": ref}, tmp_path / "m.pt")
@@ -275,15 +274,10 @@ print("OK")
 # ---------------------------------------------------------------------------------------- 11. recurrent caches
 
 
-def _tiny_mamba():
-    config = MambaConfig(vocab_size=64, hidden_size=32, state_size=4, num_hidden_layers=1, expand=2, conv_kernel=2)
-    return MambaForCausalLM(config).eval()
-
-
 def test_recurrent_model_message_says_what_the_cache_cannot_do():
-    mamba = enable_speculative(_tiny_mamba())
-    attention = enable_speculative(tiny_llama(vocab_size=64, seed=0, layers=1))
-    for target, draft in ((mamba, attention), (attention, _tiny_mamba())):
+    mamba = enable_speculative(tiny_model("mamba", layers=1))
+    attention = enable_speculative(tiny_model("llama", vocab_size=64, seed=0, layers=1))
+    for target, draft in ((mamba, attention), (attention, tiny_model("mamba", layers=1))):
         with pytest.raises(ValueError) as info:
             target.generate(make_prompt(4), draft_model=draft, max_new_tokens=3)
         message = str(info.value)
@@ -294,13 +288,13 @@ def test_recurrent_model_message_says_what_the_cache_cannot_do():
 # ------------------------------------------------------------------------------------- 8. an all-padding row
 
 
-@pytest.mark.parametrize("builder", [tiny_llama, tiny_gpt2])
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
-def test_all_padding_row_matches_stock(builder, attn):
+def test_all_padding_row_matches_stock(arch, attn):
     """Stock generates for a row whose attention mask is all zeros: its first token comes from a query that
     attends to nothing (sdpa: attention output 0; eager: uniform over the pad slots), the generated tokens then
     sit at positions 1, 2, ... and never attend to the padding."""
-    target, draft = _pair(builder, attn_implementation=attn)
+    target, draft = tiny_pair(arch, attn_implementation=attn, **PAIR)
     prompt = make_prompt(4, seed=2)[0]
     ids = torch.stack([torch.full((4,), PAD_ID), prompt, torch.cat([torch.full((2,), PAD_ID), prompt[:2]])])
     mask = torch.tensor([[0, 0, 0, 0], [1, 1, 1, 1], [0, 0, 1, 1]])

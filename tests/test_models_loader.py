@@ -10,12 +10,7 @@ import torch
 from speculoos_hf import models as M
 
 
-@pytest.fixture(autouse=True)
-def isolated_cache(tmp_path, monkeypatch):
-    """Every test gets its own empty cache root."""
-    root = tmp_path / "cache"
-    monkeypatch.setenv("SPECULOOS_CACHE", str(root))
-    return root
+pytestmark = pytest.mark.usefixtures("isolated_cache")  # every test gets its own empty cache root
 
 
 def make_parts(directory, chunks):
@@ -31,21 +26,6 @@ def make_parts(directory, chunks):
 
 CHUNKS = [b"GGUF\x03\x00\x00\x00" + b"a" * 100, b"b" * 57, b"c" * 3]
 WHOLE = b"".join(CHUNKS)
-
-
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory):
-    """A tiny random Llama saved with save_pretrained (float32 on disk)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32,
-    )
-    path = tmp_path_factory.mktemp("tiny_llama")
-    LlamaForCausalLM(config).save_pretrained(path)
-    return path
 
 
 def missing_distribution(name):

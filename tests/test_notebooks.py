@@ -8,7 +8,6 @@ same environment (speculoos installed) whatever kernelspecs the machine has or l
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,21 +18,8 @@ pytest.importorskip("ipykernel")
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
-KERNEL_NAME = "python3"
+KERNEL_NAME = "python3"  # the kernelspec conftest's `kernel_env` fixture writes
 CELL_TIMEOUT_S = 300
-
-
-@pytest.fixture(scope="module")
-def kernel_env(tmp_path_factory):
-    """A JUPYTER_PATH whose `kernels/python3` launches this interpreter (found before any user or system spec)."""
-    from ipykernel.kernelspec import write_kernel_spec
-    from jupyter_client.kernelspec import KernelSpecManager
-
-    root = tmp_path_factory.mktemp("jupyter")
-    write_kernel_spec(path=str(root / "kernels" / KERNEL_NAME), overrides={"display_name": "Python 3 (speculoos tests)"})
-    spec = KernelSpecManager(kernel_dirs=[str(root / "kernels")]).get_kernel_spec(KERNEL_NAME)
-    assert spec.argv[0] == sys.executable
-    return str(root)
 
 
 def test_notebooks_exist():

@@ -8,15 +8,9 @@ import pytest
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
-import speculoos_hf.decoding as decoding
-from conftest import PAD_ID, left_pad_batch, make_prompt, perturbed_copy, tiny_model, tiny_tokenizer
-from speculoos_hf import enable_speculative
+from conftest import PAD_ID, left_pad_batch, make_prompt, tiny_tokenizer
 
-
-@pytest.fixture(scope="module")
-def pair():
-    target = enable_speculative(tiny_model("llama", seed=0))
-    return target, perturbed_copy(target, noise=0.05, seed=1)
+# Models: conftest's `pair` fixture (a Llama with vocabulary 64 and its perturbed copy).
 
 
 def _batch():
