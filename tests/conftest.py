@@ -7,8 +7,9 @@ helpers scale the logits (`logit_scale`) to make distributions peaked, which mak
 
 Helpers (plain functions, importable with `from conftest import ...`):
   tiny_model(arch, vocab_size, seed, layers, logit_scale, hidden, attn_implementation, init, **config)
-                                   the one builder: "llama", "gpt2", "qwen2" (ARCHS), or "t5", "bart", "mamba"
-  tiny_llama / tiny_gpt2 / tiny_qwen2(vocab_size, seed, ...)   tiny_model of that architecture
+                                                           the one builder: "llama", "gpt2", "qwen2" (ARCHS),
+                                                           or "t5", "bart", "mamba" (refusal tests)
+  tiny_llama(vocab_size, seed, ...)                        tiny_model("llama", ...)
   perturbed_copy(model, noise, seed)                       a draft = model with its weights perturbed
   tiny_pair(arch, noise, draft_seed, speculative, ...)     (target with speculative generate(), perturbed copy)
   gtest_model(seed, logit_scale, n_ids) / gtest_draft()    the G-tests' 4-token target and draft (see gtest.py)
@@ -188,15 +189,8 @@ def tiny_model(arch: str = "llama", vocab_size: int = DEFAULT_VOCAB, seed: int =
 
 
 def tiny_llama(vocab_size: int = DEFAULT_VOCAB, seed: int = 0, **kwargs):
+    """tiny_model("llama", ...)."""
     return tiny_model("llama", vocab_size, seed, **kwargs)
-
-
-def tiny_qwen2(vocab_size: int = DEFAULT_VOCAB, seed: int = 0, **kwargs):
-    return tiny_model("qwen2", vocab_size, seed, **kwargs)
-
-
-def tiny_gpt2(vocab_size: int = DEFAULT_VOCAB, seed: int = 0, **kwargs):
-    return tiny_model("gpt2", vocab_size, seed, **kwargs)
 
 
 def tiny_pair(arch: str = "llama", noise: float = 0.05, draft_seed: int = 1, speculative: bool = True, **kwargs):
