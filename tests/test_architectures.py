@@ -102,15 +102,18 @@ def tiny_arch(name: str, window: int | None = WINDOW, seed: int = 0, logit_scale
     return _finish(model, seed, logit_scale)
 
 
-_MODELS: dict = {}
+@pytest.fixture(scope="module")
+def arch_pair():
+    """arch_pair(name) -> (target with the speculative generate(), perturbed-copy draft), built once per module."""
+    built: dict = {}
 
+    def get(name: str):
+        if name not in built:
+            target = enable_speculative(tiny_arch(name))
+            built[name] = (target, perturbed_copy(target, noise=0.1, seed=1))
+        return built[name]
 
-def _pair(name: str):
-    """(target with the speculative generate(), perturbed-copy draft), built once."""
-    if name not in _MODELS:
-        target = enable_speculative(tiny_arch(name))
-        _MODELS[name] = (target, perturbed_copy(target, noise=0.1, seed=1))
-    return _MODELS[name]
+    return get
 
 
 @pytest.fixture
@@ -147,8 +150,8 @@ def _check_greedy(target, draft, compactions=None, expect_compaction=None, K=3):
 
 
 @pytest.mark.parametrize("name", ARCHS)
-def test_greedy_matches_target_alone(name, compactions):
-    target, draft = _pair(name)
+def test_greedy_matches_target_alone(name, compactions, arch_pair):
+    target, draft = arch_pair(name)
     assert (slot_distance_reason(target, T.DynamicCache(config=target.config)) is not None) == (name in SLOT_COUNTING)
     _check_greedy(target, draft, compactions, expect_compaction=name in SLOT_COUNTING)
 
@@ -166,7 +169,7 @@ def test_target_and_draft_with_different_windows(target_spec, draft_spec):
     _check_greedy(target, draft)
 
 
-def test_sweep_has_power_without_compaction(monkeypatch):
+def test_sweep_has_power_without_compaction(monkeypatch, arch_pair):
     """Without compaction (holes left in place) the batch case fails for slot-counting models: the sweep can tell."""
     original = KVSlots.__init__
 
@@ -176,15 +179,15 @@ def test_sweep_has_power_without_compaction(monkeypatch):
 
     monkeypatch.setattr(KVSlots, "__init__", no_compaction)
     for name in ("mistral", "gemma2", "mpt"):
-        target, draft = _pair(name)
+        target, draft = arch_pair(name)
         with pytest.raises((AssertionError, RuntimeError)):
             _check_greedy(target, draft)
 
 
 @pytest.mark.parametrize("name", ["mistral", "gemma2", "mpt"])
-def test_rows_leaving_at_different_times(name, compactions):
+def test_rows_leaving_at_different_times(name, compactions, arch_pair):
     """An EOS that one row reaches early: rows leave the batch one by one (select_rows crops the leading holes)."""
-    target, draft = _pair(name)
+    target, draft = arch_pair(name)
     ids, mask = left_pad_batch([make_prompt(n, seed=n)[0] for n in PROMPTS])
     free = target.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=NEW)
     width = ids.shape[1]
@@ -198,9 +201,9 @@ def test_rows_leaving_at_different_times(name, compactions):
 
 
 @pytest.mark.parametrize("name", ["mistral", "gemma2", "mpt"])
-def test_prompt_lookup_with_windows(name):
+def test_prompt_lookup_with_windows(name, arch_pair):
     """Prompt lookup (no draft model: rows propose different numbers of tokens) on slot-counting targets."""
-    target, _ = _pair(name)
+    target, _ = arch_pair(name)
     rows = [torch.tensor([5, 6, 7, 8, 5, 6, 7, 8, 5, 6]), torch.tensor([9, 1, 2, 9, 1]), torch.tensor([3, 4, 3])]
     ids, mask = left_pad_batch(rows)
     ref = target.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=NEW)

@@ -7,26 +7,7 @@ import pytest
 import torch
 
 import speculoos_hf.decoding as decoding
-from speculoos_hf import enable_speculative
-from gtest import ALPHA, N, PROMPT, _generate, _model, _processors, exact_distribution, g_test
-
-
-@pytest.fixture(scope="module")
-def models():
-    target = enable_speculative(_model(0))
-    draft = _model(0)
-    torch.manual_seed(123)
-    with torch.no_grad():
-        for p in draft.parameters():
-            p.add_(0.6 * p.std() * torch.randn_like(p))
-    return target, draft
-
-
-def _always_accept(draft_tokens, draft_probs, target_probs, uniform, exp_noise, num_proposed=None):
-    B, K = draft_tokens.shape
-    n = torch.full((B,), K, dtype=torch.long) if num_proposed is None else num_proposed
-    p_n = target_probs.gather(1, n[:, None, None].expand(B, 1, target_probs.shape[-1])).squeeze(1)
-    return n, torch.argmax(p_n / exp_noise, dim=-1)
+from gtest import ALPHA, N, PROMPT, _always_accept, _generate, _processors, exact_distribution, g_test
 
 
 CASES = {
@@ -38,8 +19,8 @@ CASES = {
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_block_verification_exact(models, name, monkeypatch):
-    target, draft = models
+def test_block_verification_exact(gtest_pair, name, monkeypatch):
+    target, draft = gtest_pair
     case = CASES[name]
     eos = case.get("eos")
     settings = dict(case["settings"], **({"eos_token_id": eos} if eos is not None else {}))
@@ -54,8 +35,8 @@ def test_block_verification_exact(models, name, monkeypatch):
     assert g_test(broken, expected) < ALPHA, f"{name}: the test cannot detect an always-accept rule"
 
 
-def test_block_verification_batched_prompts_exact(models):
-    target, draft = models
+def test_block_verification_batched_prompts_exact(gtest_pair):
+    target, draft = gtest_pair
     prompts = [[2], [1, 3, 0], [3, 3, 1, 0, 2, 1]]
     groups = _generate(target, prompts, N // 2, seed=33, draft_model=draft, num_draft_tokens=4,
                        block_verification=True, temperature=0.8)
@@ -64,8 +45,8 @@ def test_block_verification_batched_prompts_exact(models):
         assert p > ALPHA, f"prompt {prompt}: batched block-verified samples deviate (p={p:.2e})"
 
 
-def test_block_accepts_at_least_as_many_tokens(models):
-    target, draft = models
+def test_block_accepts_at_least_as_many_tokens(gtest_pair):
+    target, draft = gtest_pair
     rates = {}
     for block in (False, True):
         _generate(target, [PROMPT], N, seed=34, draft_model=draft, num_draft_tokens=4, block_verification=block)
