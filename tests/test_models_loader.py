@@ -36,7 +36,8 @@ def missing_distribution(name):
 
 
 def test_registry_and_aliases():
-    assert set(M.REGISTRY) == {M.REFERENCE_TARGET, M.REFERENCE_DRAFT}
+    assert {M.REFERENCE_TARGET, M.REFERENCE_DRAFT, "smollm2-135m-instruct"} == set(M.REGISTRY)
+    assert M.resolve_alias("SmolLM2-135M-Instruct") == "smollm2-135m-instruct"
     assert M.REGISTRY[M.REFERENCE_TARGET].n_parts == 22
     assert M.REGISTRY[M.REFERENCE_DRAFT].n_parts == 6
     assert M.resolve_alias("Qwen2.5-Coder-1.5B-Instruct") == M.REFERENCE_TARGET

@@ -464,11 +464,19 @@ class OtherTokenizerDrafter:
         if n_max < W:
             return
         db = self.bridge.draft_bytes
-        best = n_max
-        for n in range(n_max, max(W, n_max - W) - 1, -1):  # prefer a boundary before whitespace
-            if db[new_ids[n]][:1] in (b" ", b"\n", b"\t"):
+        starts = [db[x][:1] for x in new_ids[W : n_max + 1]]  # first byte of each candidate's next token
+        best = None
+        for n in range(n_max, W - 1, -1):  # prefer a boundary before whitespace, else the last one between chars
+            first = starts[n - W]
+            if first in (b" ", b"\n", b"\t"):
                 best = n
                 break
+            if best is None and first and (first[0] & 0xC0) != 0x80:  # not inside a UTF-8 character
+                best = n
+            if best is not None and n < n_max - W:
+                break
+        if best is None:
+            return
         prefix = b"".join(db[x] for x in new_ids[:best])
         if len(prefix) > usable or bytes(row.tail[: len(prefix)]) != prefix:
             return  # the draft tokens' bytes are not the text's bytes here: keep the anchor
