@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from speculoos_hf import enable_speculative
 from speculoos_hf.bench import weight_bytes
 from speculoos_hf.drafters import int8_draft
+from speculoos_hf.drafters.quantize import Int8Linear
 from speculoos_hf.toy import toy_pair
 
 
@@ -16,7 +18,7 @@ def test_int8_draft_keeps_greedy_exact_and_leaves_original_untouched():
     before = {k: v.clone() for k, v in draft.state_dict().items()}
     q = int8_draft(draft)
     assert all(torch.equal(before[k], v) for k, v in draft.state_dict().items())
-    assert any(type(m).__module__.startswith("torch.ao.nn.quantized") for m in q.modules())
+    assert not any(type(m) is torch.nn.Linear for m in q.modules())  # every Linear quantised (either backend)
     ids, mask = tok(["w01 w02 w03", "w10"], return_tensors="pt", padding=True).values()
     ref = target.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=25)
     out = target.generate(ids, attention_mask=mask, draft_model=q, num_draft_tokens=4, do_sample=False, max_new_tokens=25)
@@ -31,7 +33,32 @@ def test_weight_bytes_counts_int8_weights_and_skips_untied_input_embedding():
     linear = sum(m.weight.numel() for m in draft.modules() if isinstance(m, torch.nn.Linear))
     norms = sum(p.numel() for n, p in draft.named_parameters() if "norm" in n)
     assert weight_bytes(draft) == 4 * (linear + norms)  # float32, embedding table not read per step
-    assert weight_bytes(int8_draft(draft)) == linear + 4 * norms
+    scales = sum(m.out_features for m in draft.modules() if isinstance(m, torch.nn.Linear))
+    assert weight_bytes(int8_draft(draft, backend="int8pack")) == linear + 4 * scales + 4 * norms  # + fp32 scales
+    assert weight_bytes(int8_draft(draft, backend="torch.ao")) == linear + 4 * norms
+
+
+@pytest.mark.parametrize("backend", ["int8pack", "torch.ao"])
+def test_int8_backends_close_to_float_and_greedy_exact(backend):
+    target, draft, tok = toy_pair()
+    enable_speculative(target)
+    q = int8_draft(draft, backend=backend)
+    ids = torch.tensor([[1, 4, 2, 7, 9]])
+    ref, got = draft(ids).logits, q(ids).logits
+    tol = 0.05 if backend == "int8pack" else 0.15  # torch.ao also quantises activations
+    assert (got - ref).abs().max() < tol * ref.abs().max()
+    out = target.generate(ids, draft_model=q, num_draft_tokens=3, do_sample=False, max_new_tokens=15)
+    assert torch.equal(out, target.generate(ids, do_sample=False, max_new_tokens=15))
+
+
+def test_int8pack_keeps_bf16_and_int8_weights():
+    _, draft, _ = toy_pair()
+    q = int8_draft(draft.to(torch.bfloat16), backend="int8pack")
+    lin = [m for m in q.modules() if isinstance(m, Int8Linear)]
+    assert lin and all(m.weight.dtype == torch.int8 and m.scales.dtype == torch.bfloat16 for m in lin)
+    assert q(torch.tensor([[1, 2, 3]])).logits.dtype == torch.bfloat16
+    with pytest.raises(ValueError):
+        int8_draft(draft, backend="nope")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -87,12 +114,17 @@ def test_reduced_head_draft_keeps_generation_exact():
     assert torch.equal(out, ref)
     sampled = target.generate(ids, attention_mask=mask, draft_model=r, num_draft_tokens=3, do_sample=True, max_new_tokens=10)
     assert sampled.shape[0] == 2
-    # composes with int8: reduce first, then quantise (the small head is quantised too)
-    q = int8_draft(r)
-    assert isinstance(q.lm_head, ReducedLMHead)
-    out = target.generate(ids, attention_mask=mask, draft_model=q, num_draft_tokens=4, do_sample=False, max_new_tokens=20)
-    assert torch.equal(out, ref)
-    # and the other way round: a reduced head over an int8 draft dequantises the int8 head's kept rows
-    r2 = reduced_head_draft(int8_draft(draft), keep)
-    out = target.generate(ids, attention_mask=mask, draft_model=r2, num_draft_tokens=4, do_sample=False, max_new_tokens=20)
-    assert torch.equal(out, ref)
+    # composes with int8 (both backends): reduce first, then quantise (the small head is quantised too) ...
+    for backend in ("torch.ao", "int8pack"):
+        q = int8_draft(r, backend=backend)
+        assert isinstance(q.lm_head, ReducedLMHead) and type(q.lm_head.proj) is not torch.nn.Linear
+        out = target.generate(ids, attention_mask=mask, draft_model=q, num_draft_tokens=4, do_sample=False, max_new_tokens=20)
+        assert torch.equal(out, ref)
+        # ... or the other way round: a reduced head over an int8 draft keeps the int8 head's kept rows
+        r2 = reduced_head_draft(int8_draft(draft, backend=backend), keep)
+        full, small = int8_draft(draft, backend=backend)(ids).logits, r2(ids).logits
+        # int8pack: the same int8 rows and scales; torch.ao: a dequantised float head (no activation quantisation)
+        tol = 1e-4 if backend == "int8pack" else 0.15 * full[..., keep].abs().max().item()
+        assert torch.allclose(small[..., keep], full[..., keep], atol=tol)
+        out = target.generate(ids, attention_mask=mask, draft_model=r2, num_draft_tokens=4, do_sample=False, max_new_tokens=20)
+        assert torch.equal(out, ref)

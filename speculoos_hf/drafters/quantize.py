@@ -1,10 +1,19 @@
 """Making a draft model cheaper. Exactness never depends on the draft (the accept/reject rule corrects any q),
 so a draft may be quantised freely: only acceptance and speed change.
 
-On CPU the decode step is bound by reading weights, and the draft's share of a round is K forwards. An int8
-copy of the draft (per-channel weights, activations quantised on the fly) reads a quarter of the float32 bytes:
-on our 2-core CPU the Qwen2.5-Coder-0.5B draft goes from 82 ms (bf16) to 31 ms per token with the same
-acceptance against the 1.5B target.
+On CPU the decode step is bound by reading weights, and the draft's share of a round is K forwards. `int8_draft`
+returns an int8 copy of the draft (per-output-channel symmetric int8 weights). Backends:
+
+- "int8pack" (default): weight-only int8, activations stay in the model's dtype; every nn.Linear becomes an
+  `Int8Linear` calling `torch._weight_int8pack_mm` (the aten CPU/GPU kernel that gpt-fast and torchao's
+  weight-only int8 use under compile). No deprecated API, no extra dependency, works eagerly and under
+  torch.compile, and keeps a bf16 draft in bf16.
+- "torch.ao": the former implementation, torch.ao dynamic quantisation (fbgemm, float32 activations quantised on
+  the fly). Deprecated by PyTorch in favour of torchao.
+- "torchao": torchao's `Int8DynamicActivationInt8WeightConfig` (needs `pip install torchao`); `torchao_weight_only`
+  for `Int8WeightOnlyConfig`. Both are slow eagerly on CPU (see docs/speed.md); meant for compiled/GPU paths.
+
+Measured on our 2-core CPU for Qwen2.5-Coder-0.5B (ms per one-token step): see docs/speed.md.
 """
 
 from __future__ import annotations
@@ -13,16 +22,84 @@ import copy
 import warnings
 
 import torch
+from torch import nn
+
+BACKENDS = ("auto", "int8pack", "torch.ao", "torchao", "torchao_weight_only")
 
 
-def int8_draft(model):
-    """An int8 dynamically quantised copy of `model` for CPU drafting (the original is left untouched)."""
-    if model.device.type != "cpu":
-        raise ValueError(f"int8_draft quantises for CPU execution; the model is on {model.device}.")
-    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+class Int8Linear(nn.Module):
+    """y = x @ (int8 W * scale)^T + b with per-output-channel symmetric scales (weight-only int8)."""
 
-    draft = copy.deepcopy(model).float()  # dynamic quantisation takes float32 modules
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.ao.quantization deprecation notice (still supported in 2.x)
-        quantize_dynamic(draft, {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8, inplace=True)
+    def __init__(self, linear: nn.Linear, dtype: torch.dtype | None = None):
+        super().__init__()
+        w = linear.weight.detach()
+        dtype = dtype or (w.dtype if w.dtype in (torch.bfloat16, torch.float16, torch.float32) else torch.float32)
+        wf = w.float()
+        scale = wf.abs().amax(dim=1).clamp(min=1e-12) / 127.0  # [out]
+        q = torch.clamp(torch.round(wf / scale[:, None]), -127, 127).to(torch.int8)  # [out, in]
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        # parameters (not buffers) so that parameter-based accounting (bytes read per step, .to(), .device) sees them
+        self.weight = nn.Parameter(q, requires_grad=False)
+        self.scales = nn.Parameter(scale.to(dtype), requires_grad=False)
+        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().to(dtype), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [..., in] -> [..., out]
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1])
+        if x2.dtype != self.scales.dtype:
+            x2 = x2.to(self.scales.dtype)
+        y = torch._weight_int8pack_mm(x2, self.weight, self.scales)  # [N, out]
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8 weights, {self.scales.dtype} scales"
+
+
+def _replace_linears(module: nn.Module, dtype: torch.dtype | None) -> None:
+    for name, child in list(module.named_children()):
+        if type(child) is nn.Linear:
+            setattr(module, name, Int8Linear(child, dtype))
+        else:
+            _replace_linears(child, dtype)
+
+
+def _torch_ao_available() -> bool:
+    try:
+        from torch.ao.quantization import quantize_dynamic  # noqa: F401
+    except Exception:  # removed in a future torch
+        return False
+    return "fbgemm" in torch.backends.quantized.supported_engines or "x86" in torch.backends.quantized.supported_engines
+
+
+def int8_draft(model, backend: str = "auto"):
+    """An int8 copy of `model` for drafting (the original is left untouched). `backend`: one of BACKENDS; "auto" is
+    the fastest measured: torch.ao dynamic int8 on CPU while torch provides it, else int8pack."""
+    if backend not in BACKENDS:
+        raise ValueError(f"int8_draft: backend must be one of {BACKENDS}, not {backend!r}.")
+    if backend == "auto":
+        backend = "torch.ao" if model.device.type == "cpu" and _torch_ao_available() else "int8pack"
+    if backend == "torch.ao":
+        if model.device.type != "cpu":
+            raise ValueError(f"int8_draft(backend='torch.ao') quantises for CPU execution; the model is on {model.device}.")
+        from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+        draft = copy.deepcopy(model).float()  # dynamic quantisation takes float32 modules
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.ao.quantization deprecation notice
+            quantize_dynamic(draft, {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8, inplace=True)
+        return draft.eval()
+    if backend.startswith("torchao"):
+        try:
+            from torchao.quantization import Int8DynamicActivationInt8WeightConfig, Int8WeightOnlyConfig, quantize_
+        except ImportError as e:  # pragma: no cover - optional dependency
+            raise ImportError("int8_draft(backend='torchao') needs torchao: pip install torchao") from e
+        draft = copy.deepcopy(model)
+        config = Int8WeightOnlyConfig() if backend == "torchao_weight_only" else Int8DynamicActivationInt8WeightConfig()
+        quantize_(draft, config)
+        return draft.eval()
+    draft = copy.deepcopy(model)
+    dtype = next(draft.parameters()).dtype
+    _replace_linears(draft, dtype if dtype in (torch.bfloat16, torch.float16, torch.float32) else torch.float32)
     return draft.eval()
