@@ -113,9 +113,14 @@ def reduced_head_draft(
         head = getattr(model, "lm_head", None)
     if head is None or not hasattr(head, "weight"):
         raise ValueError(f"reduced_head_draft needs a model with a linear lm_head; {type(model).__name__} has none.")
-    weight = head.weight() if callable(head.weight) else head.weight  # quantised heads expose weight()
-    if weight.is_quantized:
-        weight = weight.dequantize()
+    from .quantize import Int8Linear
+
+    if isinstance(head, Int8Linear):  # int8pack head: dequantised here, re-quantised exactly below (same rows)
+        weight = head.weight.float() * head.scales.float()[:, None]
+    else:
+        weight = head.weight() if callable(head.weight) else head.weight  # torch.ao quantised heads expose weight()
+        if weight.is_quantized:
+            weight = weight.dequantize()
     bias = head.bias() if callable(getattr(head, "bias", None)) else getattr(head, "bias", None)
     vocab_size = weight.shape[0]
     if keep_ids is None:
@@ -124,6 +129,13 @@ def reduced_head_draft(
     if keep_ids.numel() == 0 or int(keep_ids.min()) < 0 or int(keep_ids.max()) >= vocab_size:
         raise ValueError(f"reduced_head_draft: keep_ids must be non-empty ids in [0, {vocab_size}).")
     new_head = ReducedLMHead(weight.detach(), keep_ids, vocab_size, None if bias is None else bias.detach())
+    if isinstance(head, Int8Linear):  # keep the head int8: the kept rows' int8 values and scales, unchanged
+        proj = new_head.proj
+        small = Int8Linear(proj, head.scales.dtype)
+        with torch.no_grad():
+            small.weight.copy_(head.weight[new_head.keep_ids])
+            small.scales.copy_(head.scales[new_head.keep_ids])
+        new_head.proj = small
 
     # a shallow copy: own module/parameter dicts, shared submodules except the head
     draft = copy.copy(model)
