@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from conftest import perturbed_copy, tiny_llama, tiny_tokenizer
+from conftest import tiny_model, tiny_pair, tiny_tokenizer
 from speculoos_hf import bench, enable_speculative
 from speculoos_hf.bench import methods as bench_methods
 from speculoos_hf.bench.prompts import select_prompts
@@ -21,8 +21,7 @@ COPY_PROMPTS = ["w05 w06 w07 w08 w05 w06 w07 w08 w05 w06", "w20 w21 w22 w20 w21 
 @pytest.fixture(scope="module")
 def pair_dirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("pair")
-    target = tiny_llama(vocab_size=64, seed=0)
-    draft = perturbed_copy(target, noise=0.05)
+    target, draft = tiny_pair(speculative=False)
     tok = tiny_tokenizer()
     for name, model in (("target", target), ("draft", draft)):
         model.save_pretrained(root / name)
@@ -42,7 +41,7 @@ def _bench(root, prompts, out, *extra):
 
 def engine_has_prompt_lookup() -> bool:
     """Whether generate(prompt_lookup_num_tokens=...) with no draft model runs through speculoos (the drafter seam)."""
-    target = enable_speculative(tiny_llama(vocab_size=64, seed=0))
+    target = enable_speculative(tiny_model())
     try:
         target.generate(torch.tensor([[1, 2, 3, 1, 2]]), prompt_lookup_num_tokens=2, max_new_tokens=2, do_sample=False)
     except Exception:
@@ -117,7 +116,7 @@ def test_methods_are_data():
 
 
 def test_transformers_prompt_lookup_runs_stock(tokenizer):
-    target = enable_speculative(tiny_llama(vocab_size=64, seed=0))
+    target = enable_speculative(tiny_model())
     ids = tokenizer(COPY_PROMPTS[0], return_tensors="pt").input_ids
     method = bench_methods.transformers_lookup("greedy", 3)
     out, stats = bench_methods.generate(method, target, None, ids, None, max_new_tokens=8, pad_token_id=61)
