@@ -16,6 +16,7 @@ from transformers.generation.stopping_criteria import StoppingCriteriaList, Stop
 from transformers.generation.utils import GenerateDecoderOnlyOutput
 
 from .decoding import speculative_decode
+from .drafters.prepared import prepared_draft
 from .drafters.select import make_drafter
 from .lookahead import CostModelLookahead
 from .checks import (
@@ -57,13 +58,15 @@ class SpeculativeGenerationMixin:
             )
         if draft_model is None:
             if num_draft_tokens is not None or any(kwargs.get(n) for n in ("draft_confidence_threshold",
-                                                                            "block_verification")):
+                                                                            "block_verification",
+                                                                            "draft_quantization")):
                 raise ValueError(
                     "num_draft_tokens / draft_confidence_threshold / block_verification were given without "
                     "draft_model: pass draft_model=<a causal LM> (or prompt_lookup_num_tokens=N)."
                 )
             kwargs.pop("draft_confidence_threshold", None)
             kwargs.pop("block_verification", None)
+            kwargs.pop("draft_quantization", None)
             return super().generate(inputs, generation_config, *args, **kwargs)
         if args:
             raise TypeError("With draft_model, pass generate() arguments after generation_config by keyword.")
@@ -83,13 +86,15 @@ def speculative_generate(
     prompt_lookup_num_tokens=None,
     max_matching_ngram_size=None,
     block_verification=False,
+    draft_quantization=None,
     **kwargs,
 ):
     """Speculative generate() for `model` (any transformers causal LM) with `draft_model` proposing tokens:
     `num_draft_tokens` per round, or fewer when `draft_confidence_threshold` (0..1) stops drafting early.
     `draft_model` is a causal LM or a drafter object; `prompt_lookup_num_tokens` copies n-gram continuations from
     the context, alone (no draft_model) or together with a draft model (hybrid). `block_verification=True` verifies
-    sampled blocks jointly (Sun et al. 2024): still exact, never fewer accepted tokens on average."""
+    sampled blocks jointly (Sun et al. 2024): still exact, never fewer accepted tokens on average.
+    `draft_quantization="int8"` drafts with an int8 copy of the draft, made once and reused."""
     lookup_n = _prompt_lookup_setting(model, generation_config, {"prompt_lookup_num_tokens": prompt_lookup_num_tokens})
     ngram = max_matching_ngram_size
     if ngram is None:
@@ -109,6 +114,7 @@ def speculative_generate(
     if threshold is not None and (isinstance(threshold, bool) or not 0.0 <= float(threshold) < 1.0):
         raise ValueError(f"draft_confidence_threshold must be a probability in [0, 1), got {threshold!r}.")
     check_models(model, draft_model if isinstance(draft_model, PreTrainedModel) else model)
+    draft_model = prepared_draft(draft_model, draft_quantization)
     if kwargs.get("assistant_model") is not None:
         raise ValueError("Pass either draft_model (speculoos) or assistant_model (transformers), not both.")
     if kwargs.get("custom_generate") is not None:

@@ -50,3 +50,19 @@ def test_auto_k_sampling_exact(gtest_pair, monkeypatch):
     monkeypatch.setattr(decoding, "speculative_verify", always_accept)
     (broken,) = _generate(target, [PROMPT], N, seed=22, draft_model=draft, temperature=0.8)
     assert g_test(broken, expected) < ALPHA
+
+
+def test_int8_draft_quantization_is_prepared_once_and_exact(pair):
+    target, draft = pair
+    ids = make_prompt(6, seed=8)
+    ref = target.generate(ids, do_sample=False, max_new_tokens=20)
+    from speculoos_hf.drafters.prepared import _COPIES
+
+    for _ in range(2):
+        out = target.generate(ids, do_sample=False, max_new_tokens=20, draft_model=draft, num_draft_tokens=3,
+                              draft_quantization="int8")
+        assert torch.equal(out, ref)
+    assert len(_COPIES[draft]) == 1 and _COPIES[draft]["int8"] is not draft
+    assert target.speculative_stats.draft_tokens_proposed > 0
+    with pytest.raises(ValueError, match="draft_quantization"):
+        target.generate(ids, max_new_tokens=2, draft_model=draft, draft_quantization="int4")
