@@ -4,16 +4,18 @@ so a draft may be quantised freely: only acceptance and speed change.
 On CPU the decode step is bound by reading weights, and the draft's share of a round is K forwards. `int8_draft`
 returns an int8 copy of the draft (per-output-channel symmetric int8 weights). Backends:
 
-- "int8pack" (default): weight-only int8, activations stay in the model's dtype; every nn.Linear becomes an
-  `Int8Linear` calling `torch._weight_int8pack_mm` (the aten CPU/GPU kernel that gpt-fast and torchao's
-  weight-only int8 use under compile). No deprecated API, no extra dependency, works eagerly and under
-  torch.compile, and keeps a bf16 draft in bf16.
-- "torch.ao": the former implementation, torch.ao dynamic quantisation (fbgemm, float32 activations quantised on
-  the fly). Deprecated by PyTorch in favour of torchao.
-- "torchao": torchao's `Int8DynamicActivationInt8WeightConfig` (needs `pip install torchao`); `torchao_weight_only`
-  for `Int8WeightOnlyConfig`. Both are slow eagerly on CPU (see docs/speed.md); meant for compiled/GPU paths.
+- "auto" (default): "torch.ao" on CPU while torch still provides it (the fastest eager int8 measured on our 2-core
+  CPU), else "int8pack".
+- "torch.ao": torch.ao dynamic quantisation (fbgemm, float32 activations quantised on the fly). Deprecated by
+  PyTorch in favour of torchao, still shipped in torch 2.13.
+- "int8pack": weight-only int8, activations stay in the model's dtype; every nn.Linear becomes an `Int8Linear`
+  calling `torch._weight_int8pack_mm` (the aten CPU/GPU kernel gpt-fast and torchao's weight-only int8 lower to).
+  No deprecated API, no extra dependency, keeps a bf16 draft in bf16; about bf16 speed eagerly on CPU, fast under
+  torch.compile (inductor fuses the dequantisation).
+- "torchao" / "torchao_weight_only": torchao's `Int8DynamicActivationInt8WeightConfig` / `Int8WeightOnlyConfig`
+  (optional extra `torchao`). Very slow eagerly on CPU; for compiled/GPU use.
 
-Measured on our 2-core CPU for Qwen2.5-Coder-0.5B (ms per one-token step): see docs/speed.md.
+Measurements (ms per one-token step of Qwen2.5-Coder-0.5B on our 2-core CPU): docs/speed.md.
 """
 
 from __future__ import annotations
