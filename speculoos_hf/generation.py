@@ -124,6 +124,7 @@ def speculative_generate(
 
     streamer = kwargs.pop("streamer", None)
     tokenizer = kwargs.pop("tokenizer", None)
+    assistant_tokenizer = kwargs.pop("assistant_tokenizer", None)  # the draft's own, if it differs (vocab.py)
     check_generate_arguments(model, generation_config, kwargs)
     stop_strings, generation_config = pop_stop_strings(model, generation_config, kwargs)
     if stop_strings:
@@ -153,6 +154,7 @@ def speculative_generate(
             confidence_threshold=None if threshold is None else float(threshold),
             tokenizer=tokenizer,
             max_length=config.max_length,
+            assistant_tokenizer=assistant_tokenizer,
         )
 
         if streamer is not None:

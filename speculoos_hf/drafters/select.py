@@ -5,7 +5,7 @@ from __future__ import annotations
 from transformers import PreTrainedModel
 
 from ..checks import check_models, checked_cache
-from ..vocab import check_vocab_compatible, vocab_size
+from ..vocab import model_drafter, vocab_size
 from .base import Drafter
 from .hybrid import HybridDrafter
 from .model import ModelDrafter
@@ -22,6 +22,7 @@ def make_drafter(
     confidence_threshold: float | None,
     tokenizer,
     max_length: int,
+    assistant_tokenizer=None,
 ) -> tuple[Drafter, int]:
     """Returns (drafter, V): V is the id range both distributions live on (the larger vocabulary of a model pair)."""
     V = vocab_size(target)
@@ -32,10 +33,10 @@ def make_drafter(
         return lookup, V
     if isinstance(draft_model, PreTrainedModel):
         check_models(target, draft_model)
-        check_vocab_compatible(target, draft_model, tokenizer)
         cache = checked_cache(draft_model, None, max_length)
-        model = ModelDrafter(draft_model, cache, confidence_threshold)
-        V = max(V, vocab_size(draft_model))
+        # one tokenizer: ModelDrafter over the larger id range; another tokenizer: OtherTokenizerDrafter (vocab.py)
+        model, V = model_drafter(target, draft_model, tokenizer=tokenizer, assistant_tokenizer=assistant_tokenizer,
+                                 cache=cache, confidence_threshold=confidence_threshold)
         return (model if lookup is None else HybridDrafter(lookup, model, num_draft_tokens)), V
     if isinstance(draft_model, Drafter):
         if lookup is not None:
