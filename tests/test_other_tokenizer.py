@@ -314,6 +314,21 @@ def test_other_tokenizer_greedy_equals_target_greedy_batched(K):
         assert target.speculative_stats.draft_tokens_proposed > 0
 
 
+def test_other_tokenizer_with_prompt_lookup_auto_k_and_stop_strings():
+    """The drafter composes: prompt lookup first (hybrid), the cost-model K, stop strings; greedy stays exact."""
+    tok_t, tok_d = letters_tokenizers()
+    target, draft = _greedy_models(len(tok_t), len(tok_d))
+    pad = tok_t.pad_token_id
+    ids, mask = _left_pad([tok_t.encode(s) for s in ("abcd abcd abcd", "h", "fe gh abcdcd fe gh")], pad)
+    common = dict(attention_mask=mask, do_sample=False, max_new_tokens=30, pad_token_id=pad)
+    ref = target.generate(ids, **common)
+    both = dict(draft_model=draft, tokenizer=tok_t, assistant_tokenizer=tok_d)
+    assert torch.equal(target.generate(ids, **common, **both, num_draft_tokens=4, prompt_lookup_num_tokens=3), ref)
+    assert torch.equal(target.generate(ids, **common, **both), ref)  # num_draft_tokens=None: the cost model picks K
+    ref = target.generate(ids, **common, tokenizer=tok_t, stop_strings=["gh"])
+    assert torch.equal(target.generate(ids, **common, **both, num_draft_tokens=3, stop_strings=["gh"]), ref)
+
+
 def _permuted_copy(target, perm: torch.Tensor):
     """The target in another id space: draft id perm[t] has the embedding and output row of target id t."""
     import copy
