@@ -77,6 +77,7 @@ def test_bench_reports_every_method(pair_dirs, tmp_path):
     assert (tmp_path / "bench.json").exists() and (tmp_path / "speedup_vs_k.png").stat().st_size > 1000
     assert json.loads((tmp_path / "bench.json").read_text())["results"] == json.loads(json.dumps(result["results"]))
     assert "speculoos greedy K=1" in (tmp_path / "bench.md").read_text()
+    assert json.loads((tmp_path / "partial.json").read_text())["prompts_done"] == 2  # saved after every prompt
 
 
 def test_prompt_classes_reported_separately_and_custom_methods(pair_dirs, tmp_path):

@@ -53,7 +53,16 @@ def run(args) -> dict:
     c = d_cost / t_cost
     target_bytes, draft_bytes = weight_bytes(target), weight_bytes(draft)
 
-    tallies = alternate(methods, prompts, encoded, target, draft, gen_kwargs, draft_config, args.seed, args.quiet)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def save_partial(tallies, done):  # figures so far, in case the run is stopped
+        rows = summarise(methods, classes, tallies, c, target_bytes, draft_bytes, bandwidth)
+        write_json({"prompts_done": done, "prompts": [p.text for p in prompts[:done]], "results": rows},
+                   out / "partial.json")
+
+    tallies = alternate(methods, prompts, encoded, target, draft, gen_kwargs, draft_config, args.seed, args.quiet,
+                        after_prompt=save_partial)
     rows = summarise(methods, classes, tallies, c, target_bytes, draft_bytes, bandwidth)
     batch_rows = run_batches(args, target, draft, tokenizer, prompts, gen_kwargs, draft_config) if args.batch_sizes else []
     first = {cls: next(i for i, p in enumerate(prompts) if p.cls == cls) for cls in classes}
@@ -84,8 +93,6 @@ def run(args) -> dict:
             for cls, i in first.items()
         },
     }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     write_json(result, out / "bench.json")
     (out / "bench.md").write_text(format_table(rows, markdown=True).strip() + "\n")
     plot(rows, out / "speedup_vs_k.png")

@@ -69,9 +69,11 @@ def timed(method: Method, target, draft, ids, mask, gen_kwargs, draft_config, ta
 
 
 @torch.inference_mode()
-def alternate(methods, prompts, encoded, target, draft, gen_kwargs, draft_config, seed=0, quiet=False) -> dict:
+def alternate(methods, prompts, encoded, target, draft, gen_kwargs, draft_config, seed=0, quiet=False,
+              after_prompt=None) -> dict:
     """Every method on every prompt, in forward order on even prompts and reverse order on odd ones, each call
-    from the same seed for a given prompt. Returns {(method name, prompt class): Tally}."""
+    from the same seed for a given prompt. Returns {(method name, prompt class): Tally}; `after_prompt(tallies,
+    done)` is called after each prompt (a long run then leaves partial results if it is stopped)."""
     from tqdm.auto import tqdm
 
     for m in methods:  # warm-up: first calls pay one-off costs
@@ -84,5 +86,7 @@ def alternate(methods, prompts, encoded, target, draft, gen_kwargs, draft_config
             torch.manual_seed(seed + i)
             timed(m, target, draft, ids, mask, gen_kwargs, draft_config, tallies[(m.name, prompt.cls)])
             bar.update()
+        if after_prompt is not None:
+            after_prompt(tallies, i + 1)
     bar.close()
     return tallies
