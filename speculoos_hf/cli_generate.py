@@ -42,7 +42,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--stop", nargs="*", default=None, metavar="STRING", help="stop strings")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--num-draft-tokens", type=int, default=None, help="draft tokens per round (default 5)")
+    p.add_argument("--num-draft-tokens", type=int, default=None,
+                   help="draft tokens per round (default: generate()'s, 'auto'); a fixed K makes sampled records "
+                   "reproducible across runs and process counts")
     p.add_argument("--draft-confidence-threshold", type=float, default=None,
                    help="dynamic lookahead: stop drafting once the draft is less sure than this")
     template = p.add_mutually_exclusive_group()

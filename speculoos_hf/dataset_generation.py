@@ -18,8 +18,10 @@ a missing or empty prompt, a prompt that does not fit the context with `max_new_
 give a record `{"id", "index", "prompt", "error"}` instead; the run goes on.
 
 Order of work: prompts are tokenized, sorted by length (longest first) and cut into batches of `batch_size`;
-each batch is generated with its own seed (derived from `seed` and the batch's first index), so a fresh run gives
-the same records whatever the number of processes (greedy output is the target's own in any case).
+each batch is generated with its own seed (derived from `seed` and the batch's first index), so with a fixed
+`num_draft_tokens` a fresh run gives the same records whatever the number of processes (the default, "auto", picks
+each round's K from timings, which changes the random numbers drawn but never the distribution; greedy output is
+the target's own in any case).
 
 Resumable: finished records are appended (flushed and fsynced per batch) to `<output>.parts/part-<rank>.jsonl`;
 when all are done they are merged into `output` (written atomically) and the parts removed. A rerun reads
