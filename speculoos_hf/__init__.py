@@ -13,11 +13,13 @@ from .generation import (
 )
 from .sampler import SpeculativeSampler, auto_regressive_sampling, speculative_sampling
 from .stats import RowStats, SpeculativeStats
-from .verify import greedy_verify, speculative_verify
+from .lookahead import CostModelLookahead
+from .verify import block_verify, greedy_verify, speculative_verify
 
 __version__ = "0.2.0"
 
 __all__ = [
+    "CostModelLookahead",
     "RowStats",
     "SpeculativeGenerateOutput",
     "SpeculativeGenerationMixin",
@@ -25,6 +27,7 @@ __all__ = [
     "SpeculativeSampler",
     "SpeculativeStats",
     "auto_regressive_sampling",
+    "block_verify",
     "enable_speculative",
     "greedy_verify",
     "speculative_generate",
