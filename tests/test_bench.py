@@ -99,8 +99,8 @@ def test_prompt_classes_reported_separately_and_custom_methods(pair_dirs, tmp_pa
 
 
 def test_methods_are_data():
-    args = bench.parser().parse_args(["--k", "4", "--adaptive", "0.6", "--prompt-lookup", "7", "--hybrid",
-                                      "--max-matching-ngram", "3", "--modes", "greedy"])
+    args = bench.parser().parse_args(["--k", "4", "auto", "--adaptive", "0.6", "--prompt-lookup", "7", "--hybrid",
+                                      "--max-matching-ngram", "3", "--modes", "greedy", "--block-verify"])
     by_name = {m.name: m for m in bench_methods.build_methods(args)}
     assert list(by_name)[0] == "target greedy"
     lookup = by_name["speculoos greedy lookup N=7 M=3"]
@@ -112,8 +112,11 @@ def test_methods_are_data():
     assert hybrid.draft and hybrid.drafter == "hybrid" and hybrid.kwargs["num_draft_tokens"] == 4
     assert by_name["speculoos greedy K<=10 conf 0.6 + lookup N=7 M=3"].threshold == 0.6
     assert by_name["assisted greedy K=3"].assistant_config["num_assistant_tokens"] == 3
+    assert by_name["speculoos greedy K=auto"].kwargs == {"num_draft_tokens": "auto"}
+    assert by_name["speculoos greedy K=4 block"].kwargs == {"num_draft_tokens": 4, "block_verification": True}
     assert [m.name for m in bench_methods.batch_methods(args, "greedy")] == [
-        "speculoos greedy K=3", "speculoos greedy lookup N=7 M=3", "speculoos greedy K=3 + lookup N=7 M=3"]
+        "speculoos greedy K=3", "speculoos greedy lookup N=7 M=3", "speculoos greedy K=3 + lookup N=7 M=3",
+        "speculoos greedy K=3 block"]
 
 
 def test_transformers_prompt_lookup_runs_stock(tokenizer):

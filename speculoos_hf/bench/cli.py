@@ -109,6 +109,10 @@ def run(args) -> dict:
     return result
 
 
+def _k(text: str):
+    return text if text == "auto" else int(text)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="speculoos-bench",
@@ -117,7 +121,8 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--target", default=REFERENCE_TARGET, help="hub id, local directory or offline alias")
     p.add_argument("--draft", default=REFERENCE_DRAFT, help="hub id, local directory or offline alias")
-    p.add_argument("--k", type=int, nargs="*", default=[2, 3, 4, 5, 6], help="speculoos draft tokens per round to try")
+    p.add_argument("--k", type=_k, nargs="*", default=[2, 3, 4, 5, 6],
+                   help="speculoos draft tokens per round to try ('auto': generate()'s cost-model K)")
     p.add_argument("--assisted-k", type=int, nargs="*", default=[3], help="fixed K values for transformers' assisted generation")
     p.add_argument("--adaptive", type=float, nargs="*", default=[], help="also speculoos with these draft confidence thresholds")
     p.add_argument("--adaptive-k", type=int, default=10, help="max draft tokens per round for --adaptive")

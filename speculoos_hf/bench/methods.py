@@ -128,7 +128,8 @@ VARIANTS = [
         lambda a: "+ " + lookup_label(_lookup_n(a), a.max_matching_ngram),
         lambda a: lookup_kwargs(_lookup_n(a), a.max_matching_ngram),
     ),
-    # Variant("--block-verify", "block verification", lambda a: "block", lambda a: {"verification": "block"}),
+    Variant("--block-verify", "each speculoos draft-model method also with block verification (Sun et al. 2024)",
+            lambda a: "block", lambda a: {"block_verification": True}),
 ]
 
 
