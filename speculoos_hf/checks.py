@@ -157,11 +157,6 @@ def check_generate_arguments(model, generation_config, kwargs: dict) -> None:
         raise ValueError(
             "synced_gpus=True (ZeRO-3 / FSDP lockstep across processes) is not supported with draft_model."
         )
-    if kwargs.get("assistant_tokenizer") is not None:
-        raise ValueError(
-            "assistant_tokenizer is for transformers' universal assisted generation (assistant_model=); speculoos "
-            "needs a draft_model that shares the target's tokenizer (vocabularies are checked): drop assistant_tokenizer."
-        )
 
 
 def check_position_ids(position_ids, attention_mask, input_ids) -> None:
