@@ -72,6 +72,7 @@ class CostModelLookahead:
     max_off_rounds: int = 64
     probe_k: int = 1
     min_gain: float = 1.03  # speculation must beat the target alone by this factor to be chosen
+    measure_plain_step: bool = True  # once the target was timed, time one round with no drafts (see choose_k)
 
     _alpha: list[float] = field(default_factory=list, repr=False)
     _alpha_n: list[int] = field(default_factory=list, repr=False)
@@ -204,6 +205,12 @@ class CostModelLookahead:
             return 0
         if self._off_left > 0:  # inside a stretch without speculation
             self._off_left -= 1
+            return 0
+        b = batch or self._batch
+        if self._target and b not in self._target and self.measure_plain_step:
+            # the plain step (one token per row) has not been timed yet: time it once, so that the target's cost
+            # per extra token is measured, not assumed (on a CPU in bf16 it can grow steeply from the first token)
+            self.measure_plain_step = False
             return 0
         if self._probe_next:  # the stretch is over: one probe round refreshes the acceptance estimate
             self._probe_next = False
