@@ -38,12 +38,11 @@ filesystem is needed for the merge; resuming a multi-node run reads each node's 
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 

@@ -53,7 +53,6 @@ class Verdict:
 
     num_accepted: torch.Tensor  # [B] accepted proposal tokens
     new: torch.Tensor  # [B, k+1] accepted drafts then the replacement/bonus token
-    scores: torch.Tensor  # [B, k+1, V] processed target scores
 
 
 def split_stopping_criteria(stopping_criteria, max_length: int, eos_token_id):
@@ -216,18 +215,13 @@ def verify(ctx: DecodeContext, proposal: Proposal, scores: torch.Tensor) -> Verd
             num_accepted, next_token = block_verify(
                 proposal.tokens, proposal.probs, p, uniform, exp_noise, num_proposed=num_proposed
             )
-        elif num_proposed is None and proposal.probs is not None:
-            num_accepted, next_token = speculative_verify(proposal.tokens, proposal.probs, p, uniform, exp_noise)
         else:
             num_accepted, next_token = speculative_verify(
                 proposal.tokens, proposal.probs, p, uniform, exp_noise, num_proposed=num_proposed
             )
     else:
-        drafts = proposal.tokens  # [B, k]
-        if num_proposed is not None:  # positions a row did not propose can never match
-            drafts = torch.where(torch.arange(k, device=drafts.device)[None] < num_proposed[:, None], drafts, -1)
-        num_accepted, next_token = greedy_verify(drafts, scores.argmax(dim=-1))
-    return Verdict(num_accepted, place_next_token(proposal.tokens, num_accepted, next_token), scores)
+        num_accepted, next_token = greedy_verify(proposal.tokens, scores.argmax(dim=-1), num_proposed=num_proposed)
+    return Verdict(num_accepted, place_next_token(proposal.tokens, num_accepted, next_token))
 
 
 def apply_stops(ctx, state: DecodeState, stops: Stops, verdict: Verdict, row_end: list[int]) -> RoundOutcome:

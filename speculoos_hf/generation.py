@@ -7,11 +7,9 @@ The stock generate() merges the generation config, builds logits processors and 
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
-import torch
-from transformers import AutoModelForCausalLM, DynamicCache, GenerationMixin, PreTrainedModel
+from transformers import AutoModelForCausalLM, GenerationMixin, PreTrainedModel
 from transformers.generation.stopping_criteria import StoppingCriteriaList, StopStringCriteria
 from transformers.generation.utils import GenerateDecoderOnlyOutput
 
@@ -30,7 +28,6 @@ from .checks import (
 )
 from .processors import check_supported
 from .stats import SpeculativeStats
-from .vocab import check_vocab_compatible
 
 # num_draft_tokens=None (or "auto"): a cost model picks each round's k up to this, and 0 where drafting cannot pay
 AUTO_MAX_DRAFT_TOKENS = 12

@@ -4,7 +4,6 @@ the exact target distribution, and at least as many accepted tokens as the token
 from __future__ import annotations
 
 import pytest
-import torch
 
 import speculoos_hf.decoding as decoding
 from gtest import ALPHA, N, PROMPT, _always_accept, _generate, _processors, exact_distribution, g_test

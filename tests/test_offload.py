@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import itertools
 import sys
-from collections import Counter
 
 import pytest
 import torch
@@ -19,6 +18,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
 import speculoos_hf
 from conftest import left_pad_batch, make_prompt, perturbed_copy, tiny_llama
+from gtest import _always_accept, g_test as _g_test
 from speculoos_hf import SpeculativeModelForCausalLM, enable_speculative
 from speculoos_hf.placement import input_device, is_dispatched, placement_kwargs, placement_summary
 
@@ -154,39 +154,12 @@ def _exact_distribution(model, temperature: float) -> dict[tuple, float]:
     return {tuple(c): p for c, p in zip(conts.tolist(), logp.exp().tolist())}
 
 
-def _g_test(samples: list[tuple], expected: dict[tuple, float]) -> float:
-    from scipy.stats import power_divergence
-
-    counts, n = Counter(samples), len(samples)
-    if any(expected.get(o, 0.0) == 0.0 for o in counts):
-        return 0.0
-    obs, exp, pool_obs, pool_exp = [], [], 0, 0.0
-    for outcome, p in expected.items():
-        if n * p >= 5:
-            obs.append(counts.get(outcome, 0))
-            exp.append(n * p)
-        else:
-            pool_obs, pool_exp = pool_obs + counts.get(outcome, 0), pool_exp + n * p
-    if pool_exp > 0:
-        obs.append(pool_obs)
-        exp.append(pool_exp)
-    scale = n / sum(exp)
-    return float(power_divergence(obs, [e * scale for e in exp], lambda_="log-likelihood").pvalue)
-
-
 def _samples(model, seed: int, **kwargs) -> list[tuple]:
     ids = torch.tensor([PROMPT] * N)
     torch.manual_seed(seed)
     out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, max_new_tokens=T, top_k=0,
                          pad_token_id=0, **kwargs)
     return [tuple(row) for row in out[:, len(PROMPT):].tolist()]
-
-
-def _always_accept(draft_tokens, draft_probs, target_probs, uniform, exp_noise):
-    """A broken rule: every draft accepted, bonus token from p_K."""
-    B, K = draft_tokens.shape
-    n = torch.full((B,), K, dtype=torch.long, device=draft_tokens.device)
-    return n, torch.argmax(target_probs[:, K] / exp_noise, dim=-1)
 
 
 def _patch_verify(monkeypatch, replacement) -> int:

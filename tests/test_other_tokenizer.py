@@ -21,7 +21,6 @@ from collections import Counter
 
 import pytest
 import torch
-from scipy.stats import power_divergence
 from transformers import LlamaConfig, LlamaForCausalLM, LogitsProcessorList, PreTrainedTokenizerFast
 from transformers.generation.logits_process import (
     RepetitionPenaltyLogitsProcessor,
@@ -35,6 +34,7 @@ from speculoos_hf.decoding import speculative_decode
 from speculoos_hf.drafters.model import ModelDrafter
 from speculoos_hf.drafters.other_tokenizer import OtherTokenizerDrafter, decode_tail, token_bytes
 from speculoos_hf.vocab import model_drafter
+from gtest import _always_accept, g_test
 
 V = 4  # target tokens a, b, c, <eos>
 PAD = 4  # the target's <pad>, never produced
@@ -157,27 +157,6 @@ def exact_distribution(model, prompt: list[int], processors, eos: int | None = N
     return dict(dist)
 
 
-def g_test(samples: list[tuple], expected: dict[tuple, float]) -> float:
-    """G-test p-value (bins with expected count < 5 pooled); 0 if an impossible outcome was sampled."""
-    counts = Counter(samples)
-    if any(expected.get(o, 0.0) == 0.0 for o in counts):
-        return 0.0
-    n = len(samples)
-    obs, exp, pool_obs, pool_exp = [], [], 0, 0.0
-    for outcome, p in expected.items():
-        if n * p >= 5:
-            obs.append(counts.get(outcome, 0))
-            exp.append(n * p)
-        else:
-            pool_obs += counts.get(outcome, 0)
-            pool_exp += n * p
-    if pool_exp > 0:
-        obs.append(pool_obs)
-        exp.append(pool_exp)
-    scale = n / sum(exp)
-    return float(power_divergence(obs, [e * scale for e in exp], lambda_="log-likelihood").pvalue)
-
-
 def _generate(model, prompts: list[list[int]], n_each: int, seed: int, **kwargs) -> list[list[tuple]]:
     width = max(map(len, prompts))
     ids = torch.tensor([[PAD] * (width - len(p)) + p for p in prompts for _ in range(n_each)])
@@ -187,12 +166,6 @@ def _generate(model, prompts: list[list[int]], n_each: int, seed: int, **kwargs)
     eos = kwargs.get("eos_token_id")
     outcomes = [_outcome(row, eos) for row in out[:, width:].tolist()]
     return [outcomes[i * n_each : (i + 1) * n_each] for i in range(len(prompts))]
-
-
-def _always_accept(draft_tokens, draft_probs, target_probs, uniform, exp_noise, num_proposed=None):
-    B, K = draft_tokens.shape
-    n = torch.full((B,), K, dtype=torch.long, device=draft_tokens.device)
-    return n, torch.argmax(target_probs[:, K] / exp_noise, dim=-1)
 
 
 def _reports_uniform_q(monkeypatch):

@@ -62,10 +62,6 @@ class RoundOutcome:
     eos_at: list[int] = field(default_factory=list)
     ended: list[int] = field(default_factory=list)  # host ints: tokens of the round that are the row's own output
 
-    def proposal_tokens_kept(self, i: int) -> int:
-        """How many of row i's proposed tokens are now committed."""
-        return min(self.accepted[i], self.kept[i])
-
     def cached_drafts(self, i: int) -> int:
         """How many of row i's proposed tokens a cache that ran over them keeps: committed ones, but never the last
         committed token (it is fed next round, as every round's first token)."""

@@ -8,7 +8,6 @@ from ..checks import check_models, checked_cache
 from ..vocab import model_drafter, vocab_size
 from .base import Drafter
 from .hybrid import HybridDrafter
-from .model import ModelDrafter
 from .prompt_lookup import PromptLookupDrafter
 
 
