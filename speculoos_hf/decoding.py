@@ -120,13 +120,15 @@ def speculative_decode(
     if end <= P:
         return out.sequences(), stats
 
+    watch = Stopwatch(device)
     tgt = KVSlots(target, target_cache)
+    mark = watch.start()
     prefill(tgt, state)
+    prefill_span = watch.stop(mark)
     drafter.start(ctx, state)
     row_end = [end] * B  # per row: where it stops at the latest (moves in when stopped rows must run along)
     all_padding = any(f >= P for f in state.first_valid)
 
-    watch = Stopwatch(device)
     while state.rows:
         k = min(K, max(e - n for e, n in zip(row_end_of(state, row_end), state.lengths)) - 1)
         if lookahead is not None:
@@ -143,6 +145,9 @@ def speculative_decode(
         verdict = verify(ctx, proposal, scores)
         outcome = apply_stops(ctx, state, stops, verdict, row_end_of(state, row_end))
         if lookahead is not None:  # after the round's sync: the timings are complete
+            if prefill_span is not None:
+                lookahead.observe_prefill(watch.seconds(prefill_span), (P - 1) * B, unfed=P)
+                prefill_span = None
             observe(lookahead, watch, draft_span, target_span, proposal, outcome, k)
         commit(state, stops, outcome, stats, streamer, proposal)
         roll_back(tgt, drafter, state, outcome, first_slot, proposal.k)
@@ -338,12 +343,17 @@ def retire_finished(state: DecodeState, stops: Stops, outcome: RoundOutcome, out
 
 def observe(lookahead: CostModelLookahead, watch: Stopwatch, draft_span, target_span, proposal: Proposal,
             outcome: RoundOutcome, k: int) -> None:
-    """Feed the cost model this round's draft and target times and each row's acceptance."""
+    """Feed the cost model this round's draft and target times and each row's acceptance. A round whose draft
+    first read many committed tokens (the prompt, a stretch without drafts) times that catch-up, not a step."""
     B = len(outcome.accepted)
     if k > 0 and proposal.k > 0:
-        forwards = getattr(proposal, "forwards", proposal.k)
-        if forwards:
-            lookahead.observe_draft(watch.seconds(draft_span) / forwards, B)
+        forwards = proposal.forwards if proposal.forwards is not None else proposal.k
+        seconds = watch.seconds(draft_span)
+        if forwards and proposal.catch_up > 2:
+            step = lookahead.draft_time(B) or 0.0
+            lookahead.observe_catch_up(max(seconds - (forwards - 1) * step, 0.0), proposal.catch_up * B)
+        elif forwards:
+            lookahead.observe_draft(seconds / forwards, B)
     lookahead.observe_target(watch.seconds(target_span), proposal.k + 1, B)
     lookahead.observe_round(proposal.counts() if k > 0 else [0] * B, outcome.accepted)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from transformers import AutoModelForCausalLM, GenerationMixin, PreTrainedModel
 from transformers.generation.stopping_criteria import StoppingCriteriaList, StopStringCriteria
 from transformers.generation.utils import GenerateDecoderOnlyOutput
@@ -171,7 +172,7 @@ def speculative_generate(
             target_cache=target_cache,
             streamer=streamer,
             vocab_size=vocab,
-            lookahead=CostModelLookahead(max_k=K) if auto_k else None,
+            lookahead=CostModelLookahead(max_k=K, prior_catch_up_ratio=catch_up_ratio(model, drafter)) if auto_k else None,
             block_verification=bool(block_verification),
         )
         model.speculative_stats = stats
@@ -247,3 +248,14 @@ class SpeculativeModelForCausalLM:
     @classmethod
     def from_config(cls, config, **kwargs):
         return enable_speculative(AutoModelForCausalLM.from_config(config, **kwargs))
+
+
+def catch_up_ratio(target, drafter) -> float:
+    """Parameters of the drafter's model over the target's (0 for a drafter without one, such as prompt lookup):
+    the cost model's prior for what reading a token costs the draft, relative to the target's prefill."""
+    model = drafter
+    while model is not None and not isinstance(model, torch.nn.Module):
+        model = getattr(model, "model", None)
+    if model is None:
+        return 0.0
+    return sum(p.numel() for p in model.parameters()) / max(sum(p.numel() for p in target.parameters()), 1)

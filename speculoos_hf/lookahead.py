@@ -2,17 +2,23 @@
 
 `CostModelLookahead` is plain host arithmetic on floats (no tensors, no syncs). The decoding loop calls, each round:
 
+    policy.observe_prefill(seconds, tokens, unfed)  # once: the target's prompt prefill (tokens: all rows)
     k = policy.choose_k()                       # 0: no speculation this round, the target decodes one token
     ... per draft forward:  policy.observe_draft(seconds, batch)
+    ... a draft catch-up:   policy.observe_catch_up(seconds, tokens)   (committed tokens the draft had not seen)
     ... per target pass:    policy.observe_target(seconds, tokens_per_row, batch)   (not the prompt's prefill)
     policy.observe_round(proposed=[...], accepted=[...])                             (per live row, k=0 rounds too)
 
 The model:
 - Target pass time as a function of the tokens it scores, m = tokens_per_row * batch:
   T(m) = a + b * max(0, m - n0). On a CPU a pass is memory-bound (flat) up to a few tokens and compute-bound
-  beyond; on a GPU n0 is large. (a, b) are fitted by weighted least squares on the mean time per observed m, for
-  the breakpoint n0 among the prior's and the observed m's that fits best; a ridge term pulls b towards a prior
-  slope of `prior_slope * a` per token until measurements beyond n0 exist.
+  beyond; on a GPU n0 is large; on a CPU without fast bf16 matrix kernels (AVX2 only) a bf16 pass costs about
+  one more token's compute for every token from the second. The prior comes from the prompt's prefill, a
+  compute-bound pass: its cost per token b_pre and the one-token pass a give the roofline T(m) = max(a, b_pre m),
+  i.e. n0 = floor(a / b_pre) (rounded down: small passes run below the prefill's efficiency) and slope b_pre. The first round is always a plain one (no drafts) to time a. (a, b) are then
+  fitted by weighted least squares on the mean time per observed m, for the breakpoint n0 among the prior's and
+  the observed m's that fits best; a ridge term pulls b towards the prior slope until measurements beyond n0
+  exist.
 - Draft cost per forward: a moving average per batch size (nearest measured batch size otherwise).
 - Acceptance by draft position j: alpha_j = P(draft j accepted | drafts < j accepted), exponential moving averages
   over the rows' outcomes, starting from `prior_acceptance`; a position with few observations is shrunk towards the
@@ -20,6 +26,12 @@ The model:
 - Expected new tokens per row with k drafts: E(k) = 1 + sum_{i=1..k} prod_{j<i} alpha_j. The policy picks
   k in 0..max_k maximising batch * E(k) / (k * draft(batch) + T((k+1) * batch) + overhead); k = 0 is the target
   alone, batch / (T(batch) + overhead).
+- Catching the draft up: the draft has to read every committed token it has not seen (the whole prompt before
+  its first proposal, the stretch after rounds without drafts) before it proposes. The model drafter does that
+  lazily, so a draft that is never used costs nothing. Its cost per token is measured (prior: the target's prefill
+  cost per token times `prior_catch_up_ratio`, the draft/target size ratio); speculation (re)starts only where the
+  time it is expected to save over the tokens left exceeds the catch-up, and a probe is skipped (the stretch
+  doubles) while it would cost more than `probe_budget` of the stretch it ends.
 - When k = 0 wins, speculation stays off for a stretch of rounds (`off_rounds`, doubling up to `max_off_rounds`
   while it keeps losing), then one probe round with `probe_k` drafts refreshes the acceptance estimate. A poor draft
   thus costs about (probe round cost - target step) / stretch: a few percent at most, under 1% once the stretch
@@ -59,6 +71,9 @@ class CostModelLookahead:
     prior_slope:      extra cost per token beyond n0, as a fraction of a one-token pass, before it is measured.
     prior_draft_ratio: draft forward / target pass before the draft is timed.
     off_rounds, max_off_rounds, probe_k: the stretch without speculation when it cannot pay, and the probe after it.
+    prior_catch_up_ratio: draft catch-up cost per token / target prefill cost per token before it is measured
+                      (the draft/target parameter ratio for a model draft, 0 for a copy such as prompt lookup).
+    probe_budget:     a probe may cost at most this fraction of the target-alone time of the stretch it ends.
     """
 
     max_k: int = 12
@@ -72,7 +87,9 @@ class CostModelLookahead:
     max_off_rounds: int = 64
     probe_k: int = 1
     min_gain: float = 1.03  # speculation must beat the target alone by this factor to be chosen
-    measure_plain_step: bool = True  # once the target was timed, time one round with no drafts (see choose_k)
+    measure_plain_step: bool = True  # the first round (per batch size) is a plain one: it times the target alone
+    prior_catch_up_ratio: float | None = None
+    probe_budget: float = 0.05
 
     _alpha: list[float] = field(default_factory=list, repr=False)
     _alpha_n: list[int] = field(default_factory=list, repr=False)
@@ -84,6 +101,9 @@ class CostModelLookahead:
     _probe_next: bool = False
     _probed: bool = False
     _fit_cache: tuple | None = field(default=None, repr=False)
+    _prefill_per_token: float | None = None
+    _catch_up: _Mean | None = field(default=None, repr=False)  # seconds per token the draft catches up
+    _unfed: int = 0  # committed tokens per row the draft has not seen yet
     last_choice: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -98,6 +118,20 @@ class CostModelLookahead:
         self._batch = batch
         self._draft.setdefault(batch, _Mean()).add(seconds)
 
+    def observe_prefill(self, seconds: float, tokens: int, unfed: int) -> None:
+        """The target's prompt prefill scored `tokens` tokens (all rows) in `seconds`; the draft has `unfed`
+        tokens per row to read before its first proposal."""
+        if tokens > 0:
+            self._prefill_per_token = seconds / tokens
+        self._unfed = unfed
+        self._fit_cache = None
+
+    def observe_catch_up(self, seconds: float, tokens: int) -> None:
+        """The draft read `tokens` committed tokens (all rows) it had not seen, in `seconds`."""
+        if tokens > 0:
+            self._catch_up = self._catch_up or _Mean()
+            self._catch_up.add(seconds / tokens)
+
     def observe_target(self, seconds: float, tokens_per_row: int, batch: int = 1) -> None:
         """One target pass scoring `tokens_per_row` new tokens in each of `batch` rows took `seconds`."""
         self._batch = batch
@@ -106,6 +140,7 @@ class CostModelLookahead:
 
     def observe_round(self, proposed: list[int], accepted: list[int]) -> None:
         """Per live row: drafts proposed and accepted this round (rows with 0 proposed say nothing)."""
+        self._unfed = 1 if any(proposed) else self._unfed + 1  # a plain round commits one token the draft lacks
         for n_prop, n_acc in zip(proposed, accepted):
             for j in range(min(n_prop, n_acc + 1, self.max_k)):  # position j was reached
                 hit = 1.0 if j < n_acc else 0.0
@@ -144,19 +179,35 @@ class CostModelLookahead:
         scale = sum(w * t * t for _, t, w in pts)
 
         def fit(n0: int) -> tuple[float, float, float]:
-            a, b = _ridge_fit(pts, n0, self.prior_slope)
+            a, b = _ridge_fit(pts, n0, self.prior_slope, self._prefill_per_token)
             return sum(w * (t - a - b * max(0, m - n0)) ** 2 for m, t, w in pts), a, b
 
-        sse, a, b = fit(self.prior_n0)
-        best = (a, b, self.prior_n0)
+        prior_n0 = self._prior_n0()
+        sse, a, b = fit(prior_n0)
+        best = (a, b, prior_n0)
         best_sse = sse
-        for n0 in sorted({m for m, _, _ in pts} - {self.prior_n0}):
+        for n0 in sorted({m for m, _, _ in pts} - {prior_n0}):
             sse_n, a_n, b_n = fit(n0)
             # another breakpoint must explain the data clearly better than the prior's (noise ~1% of a pass)
             if sse_n < 0.5 * best_sse and best_sse - sse_n > 1e-4 * scale:
                 best, best_sse = (a_n, b_n, n0), sse_n
         self._fit_cache = best
         return best
+
+    def _prior_n0(self) -> int:
+        """Breakpoint before passes of several tokens are timed: the roofline a / b_pre from the prefill, or the
+        CPU default."""
+        plain = self._target.get(min(self._target)) if self._target else None
+        if self._prefill_per_token is None or plain is None:
+            return self.prior_n0
+        return int(min(max(plain.value // self._prefill_per_token, 1), 256))
+
+    def catch_up_time(self, tokens: int) -> float:
+        """Predicted seconds for the draft to read `tokens` tokens (all rows) it has not seen."""
+        if self._catch_up is not None:
+            return self._catch_up.value * tokens
+        ratio = self.prior_draft_ratio if self.prior_catch_up_ratio is None else self.prior_catch_up_ratio
+        return ratio * (self._prefill_per_token or 0.0) * tokens
 
     def target_time(self, tokens: int) -> float | None:
         """Predicted seconds of one target pass scoring `tokens` tokens in all (rows * tokens per row)."""
@@ -199,28 +250,33 @@ class CostModelLookahead:
         return best_k
 
     def choose_k(self, batch: int | None = None, limit: int | None = None) -> int:
-        """Draft tokens for the next round (0: the target decodes one token alone). `limit` caps k (e.g. by the
-        tokens left to generate); `batch` defaults to the last observed batch size."""
+        """Draft tokens for the next round (0: the target decodes one token alone). `limit` caps k (the tokens left
+        to generate, less one); `batch` defaults to the last observed batch size."""
         if limit is not None and limit <= 0:
             return 0
         if self._off_left > 0:  # inside a stretch without speculation
             self._off_left -= 1
             return 0
         b = batch or self._batch
-        if self._target and b not in self._target and self.measure_plain_step:
-            # the plain step (one token per row) has not been timed yet: time it once, so that the target's cost
-            # per extra token is measured, not assumed (on a CPU in bf16 it can grow steeply from the first token)
+        if b not in self._target and self.measure_plain_step:
+            # time the plain step (one token per row) first: with the prefill it fixes the target's cost model,
+            # and it needs no draft, so a draft that never pays is never even started
             self.measure_plain_step = False
             return 0
+        horizon = b * (limit + 1 if limit is not None else 4 * self.max_off_rounds)  # tokens left, all rows
         if self._probe_next:  # the stretch is over: one probe round refreshes the acceptance estimate
             self._probe_next = False
-            self._probed = True
-            return min(self.probe_k, self.max_k, limit if limit is not None else self.max_k)
-        k = self.best_k(batch, limit)
-        if k > 0:
-            self._probed = False
-            self._off_len = self.off_rounds
-            return k
+            k = min(self.probe_k, self.max_k, limit if limit is not None else self.max_k)
+            if self._probe_cost(k, b) <= self.probe_budget * self._off_len * (self.target_time(b) or 0.0):
+                self._probed = True
+                return k
+            self._probed = True  # too dear to look: count it as a failed probe (the next stretch is longer)
+        else:
+            k = self.best_k(batch, limit)
+            if k > 0 and self._worth_catching_up(k, b, horizon):
+                self._probed = False
+                self._off_len = self.off_rounds
+                return k
         if self._probed:  # the probe did not change the verdict: a longer stretch next time
             self._off_len = min(2 * self._off_len, self.max_off_rounds)
             self._probed = False
@@ -228,18 +284,36 @@ class CostModelLookahead:
         self._probe_next = self.probe_k > 0
         return 0
 
+    def _probe_cost(self, k: int, batch: int) -> float:
+        """Extra seconds a probe round with k drafts costs over a plain step: catch-up, drafts, a longer pass."""
+        t1, tk, d = self.target_time(batch), self.target_time((k + 1) * batch), self.draft_time(batch)
+        if t1 is None or tk is None or d is None:
+            return 0.0
+        return self.catch_up_time(self._unfed * batch) + k * d + tk - t1
+
+    def _worth_catching_up(self, k: int, batch: int, horizon: int) -> bool:
+        """Whether k drafts per round save more over the `horizon` tokens left than the draft's catch-up costs."""
+        if self._unfed <= 2:
+            return True
+        r0, rk = self.rate(0, batch), self.rate(k, batch)
+        if r0 is None or rk is None:
+            return True
+        return horizon * (1.0 / r0 - 1.0 / rk) > self.catch_up_time(self._unfed * batch)
+
     @property
     def speculating(self) -> bool:
         """False inside a stretch without speculation."""
         return self._off_left == 0 and not self._probe_next
 
 
-def _ridge_fit(pts: list[tuple[int, float, float]], n0: int, prior_slope: float) -> tuple[float, float]:
-    """Weighted least squares of t = a + b * max(0, m - n0) with a ridge pulling b to prior_slope * a."""
+def _ridge_fit(pts: list[tuple[int, float, float]], n0: int, prior_slope: float,
+               slope: float | None = None) -> tuple[float, float]:
+    """Weighted least squares of t = a + b * max(0, m - n0) with a ridge pulling b to `slope` (seconds per token,
+    from the prefill) or else prior_slope * a."""
     # a first estimate of a from points at or below the break (else from the smallest m)
     flat = [(t, w) for m, t, w in pts if m <= n0]
     a0 = sum(t * w for t, w in flat) / sum(w for _, w in flat) if flat else pts[0][1]
-    b_prior = prior_slope * a0
+    b_prior = slope if slope is not None else prior_slope * a0
     lam = 2.0 * 16.0  # as strong as two observations at 4 tokens past the break
     # normal equations for (a, b) with the ridge term lam * (b - b_prior)^2
     s_w = s_x = s_xx = s_t = s_xt = 0.0

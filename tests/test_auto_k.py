@@ -3,6 +3,8 @@ G-test with power), and a draft that is never right gets switched off rather tha
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
@@ -10,6 +12,7 @@ import speculoos_hf.decoding as decoding
 from conftest import left_pad_batch, make_prompt, tiny_model, tiny_pair
 from gtest import ALPHA, N, PROMPT, _generate, _processors, exact_distribution, g_test
 from speculoos_hf import enable_speculative
+from speculoos_hf.lookahead import CostModelLookahead
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
@@ -36,7 +39,16 @@ def test_useless_draft_is_switched_off():
 
 
 def test_auto_k_sampling_exact(gtest_pair, monkeypatch):
+    """Exact whatever k each round gets. With 12,000 rows per pass the cost model rightly keeps speculation off (a
+    pass that wide is compute-bound), so the rounds' k follow a schedule that varies round by round as the
+    policy's would, through the same `choose_k` seam."""
     target, draft = gtest_pair
+    schedule = itertools.cycle([3, 0, 1, 4, 2])
+
+    def scheduled(self, batch=None, limit=None):
+        return max(0, min(next(schedule), self.max_k, limit if limit is not None else self.max_k))
+
+    monkeypatch.setattr(CostModelLookahead, "choose_k", scheduled)
     expected = exact_distribution(target, PROMPT, _processors(temperature=0.8))
     (spec,) = _generate(target, [PROMPT], N, seed=21, draft_model=draft, temperature=0.8)
     assert target.speculative_stats.draft_tokens_proposed > 0

@@ -359,7 +359,8 @@ def test_no_token_is_recomputed(K):
     finally:
         del target.forward, draft.forward
     stats = target.speculative_stats
-    assert t_log[0] == P - 1 and d_log[0] == P - 1  # the prompt prefill, once per model
+    assert t_log[0] == P - 1  # the target's prompt prefill
+    assert d_log[0] == P  # the draft reads the whole prompt (x0 too) with its first proposal, once
     assert all(1 <= n <= K + 1 for n in t_log[1:])
     assert all(1 <= n <= 2 for n in d_log[1:])
     assert len(t_log) - 1 == stats.target_forward_passes

@@ -13,14 +13,26 @@ def flat_then_linear(a=0.12, n0=8, slope=0.015):
     return lambda m: a + slope * max(0, m - n0)
 
 
-def simulate(policy, rounds, target_time, draft_time, alpha, batch=1, seed=0, noise=0.03):
+def simulate(policy, rounds, target_time, draft_time, alpha, batch=1, seed=0, noise=0.03, prompt=0,
+             prefill_per_token=None, catch_up_per_token=0.0):
     """Run `rounds` rounds against a synthetic pair. alpha(j, r): acceptance of draft position j in round r.
+    With `prompt` > 0 the target's prefill is reported and the draft must first read the prompt (and, after rounds
+    without drafts, what they committed) at `catch_up_per_token` seconds per token, counted in the time.
     Returns (ks chosen, tokens per second overall)."""
     rng = random.Random(seed)
     ks, tokens, seconds = [], 0, 0.0
+    unfed = prompt
+    if prompt:
+        per_token = prefill_per_token if prefill_per_token is not None else target_time(prompt) / prompt
+        policy.observe_prefill(per_token * prompt * batch, prompt * batch, unfed=prompt)
     for r in range(rounds):
-        k = policy.choose_k()
+        k = policy.choose_k(limit=8 * (rounds - r) if prompt else None)  # tokens left, roughly
         ks.append(k)
+        if k and unfed > 2:
+            c = catch_up_per_token * unfed * batch
+            policy.observe_catch_up(c, unfed * batch)
+            seconds += c
+        unfed = 1 if k else unfed + 1
         for _ in range(k):
             d = draft_time * (1 + noise * rng.uniform(-1, 1))
             policy.observe_draft(d, batch)
@@ -82,7 +94,7 @@ def test_batches_make_the_target_pass_compute_bound_sooner():
 
 def test_model_pieces():
     p = CostModelLookahead(max_k=6, prior_acceptance=0.5)
-    assert p.choose_k() == p.initial_k  # nothing timed yet
+    assert p.choose_k() == 0  # the first round is plain: it times the target alone, no draft needed
     assert p.expected_tokens(0) == 1.0
     assert p.expected_tokens(2) == pytest.approx(1 + 0.5 + 0.25)
     for m, t in [(1, 0.1), (2, 0.1), (4, 0.1), (8, 0.1), (12, 0.14), (16, 0.18)]:
@@ -98,3 +110,50 @@ def test_model_pieces():
     p.observe_draft(0.02, 1)
     assert p.draft_time(1) == pytest.approx(0.02) and p.draft_time(4) == pytest.approx(0.02)
     assert p.choose_k(limit=0) == 0 and p.choose_k(limit=2) <= 2
+
+
+def roofline(a=0.234, per_token=0.155):
+    """This project's AVX2-only CPU, 1.5B target in bf16: each token from the second costs a token's compute."""
+    return lambda m: max(a, a + per_token * (m - 1))
+
+
+def test_compute_bound_from_the_second_token_never_starts_the_draft():
+    """The prefill tells the per-token compute cost; with the plain step it predicts that no k pays, so the
+    draft never proposes (and never reads the prompt): generation runs at the target's own speed."""
+    T = roofline()
+    ks, rate = simulate(CostModelLookahead(prior_catch_up_ratio=0.33), 128, T, draft_time=0.07,
+                        alpha=lambda j, r: 0.8, prompt=150, prefill_per_token=0.155, catch_up_per_token=0.05)
+    assert sum(ks) == 0, ks
+    assert rate > 0.97 / T(1)
+
+
+def test_prefill_prior_keeps_a_flat_target_speculating():
+    """On a memory-bound target (prefill cost per token small against a pass) the draft starts at once."""
+    T = flat_then_linear()
+    ks, rate = simulate(CostModelLookahead(prior_catch_up_ratio=0.33), 120, T, draft_time=0.012,
+                        alpha=lambda j, r: 0.9, prompt=150, prefill_per_token=0.004, catch_up_per_token=0.0015)
+    assert ks[0] == 0 and min(ks[1:5]) >= 1
+    assert rate > 2.5 / T(1)
+
+
+def test_poor_draft_with_catch_up_costs_stays_within_five_percent():
+    """The draft has to read the prompt and every stretch it skipped: a poor draft still costs under 5%."""
+    T = flat_then_linear()
+    ks, rate = simulate(CostModelLookahead(prior_catch_up_ratio=0.33), 128, T, draft_time=0.045,
+                        alpha=lambda j, r: 0.03, prompt=150, prefill_per_token=0.004, catch_up_per_token=0.0015)
+    assert rate > 0.95 / T(1), rate * T(1)
+
+
+def test_no_start_when_the_tokens_left_cannot_repay_the_catch_up():
+    p = CostModelLookahead(prior_catch_up_ratio=0.33)
+    p.observe_prefill(0.004 * 2000, 2000, unfed=2000)  # a long prompt
+    assert p.choose_k(limit=3) == 0  # plain step
+    p.observe_target(0.12, 1)
+    p.observe_round([0], [0])
+    assert p.choose_k(limit=3) == 0  # 4 tokens left: reading 2000 tokens (~2.6 s) cannot pay
+    q = CostModelLookahead(prior_catch_up_ratio=0.33)
+    q.observe_prefill(0.004 * 2000, 2000, unfed=2000)
+    q.choose_k(limit=500)
+    q.observe_target(0.12, 1)
+    q.observe_round([0], [0])
+    assert q.choose_k(limit=500) > 0  # 500 tokens left: it pays

@@ -28,6 +28,8 @@ def run(args) -> dict:
         placement["offload_folder"] = args.offload_folder or str(Path(args.out) / "offload")
     target = enable_speculative(load_model(args.target, dtype=dtype, **placement))
     draft = load_model(args.draft, dtype=dtype)
+    if args.draft_noise:
+        add_weight_noise(draft, args.draft_noise, args.seed)  # a poor draft: the same model, rarely agreeing
     if args.draft_int8:
         draft = int8_draft(draft)  # the same (quantised) draft serves speculoos and transformers' assisted generation
     tokenizer = load_tokenizer(args.target)
@@ -71,6 +73,7 @@ def run(args) -> dict:
         "draft": str(args.draft),
         "dtype": args.dtype,
         "draft_int8": bool(args.draft_int8),
+        "draft_noise": args.draft_noise,
         "target_placement": placement_summary(target),  # share of weights per device ("disk": offloaded)
         "max_new_tokens": args.max_new_tokens,
         "temperature": args.temperature,
@@ -98,7 +101,8 @@ def run(args) -> dict:
     plot(rows, out / "speedup_vs_k.png")
     if not args.quiet:
         print(
-            f"\n{args.target} <- {args.draft}{' (int8)' if args.draft_int8 else ''}, {args.dtype}, "
+            f"\n{args.target} <- {args.draft}{' (int8)' if args.draft_int8 else ''}"
+            f"{f' (noise {args.draft_noise:g})' if args.draft_noise else ''}, {args.dtype}, "
             f"{len(prompts)} prompts ({', '.join(classes)}) x {args.max_new_tokens} new tokens, "
             f"c = {c:.3f} (draft {d_cost * 1e3:.1f} ms / target {t_cost * 1e3:.1f} ms per token), "
             f"memory bandwidth {bandwidth / 1e9:.1f} GB/s"
@@ -107,6 +111,16 @@ def run(args) -> dict:
         print(format_batches(batch_rows))
         print(f"\nwrote {out / 'bench.json'}, {out / 'bench.md'} and {out / 'speedup_vs_k.png'}")
     return result
+
+
+@torch.no_grad()
+def add_weight_noise(model, sigma: float, seed: int) -> None:
+    """Add Gaussian noise of `sigma` times each weight tensor's own std, in place (seeded)."""
+    gen = torch.Generator().manual_seed(seed)
+    for param in model.parameters():
+        if param.dim() > 1:
+            noise = torch.randn(param.shape, generator=gen, dtype=torch.float32)
+            param.add_((sigma * param.float().std() * noise).to(param.dtype))
 
 
 def _k(text: str):
@@ -148,9 +162,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--num-prompts", type=int, default=None, help="use only the first N prompts of each class")
     p.add_argument("--raw", action="store_true", help="do not wrap prompts in the chat template")
     p.add_argument("--batch-sizes", type=int, nargs="*", default=[], help="also run batched, e.g. 1 4 8")
-    p.add_argument("--batch-k", type=int, default=3, help="K for the batched runs")
+    p.add_argument("--batch-k", type=_k, default=3, help="K for the batched runs (or auto)")
     p.add_argument("--batch-repeats", type=int, default=1, help="alternated repeats per batch size")
     p.add_argument("--draft-int8", action="store_true", help="int8 copy of the draft (CPU), used by every method")
+    p.add_argument("--draft-noise", type=float, default=0.0, metavar="SIGMA",
+                   help="a poor draft: Gaussian noise of SIGMA x each weight's std added to the draft's weights")
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     p.add_argument("--target-max-memory", default=None, metavar="BUDGET",
                    help="offload part of the target: memory budget per device, e.g. 'cpu=1.5GiB' or '0=8GiB,cpu=20GiB'; "

@@ -26,12 +26,15 @@ class Proposal:
                   (q = one-hot: accepted with probability p(d), replaced from norm(max(0, p - onehot(d)))).
     num_proposed: host ints [B], or None when every row proposes k tokens.
     forwards:     draft forwards the proposal took (0 for a copy), for the cost model of `num_draft_tokens=None`.
+    catch_up:     committed tokens per row (at most) the draft read before drafting (the prompt, on its first
+                  proposal), for the same cost model.
     """
 
     tokens: torch.Tensor
     probs: torch.Tensor | None = None
     num_proposed: list[int] | None = None
     forwards: int | None = None  # draft-model forwards it took (for the cost model; None: one per token)
+    catch_up: int = 0
 
     @property
     def k(self) -> int:

@@ -54,7 +54,7 @@ class HybridDrafter:
             probs[:, : drafted.k] = drafted.probs
             one_hot = torch.nn.functional.one_hot(tokens, V).to(probs.dtype)  # [B, k, V]
             probs = torch.where(mask[:, :, None], one_hot, probs)
-        return Proposal(tokens, probs, counts, forwards=drafted.k)
+        return Proposal(tokens, probs, counts, forwards=drafted.k, catch_up=drafted.catch_up)
 
     def commit(self, state: DecodeState, outcome: RoundOutcome) -> None:
         if self._used_lookup is not None:

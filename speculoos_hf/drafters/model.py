@@ -5,7 +5,8 @@ Cache bookkeeping per row (all host ints, so nothing here syncs the device):
   `fed[i]`: how many committed positions of `state.seq[i]` are in the draft cache (valid slots or padding).
   The committed tokens after that, `seq[i, fed[i]:lengths[i]]`, are pending: the next proposal feeds them first,
   as one chunk (rows with fewer pending tokens get masked holes at the front of the chunk), then drafts one token
-  per forward. After a round, the drafts that were kept stay in the cache, the others become holes.
+  per forward. The prompt itself is pending until the first proposal (its left padding becomes holes): a draft
+  that the cost model never asks for costs nothing, not even its prefill. After a round, the drafts that were kept stay in the cache, the others become holes.
 So the draft never recomputes a token, whatever proposed the committed ones (itself, or prompt lookup in a hybrid).
 """
 
@@ -56,17 +57,12 @@ class ModelDrafter:
     # -- the Drafter interface ---------------------------------------------------------------------------------
 
     def start(self, ctx: DecodeContext, state: DecodeState) -> None:
-        """Prefill the draft cache with each prompt but its last token (left padding becomes holes)."""
+        """An empty draft cache: the prompt is fed with the first proposal."""
         self.ctx = ctx
         self.kv = KVSlots(self.model, self.cache)
         self.kv.start(state.batch_size)
         P = state.lengths[0]
         self.fed = [0] * state.batch_size
-        self._prefill_passes = int(P > 1)
-        if P > 1:
-            self.kv.forward(state.seq[:, : P - 1], state.valid_host[:, : P - 1], logits_to_keep=1)
-            self.kv.last_valid = _last_valid(state.valid_host[:, : P - 1])
-            self.fed = [P - 1] * state.batch_size
         self.kv.skip_position(torch.tensor([int(f >= P) for f in state.first_valid]))
         self._round = None
 
@@ -74,6 +70,7 @@ class ModelDrafter:
         """Feed the pending committed tokens, then draft up to k tokens per row from the processed distribution."""
         ctx, kv = self.ctx, self.kv
         B = state.batch_size
+        catch_up = max(c - f for c, f in zip(state.lengths, self.fed))
         logits = self._feed_pending(state)  # [B, V_draft]
         chunk_last_valid = list(kv.last_valid)
         first_draft_slot = kv.num_slots
@@ -100,7 +97,7 @@ class ModelDrafter:
         draft_probs = torch.stack(probs, dim=1) if probs else None  # [B, k, V]
         if ctx.do_sample and draft_probs is None:
             draft_probs = torch.zeros(B, 0, ctx.vocab_size, device=ctx.device)
-        return Proposal(draft_tokens, draft_probs)
+        return Proposal(draft_tokens, draft_probs, catch_up=catch_up)
 
     def commit(self, state: DecodeState, outcome: RoundOutcome, used: list[bool] | None = None) -> None:
         """Keep the drafts that were committed (at most k-1 of them were fed); the rest become holes.
@@ -121,8 +118,8 @@ class ModelDrafter:
 
     @property
     def forward_passes(self) -> int:
-        """Draft forwards after the prompt's prefill."""
-        return self.kv.forward_passes - self._prefill_passes if self.kv else 0
+        """Draft forwards (the prompt is read by the first one)."""
+        return self.kv.forward_passes if self.kv else 0
 
     @property
     def input_tokens(self) -> int:
