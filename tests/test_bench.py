@@ -100,7 +100,8 @@ def test_prompt_classes_reported_separately_and_custom_methods(pair_dirs, tmp_pa
 
 def test_methods_are_data():
     args = bench.parser().parse_args(["--k", "4", "auto", "--adaptive", "0.6", "--prompt-lookup", "7", "--hybrid",
-                                      "--max-matching-ngram", "3", "--modes", "greedy", "--block-verify"])
+                                      "--max-matching-ngram", "3", "--modes", "greedy", "sample", "--block-verify",
+                                      "--int8-twins"])
     by_name = {m.name: m for m in bench_methods.build_methods(args)}
     assert list(by_name)[0] == "target greedy"
     lookup = by_name["speculoos greedy lookup N=7 M=3"]
@@ -113,10 +114,15 @@ def test_methods_are_data():
     assert by_name["speculoos greedy K<=10 conf 0.6 + lookup N=7 M=3"].threshold == 0.6
     assert by_name["assisted greedy K=3"].assistant_config["num_assistant_tokens"] == 3
     assert by_name["speculoos greedy K=auto"].kwargs == {"num_draft_tokens": "auto"}
-    assert by_name["speculoos greedy K=4 block"].kwargs == {"num_draft_tokens": 4, "block_verification": True}
+    assert by_name["speculoos sample K=4 block"].kwargs == {"num_draft_tokens": 4, "block_verification": True}
+    assert "speculoos greedy K=4 block" not in by_name  # block verification only matters when sampling
+    assert by_name["speculoos greedy K=auto int8"].kwargs == {"num_draft_tokens": "auto", "draft_quantization": "int8"}
+    assert by_name["assisted sample K=3 int8"].draft_quantization == "int8"
+    assert by_name["assisted greedy (defaults)"].draft_quantization is None
     assert [m.name for m in bench_methods.batch_methods(args, "greedy")] == [
         "speculoos greedy K=3", "speculoos greedy lookup N=7 M=3", "speculoos greedy K=3 + lookup N=7 M=3",
-        "speculoos greedy K=3 block"]
+        "speculoos greedy K=3 int8"]
+    assert "speculoos sample K=3 block" in [m.name for m in bench_methods.batch_methods(args, "sample")]
 
 
 def test_transformers_prompt_lookup_runs_stock(tokenizer):
@@ -167,3 +173,20 @@ def test_cli_entry_point_help():
     out = subprocess.run([sys.executable, "-m", "speculoos_hf.bench", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "--target" in out.stdout and "--k" in out.stdout
     assert "--prompt-class" in out.stdout and "--prompt-lookup" in out.stdout and "--hybrid" in out.stdout
+
+
+def test_assisted_int8_twin_uses_the_prepared_copy():
+    """`--int8-twins`: transformers' assisted generation gets the same int8 copy speculoos drafts with."""
+    import copy
+    from dataclasses import replace
+
+    from speculoos_hf.drafters.prepared import _COPIES
+
+    target, draft = tiny_pair()
+    ids = torch.tensor([[3, 9, 14, 2, 7]])
+    method = replace(bench_methods.assisted("greedy", 2), draft_quantization="int8")
+    out, stats = bench_methods.generate(method, target, draft, ids, copy.deepcopy(draft.generation_config),
+                                        max_new_tokens=10)
+    plain = bench_methods.stock_generate(target)(ids, max_new_tokens=10, do_sample=False)
+    assert stats is None and torch.equal(out, plain)
+    assert "int8" in _COPIES[draft] and _COPIES[draft]["int8"] is not draft

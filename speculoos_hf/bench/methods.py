@@ -28,6 +28,7 @@ class Method:
     kwargs: dict = field(default_factory=dict)  # generate() keyword arguments the method adds
     draft: bool = False  # the draft model takes part (speculoos: draft_model=, transformers: assistant_model=)
     assistant_config: dict = field(default_factory=dict)  # transformers' assisted generation: draft config fields
+    draft_quantization: str | None = None  # assisted: the assistant is speculoos' prepared copy (e.g. "int8")
 
     @property
     def do_sample(self) -> bool:
@@ -115,6 +116,7 @@ class Variant:
     help: str
     label: Callable
     kwargs: Callable
+    modes: tuple = MODES  # decoding modes where the lever can matter
 
 
 def _lookup_n(args) -> int:
@@ -129,7 +131,10 @@ VARIANTS = [
         lambda a: lookup_kwargs(_lookup_n(a), a.max_matching_ngram),
     ),
     Variant("--block-verify", "each speculoos draft-model method also with block verification (Sun et al. 2024)",
-            lambda a: "block", lambda a: {"block_verification": True}),
+            lambda a: "block", lambda a: {"block_verification": True}, modes=("sample",)),
+    Variant("--int8-twins", "each speculoos draft-model method also with draft_quantization='int8', and each "
+            "assisted method also with the same int8 copy of the draft as its assistant",
+            lambda a: "int8", lambda a: {"draft_quantization": "int8"}),
 ]
 
 
@@ -141,11 +146,13 @@ def build_methods(args) -> list[Method]:
         mine += [speculoos(mode, args.adaptive_k, thr) for thr in args.adaptive]
         mine += [custom(mode, name, spec) for name, spec in args.method or []]
         for v in VARIANTS:
-            if getattr(args, v.flag.lstrip("-").replace("-", "_")):
+            if getattr(args, v.flag.lstrip("-").replace("-", "_")) and mode in v.modes:
                 mine += [with_extra(m, v.label(args), v.kwargs(args)) for m in mine if m.draft and not m.lookup]
         theirs = []
         if not args.no_assisted:
             theirs = [assisted(mode)] + [assisted(mode, k) for k in args.assisted_k]
+            if getattr(args, "int8_twins", False):
+                theirs += [replace(m, name=f"{m.name} int8", draft_quantization="int8") for m in theirs]
         if args.prompt_lookup:
             mine.append(prompt_lookup(mode, args.prompt_lookup, args.max_matching_ngram))
             if not args.no_transformers_lookup:
@@ -160,7 +167,7 @@ def batch_methods(args, mode: str) -> list[Method]:
     if args.prompt_lookup:
         mine.append(prompt_lookup(mode, args.prompt_lookup, args.max_matching_ngram))
     for v in VARIANTS:
-        if getattr(args, v.flag.lstrip("-").replace("-", "_")):
+        if getattr(args, v.flag.lstrip("-").replace("-", "_")) and mode in v.modes:
             mine.append(with_extra(mine[0], v.label(args), v.kwargs(args)))
     return mine
 
@@ -181,6 +188,10 @@ def generate(method: Method, target, draft, input_ids, draft_config, **gen_kwarg
         kwargs.update(temperature=None, top_k=None, top_p=None)
     if method.kind != "speculoos":
         if method.draft:
+            if method.draft_quantization:
+                from ..drafters.prepared import prepared_draft
+
+                draft = prepared_draft(draft, method.draft_quantization)  # the copy speculoos drafts with
             draft.generation_config = copy.deepcopy(draft_config)  # its heuristics persist across calls otherwise
             for name, value in method.assistant_config.items():
                 setattr(draft.generation_config, name, value)
