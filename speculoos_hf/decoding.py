@@ -150,12 +150,15 @@ def speculative_decode(
                 prefill_span = None
             observe(lookahead, watch, draft_span, target_span, proposal, outcome, k)
         commit(state, stops, outcome, stats, streamer, proposal)
+        stats.rounds_without_drafts += int(proposal.k == 0)
         roll_back(tgt, drafter, state, outcome, first_slot, proposal.k)
         retire_finished(state, stops, outcome, out, tgt, drafter, row_end)
 
     if streamer is not None:
         streamer.end()
     _finish_stats(stats, tgt, drafter, started)
+    if lookahead is not None:
+        stats.cost_model = lookahead.summary()
     return out.sequences(), stats
 
 

@@ -300,6 +300,25 @@ class CostModelLookahead:
             return True
         return horizon * (1.0 / r0 - 1.0 / rk) > self.catch_up_time(self._unfed * batch)
 
+    def summary(self) -> dict:
+        """What the model measured and predicts: seconds per target pass by tokens scored (measured where it was,
+        else predicted), per draft step and per catch-up token, acceptance by position, and its choice now."""
+        b = self._batch
+        passes = {m: round(s.value, 6) for m, s in sorted(self._target.items())}
+        predicted = {m: round(t, 6) for m in range(b, (self.max_k + 1) * b + 1, b)
+                     if (t := self.target_time(m)) is not None}
+        best = self.best_k(b) if self._target else None
+        return {
+            "target_pass_s_measured": passes,
+            "target_pass_s_predicted": predicted,
+            "prefill_s_per_token": self._prefill_per_token,
+            "draft_step_s": self.draft_time(b) if self._draft else None,
+            "catch_up_s_per_token": self._catch_up.value if self._catch_up else None,
+            "acceptance_by_position": [round(a, 4) for a in self.acceptance()],
+            "best_k_now": best,
+            "rate_best_over_target_alone": (self.rate(best, b) / self.rate(0, b)) if best else 1.0,
+        }
+
     @property
     def speculating(self) -> bool:
         """False inside a stretch without speculation."""

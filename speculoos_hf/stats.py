@@ -45,6 +45,8 @@ class SpeculativeStats:
     draft_input_tokens: int = 0
     target_cache_slots: int = 0  # peak KV slots of the target cache: tokens plus masked holes (batch > 1)
     elapsed_s: float = 0.0
+    rounds_without_drafts: int = 0  # target passes that scored one token per row (the cost model's k = 0)
+    cost_model: dict | None = None  # num_draft_tokens=None: what the cost model measured and predicted at the end
 
     @property
     def acceptance_rate(self) -> float:
@@ -86,6 +88,8 @@ class SpeculativeStats:
             "acceptance_by_position": self.acceptance_by_position,
             "elapsed_s": self.elapsed_s,
             "tokens_per_second": self.tokens_per_second,
+            "rounds_without_drafts": self.rounds_without_drafts,
+            "cost_model": self.cost_model,
             "per_row": [r.to_dict() for r in self.per_row],
         }
 
@@ -94,4 +98,5 @@ class SpeculativeStats:
             f"acceptance {self.acceptance_rate:.1%} ({self.draft_tokens_accepted}/{self.draft_tokens_proposed}), "
             f"{self.mean_accepted_length:.2f} tokens per target pass, {self.target_forward_passes} target passes, "
             f"{self.new_tokens} new tokens"
+            + (f", {self.rounds_without_drafts} without drafts" if self.rounds_without_drafts else "")
         )

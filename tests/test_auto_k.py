@@ -36,6 +36,10 @@ def test_useless_draft_is_switched_off():
     stats = target.speculative_stats
     assert stats.acceptance_rate < 0.2
     assert stats.draft_tokens_proposed < 0.3 * stats.new_tokens  # speculation was off for most of the run
+    assert stats.rounds_without_drafts >= stats.target_forward_passes // 2
+    assert 1 in stats.cost_model["target_pass_s_measured"]  # what it measured is on the stats
+    target.generate(ids, do_sample=False, max_new_tokens=5, draft_model=bad, num_draft_tokens=2)
+    assert target.speculative_stats.cost_model is None  # a given K: no cost model
 
 
 def test_auto_k_sampling_exact(gtest_pair, monkeypatch):
