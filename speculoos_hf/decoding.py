@@ -130,9 +130,10 @@ def speculative_decode(
     all_padding = any(f >= P for f in state.first_valid)
 
     while state.rows:
-        k = min(K, max(e - n for e, n in zip(row_end_of(state, row_end), state.lengths)) - 1)
+        remaining = max(e - n for e, n in zip(row_end_of(state, row_end), state.lengths))  # tokens left, longest row
+        k = min(K, remaining - 1)
         if lookahead is not None:
-            k = lookahead.choose_k(batch=state.batch_size, limit=k)
+            k = lookahead.choose_k(batch=state.batch_size, limit=k, remaining=remaining)
         if all_padding:  # stock scores a row that is all padding from its masked last slot alone: so do we, once
             k, all_padding = 0, False
         mark = watch.start()

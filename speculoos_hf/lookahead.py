@@ -249,9 +249,10 @@ class CostModelLookahead:
         self.last_choice = {"k": best_k, "rate": best_rate, "target_alone": base}
         return best_k
 
-    def choose_k(self, batch: int | None = None, limit: int | None = None) -> int:
-        """Draft tokens for the next round (0: the target decodes one token alone). `limit` caps k (the tokens left
-        to generate, less one); `batch` defaults to the last observed batch size."""
+    def choose_k(self, batch: int | None = None, limit: int | None = None, remaining: int | None = None) -> int:
+        """Draft tokens for the next round (0: the target decodes one token alone). `limit` caps k; `remaining`:
+        tokens left to generate per row (the horizon that must repay the draft's catch-up; default limit + 1);
+        `batch` defaults to the last observed batch size."""
         if limit is not None and limit <= 0:
             return 0
         if self._off_left > 0:  # inside a stretch without speculation
@@ -263,14 +264,21 @@ class CostModelLookahead:
             # and it needs no draft, so a draft that never pays is never even started
             self.measure_plain_step = False
             return 0
-        horizon = b * (limit + 1 if limit is not None else 4 * self.max_off_rounds)  # tokens left, all rows
-        if self._probe_next:  # the stretch is over: one probe round refreshes the acceptance estimate
+        if remaining is None:
+            remaining = limit + 1 if limit is not None else 4 * self.max_off_rounds
+        horizon = b * remaining  # tokens left, all rows
+        if self._probe_next:  # the stretch is over
             self._probe_next = False
+            self._probed = True
+            k = self.best_k(batch, limit)
+            if k > 0 and self._worth_catching_up(k, b, horizon):  # as far as the model knows, speculation pays now
+                self._probed = False
+                self._off_len = self.off_rounds
+                return k
             k = min(self.probe_k, self.max_k, limit if limit is not None else self.max_k)
             if self._probe_cost(k, b) <= self.probe_budget * self._off_len * (self.target_time(b) or 0.0):
-                self._probed = True
-                return k
-            self._probed = True  # too dear to look: count it as a failed probe (the next stretch is longer)
+                return k  # one probe round refreshes the acceptance estimate
+            # too dear to look: counts as a failed probe (the next stretch is longer)
         else:
             k = self.best_k(batch, limit)
             if k > 0 and self._worth_catching_up(k, b, horizon):

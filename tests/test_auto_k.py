@@ -49,7 +49,7 @@ def test_auto_k_sampling_exact(gtest_pair, monkeypatch):
     target, draft = gtest_pair
     schedule = itertools.cycle([3, 0, 1, 4, 2])
 
-    def scheduled(self, batch=None, limit=None):
+    def scheduled(self, batch=None, limit=None, remaining=None):
         return max(0, min(next(schedule), self.max_k, limit if limit is not None else self.max_k))
 
     monkeypatch.setattr(CostModelLookahead, "choose_k", scheduled)

@@ -26,7 +26,7 @@ def simulate(policy, rounds, target_time, draft_time, alpha, batch=1, seed=0, no
         per_token = prefill_per_token if prefill_per_token is not None else target_time(prompt) / prompt
         policy.observe_prefill(per_token * prompt * batch, prompt * batch, unfed=prompt)
     for r in range(rounds):
-        k = policy.choose_k(limit=8 * (rounds - r) if prompt else None)  # tokens left, roughly
+        k = policy.choose_k(limit=policy.max_k, remaining=4 * (rounds - r) if prompt else None)  # tokens left, roughly
         ks.append(k)
         if k and unfed > 2:
             c = catch_up_per_token * unfed * batch
@@ -153,7 +153,36 @@ def test_no_start_when_the_tokens_left_cannot_repay_the_catch_up():
     assert p.choose_k(limit=3) == 0  # 4 tokens left: reading 2000 tokens (~2.6 s) cannot pay
     q = CostModelLookahead(prior_catch_up_ratio=0.33)
     q.observe_prefill(0.004 * 2000, 2000, unfed=2000)
-    q.choose_k(limit=500)
+    q.choose_k(limit=12, remaining=500)
     q.observe_target(0.12, 1)
     q.observe_round([0], [0])
-    assert q.choose_k(limit=500) > 0  # 500 tokens left: it pays
+    assert q.choose_k(limit=12, remaining=500) > 0  # 500 tokens left (k capped at 12): it pays
+
+
+def test_offloaded_target_starts_speculating():
+    """Measured on the disk-offloaded 1.5B target (this CPU): one-token pass 0.77 s, prefill 0.185 s per token, a
+    41-token prompt, 23 tokens left. The k cap (12) must not be taken for the horizon: speculation pays and starts."""
+    p = CostModelLookahead(prior_catch_up_ratio=0.32)
+    assert p.choose_k(limit=12, remaining=24) == 0
+    p.observe_prefill(0.185 * 40, 40, unfed=41)
+    p.observe_target(0.77, 1)
+    p.observe_round([0], [0])
+    assert p.choose_k(limit=12, remaining=23) > 0
+
+
+def test_a_refused_start_is_reconsidered_after_the_stretch():
+    """A start refused for want of tokens left is taken up again at the end of the stretch when it pays then."""
+    p = CostModelLookahead(prior_catch_up_ratio=0.32)
+    p.choose_k(remaining=100)
+    p.observe_prefill(0.185 * 40, 40, unfed=41)
+    p.observe_target(0.77, 1)
+    p.observe_round([0], [0])
+    assert p.choose_k(remaining=3) == 0  # not worth it with 3 tokens left: a stretch begins
+    ks = []
+    for _ in range(p.off_rounds + 1):
+        ks.append(p.choose_k(limit=12, remaining=200))
+        if ks[-1] == 0:
+            p.observe_target(0.77, 1)
+            p.observe_round([0], [0])
+    n = p.off_rounds - 1  # the refused round was the stretch's first
+    assert ks[:n] == [0] * n and ks[n] > 0
