@@ -29,8 +29,9 @@ class RowStats:
 
 @dataclass
 class SpeculativeStats:
-    """Totals over the batch, plus `per_row`. Target passes count verification forwards (the prompt prefill is
-    one more forward per model, excluded here); `accepted_at_position[j]` counts rows that accepted draft j."""
+    """Totals over the batch, plus `per_row`. Target passes count verification forwards (the target's prompt
+    prefill is one more, excluded here); draft passes count every draft forward (a model draft reads the prompt
+    with its first proposal); `accepted_at_position[j]` counts rows that accepted draft j."""
 
     num_draft_tokens: int
     draft_tokens_proposed: int = 0
