@@ -155,6 +155,7 @@ def speculative_generate(
             assistant_tokenizer=assistant_tokenizer,
         )
 
+        lookahead = CostModelLookahead(max_k=K, prior_catch_up_ratio=catch_up_ratio(model, drafter)) if auto_k else None
         if streamer is not None:
             streamer.put(input_ids.cpu())
         sequences, stats = speculative_decode(
@@ -172,7 +173,7 @@ def speculative_generate(
             target_cache=target_cache,
             streamer=streamer,
             vocab_size=vocab,
-            lookahead=CostModelLookahead(max_k=K, prior_catch_up_ratio=catch_up_ratio(model, drafter)) if auto_k else None,
+            lookahead=lookahead,
             block_verification=bool(block_verification),
         )
         model.speculative_stats = stats

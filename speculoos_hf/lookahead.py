@@ -15,10 +15,10 @@ The model:
   beyond; on a GPU n0 is large; on a CPU without fast bf16 matrix kernels (AVX2 only) a bf16 pass costs about
   one more token's compute for every token from the second. The prior comes from the prompt's prefill, a
   compute-bound pass: its cost per token b_pre and the one-token pass a give the roofline T(m) = max(a, b_pre m),
-  i.e. n0 = floor(a / b_pre) (rounded down: small passes run below the prefill's efficiency) and slope b_pre. The first round is always a plain one (no drafts) to time a. (a, b) are then
-  fitted by weighted least squares on the mean time per observed m, for the breakpoint n0 among the prior's and
-  the observed m's that fits best; a ridge term pulls b towards the prior slope until measurements beyond n0
-  exist.
+  i.e. n0 = floor(a / b_pre) (rounded down: small passes run below the prefill's efficiency) and slope b_pre.
+  The first round is always a plain one (no drafts) to time a. (a, b) are then fitted by weighted least squares
+  on the mean time per observed m, for the breakpoint n0 among the prior's and the observed m's that fits best;
+  a ridge term pulls b towards the prior slope until measurements beyond n0 exist.
 - Draft cost per forward: a moving average per batch size (nearest measured batch size otherwise).
 - Acceptance by draft position j: alpha_j = P(draft j accepted | drafts < j accepted), exponential moving averages
   over the rows' outcomes, starting from `prior_acceptance`; a position with few observations is shrunk towards the
@@ -30,8 +30,9 @@ The model:
   its first proposal, the stretch after rounds without drafts) before it proposes. The model drafter does that
   lazily, so a draft that is never used costs nothing. Its cost per token is measured (prior: the target's prefill
   cost per token times `prior_catch_up_ratio`, the draft/target size ratio); speculation (re)starts only where the
-  time it is expected to save over the tokens left exceeds the catch-up, and a probe is skipped (the stretch
-  doubles) while it would cost more than `probe_budget` of the stretch it ends.
+  time it is expected to save over the tokens left exceeds the catch-up. At the end of a stretch such a start is
+  taken if it pays; else a probe, unless it would cost more than `probe_budget` of the stretch it ends (then the
+  stretch doubles without one).
 - When k = 0 wins, speculation stays off for a stretch of rounds (`off_rounds`, doubling up to `max_off_rounds`
   while it keeps losing), then one probe round with `probe_k` drafts refreshes the acceptance estimate. A poor draft
   thus costs about (probe round cost - target step) / stretch: a few percent at most, under 1% once the stretch
