@@ -21,8 +21,8 @@ The model:
   a ridge term pulls b towards the prior slope until measurements beyond n0 exist.
 - Draft cost per forward: a moving average per batch size (nearest measured batch size otherwise).
 - Acceptance by draft position j: alpha_j = P(draft j accepted | drafts < j accepted), exponential moving averages
-  over the rows' outcomes, starting from `prior_acceptance`; a position with few observations is shrunk towards the
-  one before it.
+  over the rows' outcomes, starting from `prior_acceptance` (position 0) or from the position before's estimate
+  when position j is first reached; a position with few observations is shrunk towards the one before it.
 - Expected new tokens per row with k drafts: E(k) = 1 + sum_{i=1..k} prod_{j<i} alpha_j. The policy picks
   k in 0..max_k maximising batch * E(k) / (k * draft(batch) + T((k+1) * batch) + overhead); k = 0 is the target
   alone, batch / (T(batch) + overhead).
@@ -145,6 +145,8 @@ class CostModelLookahead:
         for n_prop, n_acc in zip(proposed, accepted):
             for j in range(min(n_prop, n_acc + 1, self.max_k)):  # position j was reached
                 hit = 1.0 if j < n_acc else 0.0
+                if j and not self._alpha_n[j]:  # first visit: start from the position before, not the fixed prior
+                    self._alpha[j] = self.acceptance()[j - 1]
                 self._alpha_n[j] += 1
                 w = max(self.acceptance_rate, 1.0 / (self._alpha_n[j] + 2))  # the prior counts as 2 observations
                 self._alpha[j] += w * (hit - self._alpha[j])
