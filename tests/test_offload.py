@@ -9,7 +9,6 @@ ones a GPU target offloaded to CPU or disk takes.
 
 from __future__ import annotations
 
-import itertools
 import sys
 
 import pytest
@@ -18,7 +17,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
 import speculoos_hf
 from conftest import left_pad_batch, make_prompt, perturbed_copy, tiny_llama
-from gtest import _always_accept, g_test as _g_test
+from gtest import ALPHA, N, T, V, _always_accept, _processors, exact_distribution, g_test as _g_test
 from speculoos_hf import SpeculativeModelForCausalLM, enable_speculative
 from speculoos_hf.placement import input_device, is_dispatched, placement_kwargs, placement_summary
 
@@ -127,7 +126,6 @@ def test_max_memory_places_the_rest_on_disk(saved_llama, tmp_path):
 
 # ------------------------------------------------------------------------------- exact distribution (G-test)
 
-V, T, N, ALPHA = 4, 5, 12_000, 1e-3
 PROMPT = [1, 3, 0]
 G_MAP = {"model.embed_tokens": "cpu", "model.layers.0": "disk", "model.layers.1": "cpu", "model.norm": "disk",
          "model.rotary_emb": "cpu", "lm_head": "disk"}
@@ -142,16 +140,6 @@ def _small_vocab_model(seed: int, logit_scale: float = 6.0) -> LlamaForCausalLM:
     with torch.no_grad():
         model.lm_head.weight.mul_(logit_scale)
     return model
-
-
-@torch.no_grad()
-def _exact_distribution(model, temperature: float) -> dict[tuple, float]:
-    conts = torch.tensor(list(itertools.product(range(V), repeat=T)))  # [V**T, T]
-    P = len(PROMPT)
-    seqs = torch.cat([torch.tensor(PROMPT).expand(len(conts), P), conts], dim=1)
-    logits = model(input_ids=seqs).logits[:, P - 1 : P + T - 1].double() / temperature  # [V**T, T, V]
-    logp = torch.log_softmax(logits, dim=-1).gather(2, conts[:, :, None]).squeeze(2).sum(1)
-    return {tuple(c): p for c, p in zip(conts.tolist(), logp.exp().tolist())}
 
 
 def _samples(model, seed: int, **kwargs) -> list[tuple]:
@@ -186,7 +174,7 @@ def test_offloaded_target_matches_exact_distribution(tmp_path, monkeypatch):
             p.add_(0.6 * p.std() * torch.randn_like(p))
 
     temperature = 0.8
-    expected = _exact_distribution(_small_vocab_model(0), temperature)  # the same weights, in memory
+    expected = exact_distribution(_small_vocab_model(0), PROMPT, _processors(temperature))  # same weights, in memory
     spec = _samples(target, seed=1, draft_model=draft, num_draft_tokens=3, temperature=temperature)
     assert 0.05 < target.speculative_stats.acceptance_rate < 0.98
     p_spec = _g_test(spec, expected)

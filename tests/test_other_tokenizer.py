@@ -16,17 +16,9 @@ batched with unequal prompts, with stops; a draft that is the target itself in p
 
 from __future__ import annotations
 
-import itertools
-from collections import Counter
-
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, LogitsProcessorList, PreTrainedTokenizerFast
-from transformers.generation.logits_process import (
-    RepetitionPenaltyLogitsProcessor,
-    TemperatureLogitsWarper,
-    TopPLogitsWarper,
-)
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 import speculoos_hf.decoding as decoding
 from speculoos_hf import enable_speculative
@@ -34,14 +26,9 @@ from speculoos_hf.decoding import speculative_decode
 from speculoos_hf.drafters.model import ModelDrafter
 from speculoos_hf.drafters.other_tokenizer import OtherTokenizerDrafter, decode_tail, token_bytes
 from speculoos_hf.vocab import model_drafter
-from gtest import _always_accept, g_test
+from gtest import ALPHA, N, PAD, T, _always_accept, _generate, _processors, exact_distribution, g_test
 
-V = 4  # target tokens a, b, c, <eos>
-PAD = 4  # the target's <pad>, never produced
-EOS = 3
-T = 5  # new tokens
-N = 12_000
-ALPHA = 1e-3
+EOS = 3  # target tokens a, b, c, <eos> (V = 4 of gtest); the target's <pad> is gtest's PAD, never produced
 
 
 # ------------------------------------------------------------------------------------------------ tokenizers
@@ -117,55 +104,6 @@ def draft():
 
 
 # ------------------------------------------------------------------------------------------------ exact distribution
-
-
-def _processors(temperature=1.0, top_p=None, repetition_penalty=None) -> LogitsProcessorList:
-    procs = LogitsProcessorList()
-    if repetition_penalty is not None:
-        procs.append(RepetitionPenaltyLogitsProcessor(repetition_penalty))
-    if temperature != 1.0:
-        procs.append(TemperatureLogitsWarper(temperature))
-    if top_p is not None:
-        procs.append(TopPLogitsWarper(top_p))
-    return procs
-
-
-def _outcome(tokens: list[int], eos: int | None) -> tuple:
-    out = []
-    for t in tokens:
-        if t == PAD:
-            break
-        out.append(t)
-        if t == eos:
-            break
-    return tuple(out)
-
-
-@torch.no_grad()
-def exact_distribution(model, prompt: list[int], processors, eos: int | None = None) -> dict[tuple, float]:
-    conts = torch.tensor(list(itertools.product(range(V), repeat=T)))  # [V**T, T]
-    P = len(prompt)
-    seqs = torch.cat([torch.tensor(prompt).expand(len(conts), P), conts], dim=1)
-    logits = model(input_ids=seqs).logits[:, P - 1 : P + T - 1].float()
-    logp = torch.zeros(len(conts), dtype=torch.float64)
-    for j in range(T):
-        probs = torch.softmax(processors(seqs[:, : P + j], logits[:, j].clone()), dim=-1).double()
-        logp += probs.gather(1, conts[:, j : j + 1]).squeeze(1).log()
-    dist: dict[tuple, float] = Counter()
-    for cont, p in zip(conts.tolist(), logp.exp().tolist()):
-        dist[_outcome(cont, eos)] += p
-    return dict(dist)
-
-
-def _generate(model, prompts: list[list[int]], n_each: int, seed: int, **kwargs) -> list[list[tuple]]:
-    width = max(map(len, prompts))
-    ids = torch.tensor([[PAD] * (width - len(p)) + p for p in prompts for _ in range(n_each)])
-    torch.manual_seed(seed)
-    out = model.generate(ids, attention_mask=(ids != PAD).long(), do_sample=True, max_new_tokens=T,
-                         pad_token_id=PAD, top_k=0, **kwargs)
-    eos = kwargs.get("eos_token_id")
-    outcomes = [_outcome(row, eos) for row in out[:, width:].tolist()]
-    return [outcomes[i * n_each : (i + 1) * n_each] for i in range(len(prompts))]
 
 
 def _reports_uniform_q(monkeypatch):
