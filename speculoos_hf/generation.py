@@ -59,8 +59,8 @@ class SpeculativeGenerationMixin:
                                                                             "block_verification",
                                                                             "draft_quantization")):
                 raise ValueError(
-                    "num_draft_tokens / draft_confidence_threshold / block_verification were given without "
-                    "draft_model: pass draft_model=<a causal LM> (or prompt_lookup_num_tokens=N)."
+                    "num_draft_tokens / draft_confidence_threshold / block_verification / draft_quantization were "
+                    "given without draft_model: pass draft_model=<a causal LM> (or prompt_lookup_num_tokens=N)."
                 )
             kwargs.pop("draft_confidence_threshold", None)
             kwargs.pop("block_verification", None)

@@ -6,7 +6,8 @@ Cache bookkeeping per row (all host ints, so nothing here syncs the device):
   The committed tokens after that, `seq[i, fed[i]:lengths[i]]`, are pending: the next proposal feeds them first,
   as one chunk (rows with fewer pending tokens get masked holes at the front of the chunk), then drafts one token
   per forward. The prompt itself is pending until the first proposal (its left padding becomes holes): a draft
-  that the cost model never asks for costs nothing, not even its prefill. After a round, the drafts that were kept stay in the cache, the others become holes.
+  that the cost model never asks for costs nothing, not even its prefill. After a round, the drafts that were kept
+  stay in the cache, the others become holes.
 So the draft never recomputes a token, whatever proposed the committed ones (itself, or prompt lookup in a hybrid).
 """
 
