@@ -190,3 +190,20 @@ def test_assisted_int8_twin_uses_the_prepared_copy():
     plain = bench_methods.stock_generate(target)(ids, max_new_tokens=10, do_sample=False)
     assert stats is None and torch.equal(out, plain)
     assert "int8" in _COPIES[draft] and _COPIES[draft]["int8"] is not draft
+
+
+def test_draft_noise_perturbs_matrices_by_their_own_scale_seeded():
+    """`--draft-noise SIGMA`: each weight matrix gets noise of SIGMA x its std, the same for the same seed."""
+    from speculoos_hf.bench.cli import add_weight_noise
+
+    a, b = tiny_model(seed=3), tiny_model(seed=3)
+    before = {n: p.detach().clone() for n, p in a.named_parameters()}
+    add_weight_noise(a, 0.5, seed=7)
+    add_weight_noise(b, 0.5, seed=7)
+    for name, p in a.named_parameters():
+        delta = p.detach() - before[name]
+        if p.dim() > 1:
+            assert 0.3 < float(delta.std() / before[name].std()) < 0.7, name
+        else:
+            assert torch.equal(delta, torch.zeros_like(delta)), name  # norms and biases untouched
+        assert torch.equal(p, dict(b.named_parameters())[name])
