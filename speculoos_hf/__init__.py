@@ -13,7 +13,9 @@ from .generation import (
 )
 from .sampler import SpeculativeSampler, auto_regressive_sampling, speculative_sampling
 from .stats import RowStats, SpeculativeStats
+from .suffix_cache import SuffixCache
 from .lookahead import CostModelLookahead
+from .options import SpeculativeOptions
 from .verify import block_verify, greedy_verify, speculative_verify
 
 __version__ = "0.2.0"
@@ -24,8 +26,10 @@ __all__ = [
     "SpeculativeGenerateOutput",
     "SpeculativeGenerationMixin",
     "SpeculativeModelForCausalLM",
+    "SpeculativeOptions",
     "SpeculativeSampler",
     "SpeculativeStats",
+    "SuffixCache",
     "auto_regressive_sampling",
     "block_verify",
     "enable_speculative",

@@ -82,7 +82,7 @@ def permute_slots(cache, order: torch.Tensor, total: int) -> None:
 
 def _take_slots(states: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """states [B, H, S, D], idx [B, S] -> out[b, h, j] = states[b, h, idx[b, j]]. One index_select over rows of D
-    values: as fast as a copy (torch.gather with an index expanded to [B, H, S, D] is ~50x slower on CPU)."""
+    values: as fast as a copy (torch.gather with an index expanded to [B, H, S, D] is far slower on CPU)."""
     B, H, S, D = states.shape
     base = torch.arange(B * H, device=idx.device).view(B, H, 1) * S
     flat = (idx[:, None, :] + base).reshape(-1)
@@ -96,7 +96,8 @@ def slice_slots(cache, total: int, start: int, end: int, trim: bool = True) -> N
     for layer, sliding in _attention_layers(cache):
         stored = layer.keys.shape[-2]
         first = total - stored  # slot index of the first stored slot
-        lo, hi = max(start, first) - first, end - first
+        hi = max(end - first, 0)  # a range that ends before the stored slots keeps none of them
+        lo = min(max(start, first) - first, hi)
         keep = hi - lo
         if sliding:
             need = min(new_total, layer.sliding_window - 1)

@@ -59,8 +59,11 @@ def check_generation_config(config) -> None:
             raise ValueError(f"{flag}=True is not supported with draft_model.")
 
 
-def check_models(target, draft) -> None:
-    for role, m in (("target", target), ("draft_model", draft)):
+def check_models(target, draft=None) -> None:
+    """The target, and the draft when it is a model (a drafter object is checked where drafters are made), must be
+    transformers causal (decoder-only) LMs."""
+    models = [("target", target)] + ([("draft_model", draft)] if isinstance(draft, PreTrainedModel) else [])
+    for role, m in models:
         if not isinstance(m, PreTrainedModel):
             raise ValueError(f"{role} must be a transformers PreTrainedModel, got {type(m).__name__}.")
         if m.config.is_encoder_decoder:
@@ -70,10 +73,10 @@ def check_models(target, draft) -> None:
             )
 
 
-def checked_cache(model, cache, max_length: int):
-    """The cache must be an empty, croppable DynamicCache. Sliding-window layers are fine at any length: KVSlots
-    records their past during a round and trims them after it, keeping each row's tokens contiguous (`max_length` is
-    kept for callers; nothing depends on it). Recurrent state (Mamba, hybrid linear attention) cannot be rolled back."""
+def checked_cache(model, cache=None):
+    """`cache`, or a new one, when it is an empty, croppable DynamicCache. Sliding-window layers are fine at any
+    length: KVSlots records their past during a round and trims them after it, keeping each row's tokens contiguous.
+    Recurrent state (Mamba, hybrid linear attention) cannot be rolled back."""
     if cache is None:
         cache = DynamicCache(config=model.config)
     recurrent = [type(layer).__name__ for layer, linear in zip(getattr(cache, "layers", ()), getattr(cache, "is_linear", ()))

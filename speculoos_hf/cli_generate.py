@@ -1,10 +1,12 @@
-"""`speculoos-generate`: speculative generation over a dataset, one JSON record per prompt (see
-`speculoos_hf.dataset_generation` for the record format, resuming and the multi-process merge).
+"""`speculoos-generate`: speculative generation over a dataset, one JSON record per prompt (docs/dataset.md: the
+record format, resuming and the multi-process merge).
 
     speculoos-generate --target Qwen/Qwen2.5-Coder-7B-Instruct --draft Qwen/Qwen2.5-Coder-0.5B-Instruct \\
         --input prompts.jsonl --output out.jsonl --max-new-tokens 256 --chat-template
     accelerate launch --num_processes 8 -m speculoos_hf.cli_generate --target ... --input ... --output ...
     # CPU-only machines: accelerate launch --multi_gpu --num_processes 2 -m speculoos_hf.cli_generate ...
+
+The options are checked, the input read and the output checked to belong to it before any model is loaded.
 """
 
 from __future__ import annotations
@@ -14,20 +16,27 @@ import sys
 
 import torch
 
-from .dataset_generation import distributed_state, generate_dataset
+from .dataset import DatasetJob, DatasetRun, ForeignOutputError, distributed_state
 from .placement import placement_kwargs, placement_summary
+
+PROG = "speculoos-generate"
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="speculoos-generate",
+        prog=PROG,
         description="Generate a completion for every prompt of a JSONL file or dataset with exact speculative "
         "decoding; one JSON record per prompt, in input order. Resumable; runs on N processes under "
         "`accelerate launch`.",
     )
-    p.add_argument("--target", required=True, help="hub id, local directory or offline alias (speculoos_hf.models)")
-    p.add_argument("--draft", default=None, help="hub id, local directory or offline alias; omit for the target alone")
-    p.add_argument("--tokenizer", default=None, help="tokenizer (default: the target's)")
+    _data_options(p)
+    _generation_options(p)
+    _model_options(p)
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def _data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input", required=True,
                    help="JSONL file ({'prompt': ..., 'id': ...} per line), a directory saved by datasets' "
                    "save_to_disk, or a dataset name for datasets.load_dataset")
@@ -35,6 +44,16 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="output JSONL file (resumed if it exists)")
     p.add_argument("--prompt-field", default="prompt")
     p.add_argument("--id-field", default="id")
+    p.add_argument("--retry-errors", action="store_true", help="on resume, redo records that have an error")
+    template = p.add_mutually_exclusive_group()
+    template.add_argument("--chat-template", dest="chat_template", action="store_true",
+                          help="wrap each prompt as a user message in the tokenizer's chat template")
+    template.add_argument("--no-chat-template", dest="chat_template", action="store_false",
+                          help="feed prompts as they are (the default; message-list prompts always use the template)")
+    p.set_defaults(chat_template=False)
+
+
+def _generation_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--do-sample", action="store_true", help="sample (default: greedy, as generate())")
     p.add_argument("--temperature", type=float, default=None)
@@ -42,20 +61,26 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--stop", nargs="*", default=None, metavar="STRING", help="stop strings")
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-draft-tokens", type=int, default=None,
                    help="draft tokens per round (default: generate()'s, 'auto'); a fixed K makes sampled records "
                    "reproducible across runs and process counts")
     p.add_argument("--draft-confidence-threshold", type=float, default=None,
                    help="dynamic lookahead: stop drafting once the draft is less sure than this")
-    template = p.add_mutually_exclusive_group()
-    template.add_argument("--chat-template", dest="chat_template", action="store_true",
-                          help="wrap each prompt as a user message in the tokenizer's chat template")
-    template.add_argument("--no-chat-template", dest="chat_template", action="store_false",
-                          help="feed prompts as they are (the default; message-list prompts always use the template)")
-    p.set_defaults(chat_template=False)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--retry-errors", action="store_true", help="on resume, redo records that have an error")
-    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32", "auto"])
+    p.add_argument("--prompt-lookup", type=int, default=None, metavar="N",
+                   help="draft up to N tokens copied from the context (prompt lookup; with --draft: hybrid)")
+    p.add_argument("--suffix-cache", nargs="?", const=True, default=None, metavar="PATH",
+                   help="draft from earlier prompts and outputs through one SuffixCache for the whole run; with "
+                   "PATH, load it from there if the file exists and save it there at the end")
+
+
+def _model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--target", required=True, help="hub id, local directory or offline alias (speculoos_hf.models)")
+    p.add_argument("--draft", default=None, help="hub id, local directory or offline alias; omit for the target alone")
+    p.add_argument("--tokenizer", default=None, help="tokenizer (default: the target's)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"],
+                   help="weights' dtype (default: auto, the checkpoint's own, as from_pretrained; offline aliases: "
+                   "bfloat16)")
     p.add_argument("--device", default=None,
                    help="device for both models (default: this process's device under accelerate, else cuda if "
                    "available, else cpu)")
@@ -67,8 +92,65 @@ def parser() -> argparse.ArgumentParser:
                    "does not fit goes to --offload-folder (implies --target-device-map auto)")
     p.add_argument("--offload-folder", default=None, help="where offloaded target weights go (disk)")
     p.add_argument("--draft-int8", action="store_true", help="int8 copy of the draft (CPU only)")
-    p.add_argument("--no-progress", action="store_true")
-    return p
+
+
+def job_from_args(args) -> DatasetJob:
+    """The run's options, validated (ValueError names the bad one)."""
+    return DatasetJob(
+        max_new_tokens=args.max_new_tokens,
+        do_sample=args.do_sample,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        batch_size=args.batch_size,
+        num_draft_tokens=args.num_draft_tokens,
+        draft_confidence_threshold=args.draft_confidence_threshold,
+        prompt_lookup_num_tokens=args.prompt_lookup,
+        suffix_cache=args.suffix_cache,
+        chat_template=args.chat_template,
+        stop_strings=args.stop,
+        seed=args.seed,
+        prompt_field=args.prompt_field,
+        id_field=args.id_field,
+        retry_errors=args.retry_errors,
+        progress=not args.no_progress,
+    )
+
+
+def _dtype(choice: str, name: str):
+    """`--dtype` for one model: "auto" is from_pretrained's own (the checkpoint's dtype); the offline aliases are
+    converted from GGUF into a cache kept in a concrete dtype, bfloat16 (their original checkpoints' dtype)."""
+    from .models import resolve_alias
+
+    if choice != "auto":
+        return getattr(torch, choice)
+    return torch.bfloat16 if resolve_alias(name) else "auto"
+
+
+def _load_models(args, state):
+    """(target, draft or None, tokenizer), placed as the options say."""
+    from .generation import enable_speculative
+    from .models import load_model, load_tokenizer
+
+    device = args.device or str(state.device)
+    offload = placement_kwargs(device_map=args.target_device_map, max_memory=args.target_max_memory)
+    if offload:  # what fits nowhere goes to disk; each process offloads to its own folder
+        folder = args.offload_folder or args.output + ".offload"
+        offload["offload_folder"] = folder if state.num_processes == 1 else f"{folder}/rank{state.process_index}"
+    placement = offload or placement_kwargs(device=device)
+    target = enable_speculative(load_model(args.target, dtype=_dtype(args.dtype, args.target), **placement))
+    draft = None
+    if args.draft is not None:
+        draft_device = "cpu" if args.draft_int8 else device
+        draft = load_model(args.draft, dtype=_dtype(args.dtype, args.draft), **placement_kwargs(device=draft_device))
+        if args.draft_int8:
+            from .drafters import int8_draft
+
+            draft = int8_draft(draft)
+    if state.is_main_process and offload:
+        shares = ", ".join(f"{k} {v:.0%}" for k, v in placement_summary(target).items())
+        print(f"target placement: {shares}", file=sys.stderr)
+    return target, draft, load_tokenizer(args.tokenizer or args.target)
 
 
 def _load_data(args):
@@ -86,53 +168,19 @@ def _load_data(args):
 
 
 def main(argv=None) -> int:
-    from .generation import enable_speculative
-    from .models import load_model, load_tokenizer
-
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
+    try:
+        job = job_from_args(args)
+    except ValueError as e:
+        p.error(str(e))  # exits with status 2, before anything is loaded
     state = distributed_state()
-    dtype = "auto" if args.dtype == "auto" else getattr(torch, args.dtype)
-    device = args.device or str(state.device)
-    offload = placement_kwargs(device_map=args.target_device_map, max_memory=args.target_max_memory)
-    if offload:  # what fits nowhere goes to disk; each process offloads to its own folder
-        folder = args.offload_folder or args.output + ".offload"
-        offload["offload_folder"] = folder if state.num_processes == 1 else f"{folder}/rank{state.process_index}"
-    target = enable_speculative(load_model(args.target, dtype=dtype, **(offload or placement_kwargs(device=device))))
-    draft = None
-    if args.draft is not None:
-        draft = load_model(args.draft, dtype=dtype, **placement_kwargs(device="cpu" if args.draft_int8 else device))
-        if args.draft_int8:
-            from .drafters import int8_draft
-
-            draft = int8_draft(draft)
-    tokenizer = load_tokenizer(args.tokenizer or args.target)
-    if state.is_main_process and offload:
-        shares = ", ".join(f"{k} {v:.0%}" for k, v in placement_summary(target).items())
-        print(f"target placement: {shares}", file=sys.stderr)
-
-    summary = generate_dataset(
-        target,
-        draft,
-        tokenizer,
-        _load_data(args),
-        args.output,
-        max_new_tokens=args.max_new_tokens,
-        do_sample=args.do_sample,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        top_k=args.top_k,
-        batch_size=args.batch_size,
-        num_draft_tokens=args.num_draft_tokens,
-        draft_confidence_threshold=args.draft_confidence_threshold,
-        chat_template=args.chat_template,
-        stop_strings=args.stop,
-        seed=args.seed,
-        prompt_field=args.prompt_field,
-        id_field=args.id_field,
-        retry_errors=args.retry_errors,
-        progress=not args.no_progress,
-        state=state,
-    )
+    try:
+        run = DatasetRun(_load_data(args), args.output, job, state)
+    except ForeignOutputError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+    summary = run.generate(*_load_models(args, state))
     if state.is_main_process:
         print(summary, file=sys.stderr)
     return 0

@@ -9,30 +9,35 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from transformers import AutoModelForCausalLM, GenerationMixin, PreTrainedModel
 from transformers.generation.stopping_criteria import StoppingCriteriaList, StopStringCriteria
 from transformers.generation.utils import GenerateDecoderOnlyOutput
 
-from .decoding import speculative_decode
-from .drafters.prepared import prepared_draft
-from .drafters.select import make_drafter
-from .lookahead import CostModelLookahead
 from .checks import (
     check_generate_arguments,
     check_generation_config,
     check_models,
     check_position_ids,
     checked_cache,
-    integer_at_least_one,
     pop_stop_strings,
 )
+from .decoding import speculative_decode
+from .drafters.prepared import prepared_draft
+from .drafters.select import make_drafter
+from .options import (
+    DEFAULT_NUM_DRAFT_TOKENS,
+    DecodeRequest,
+    SpeculativeOptions,
+    UserObjects,
+    drop_speculoos_options,
+    wants_prompt_lookup,
+)
+from .pacer import make_pacer
 from .processors import check_supported
 from .stats import SpeculativeStats
 
-# num_draft_tokens=None (or "auto"): a cost model picks each round's k up to this, and 0 where drafting cannot pay
-AUTO_MAX_DRAFT_TOKENS = 12
-DEFAULT_NUM_DRAFT_TOKENS = 5  # the seed API's K
+__all__ = ["DEFAULT_NUM_DRAFT_TOKENS", "SpeculativeGenerateOutput", "SpeculativeGenerationMixin",
+           "SpeculativeModelForCausalLM", "enable_speculative", "speculative_generate"]
 
 _KNOWN_MODEL_KWARGS = {"attention_mask", "cache", "past_key_values", "position_ids", "logits_to_keep", "use_cache"}
 
@@ -45,151 +50,102 @@ class SpeculativeGenerateOutput(GenerateDecoderOnlyOutput):
 
 
 class SpeculativeGenerationMixin:
-    """Adds `draft_model=` / `num_draft_tokens=` to generate(); without a draft model generate() is the stock one."""
+    """Adds `draft_model=` / `num_draft_tokens=` (see `SpeculativeOptions`) to generate(); without a draft model or
+    prompt lookup generate() is the stock one."""
 
-    def generate(self, inputs=None, generation_config=None, *args, draft_model=None, num_draft_tokens=None, **kwargs):
-        if draft_model is None and _prompt_lookup_setting(self, generation_config, kwargs) is not None:
-            if args:
-                raise TypeError("With prompt lookup, pass generate() arguments after generation_config by keyword.")
-            return speculative_generate(
-                self, inputs, generation_config, draft_model=None, num_draft_tokens=num_draft_tokens, **kwargs
-            )
-        if draft_model is None:
-            if num_draft_tokens is not None or any(kwargs.get(n) for n in ("draft_confidence_threshold",
-                                                                            "block_verification",
-                                                                            "draft_quantization")):
-                raise ValueError(
-                    "num_draft_tokens / draft_confidence_threshold / block_verification / draft_quantization were "
-                    "given without draft_model: pass draft_model=<a causal LM> (or prompt_lookup_num_tokens=N)."
-                )
-            kwargs.pop("draft_confidence_threshold", None)
-            kwargs.pop("block_verification", None)
-            kwargs.pop("draft_quantization", None)
+    def generate(self, inputs=None, generation_config=None, *args, draft_model=None, **kwargs):
+        if draft_model is None and not wants_prompt_lookup(self, generation_config, kwargs):
+            drop_speculoos_options(kwargs)
             return super().generate(inputs, generation_config, *args, **kwargs)
         if args:
-            raise TypeError("With draft_model, pass generate() arguments after generation_config by keyword.")
-        return speculative_generate(
-            self, inputs, generation_config, draft_model=draft_model, num_draft_tokens=num_draft_tokens, **kwargs
-        )
+            raise TypeError("With draft_model or prompt lookup, pass generate() arguments after generation_config by "
+                            "keyword.")
+        return speculative_generate(self, inputs, generation_config, draft_model=draft_model, **kwargs)
 
 
-def speculative_generate(
-    model,
-    inputs=None,
-    generation_config=None,
-    *,
-    draft_model,
-    num_draft_tokens=None,
-    draft_confidence_threshold=None,
-    prompt_lookup_num_tokens=None,
-    max_matching_ngram_size=None,
-    block_verification=False,
-    draft_quantization=None,
-    **kwargs,
-):
+def speculative_generate(model, inputs=None, generation_config=None, *, draft_model=None, **kwargs):
     """Speculative generate() for `model` (any transformers causal LM) with `draft_model` proposing tokens:
     `num_draft_tokens` per round, or fewer when `draft_confidence_threshold` (0..1) stops drafting early.
     `draft_model` is a causal LM or a drafter object; `prompt_lookup_num_tokens` copies n-gram continuations from
     the context, alone (no draft_model) or together with a draft model (hybrid). `block_verification=True` verifies
     sampled blocks jointly (Sun et al. 2024): still exact, never fewer accepted tokens on average.
-    `draft_quantization="int8"` drafts with an int8 copy of the draft, made once and reused."""
-    lookup_n = _prompt_lookup_setting(model, generation_config, {"prompt_lookup_num_tokens": prompt_lookup_num_tokens})
-    ngram = max_matching_ngram_size
-    if ngram is None:
-        base = generation_config if generation_config is not None else model.generation_config
-        ngram = getattr(base, "max_matching_ngram_size", None)
-    if lookup_n is not None:
-        lookup_n = integer_at_least_one(lookup_n, "prompt_lookup_num_tokens")
-    if ngram is not None:
-        ngram = integer_at_least_one(ngram, "max_matching_ngram_size")
-    if num_draft_tokens is None and draft_model is None and lookup_n is not None:
-        num_draft_tokens = lookup_n
-    auto_k = num_draft_tokens is None or (isinstance(num_draft_tokens, str) and num_draft_tokens == "auto")
-    K = AUTO_MAX_DRAFT_TOKENS if auto_k else integer_at_least_one(num_draft_tokens, "num_draft_tokens")
-    if lookup_n is not None:
-        K = max(K, lookup_n)
-    threshold = draft_confidence_threshold
-    if threshold is not None and (isinstance(threshold, bool) or not 0.0 <= float(threshold) < 1.0):
-        raise ValueError(f"draft_confidence_threshold must be a probability in [0, 1), got {threshold!r}.")
-    check_models(model, draft_model if isinstance(draft_model, PreTrainedModel) else model)
-    draft_model = prepared_draft(draft_model, draft_quantization)
+    `draft_quantization="int8"` drafts with an int8 copy of the draft, made once and reused. Every other keyword
+    goes to stock generate(), which prepares the call and runs our loop as its `custom_generate`."""
+    options = SpeculativeOptions.from_generate(model, generation_config, draft_model, kwargs)
+    check_models(model, draft_model)
+    _refuse_other_drafting(kwargs)
+    draft = prepared_draft(draft_model, options.draft_quantization)
+    decode = _SpeculativeDecode(options, draft, streamer=kwargs.pop("streamer", None))
+    generation_config = _stock_arguments(model, generation_config, options, kwargs)
+    return GenerationMixin.generate(model, inputs, generation_config, custom_generate=decode, **kwargs)
+
+
+def _refuse_other_drafting(kwargs: dict) -> None:
     if kwargs.get("assistant_model") is not None:
         raise ValueError("Pass either draft_model (speculoos) or assistant_model (transformers), not both.")
     if kwargs.get("custom_generate") is not None:
         raise ValueError("custom_generate cannot be combined with draft_model.")
-    # prompt lookup is ours now: stock must not start its own (it would refill the field from the model's config)
-    kwargs["prompt_lookup_num_tokens"] = None
 
-    streamer = kwargs.pop("streamer", None)
-    tokenizer = kwargs.pop("tokenizer", None)
-    assistant_tokenizer = kwargs.pop("assistant_tokenizer", None)  # the draft's own, if it differs (vocab.py)
+
+def _stock_arguments(model, generation_config, options: SpeculativeOptions, kwargs: dict):
+    """Prepare what stock generate() gets (in place), and the generation config to hand it: prompt lookup and stop
+    strings are ours (stock would start its own lookup, and cannot hand its tokenizer to a custom_generate)."""
+    kwargs["prompt_lookup_num_tokens"] = None  # a None keyword overrides the model's config, which stock would read
     check_generate_arguments(model, generation_config, kwargs)
     stop_strings, generation_config = pop_stop_strings(model, generation_config, kwargs)
     if stop_strings:
-        if tokenizer is None:
+        if options.tokenizer is None:
             raise ValueError("stop_strings needs the tokenizer: pass tokenizer=<your tokenizer> to generate().")
         criteria = StoppingCriteriaList(kwargs.pop("stopping_criteria", None) or [])
-        criteria.append(StopStringCriteria(tokenizer=tokenizer, stop_strings=stop_strings))
+        criteria.append(StopStringCriteria(tokenizer=options.tokenizer, stop_strings=stop_strings))
         kwargs["stopping_criteria"] = criteria
+    return generation_config
 
-    def _speculoos_decode(model, input_ids, logits_processor, stopping_criteria, generation_config, **model_kwargs):
+
+class _SpeculativeDecode:
+    """The `custom_generate` callable: stock generate() calls it with what it prepared; it builds the drafter and
+    the pacer, runs the loop and shapes the output as stock would."""
+
+    def __init__(self, options: SpeculativeOptions, draft, streamer=None):
+        self.options = options
+        self.draft = draft  # a draft model (prepared), a drafter object, or None (prompt lookup alone)
+        self.streamer = streamer
+
+    def __call__(self, model, input_ids, logits_processor, stopping_criteria, generation_config, **model_kwargs):
         config = generation_config
-        check_generation_config(config)
-        unknown = {k for k, v in model_kwargs.items() if v is not None and k not in _KNOWN_MODEL_KWARGS}
-        if unknown:
-            raise ValueError(f"Speculative generation supports plain input_ids prompts; unsupported inputs: {unknown}.")
-        if streamer is not None and input_ids.shape[0] > 1:
-            raise ValueError("streamer supports batch size 1 only (as transformers' TextStreamer).")
-        check_supported(logits_processor)
-        check_position_ids(model_kwargs.get("position_ids"), model_kwargs.get("attention_mask"), input_ids)
-        target_cache = checked_cache(model, model_kwargs.get("cache"), config.max_length)
-        drafter, vocab = make_drafter(
-            model,
-            draft_model,
-            num_draft_tokens=K,
-            prompt_lookup_num_tokens=lookup_n,
-            max_matching_ngram_size=ngram,
-            confidence_threshold=None if threshold is None else float(threshold),
-            tokenizer=tokenizer,
-            max_length=config.max_length,
-            assistant_tokenizer=assistant_tokenizer,
-        )
-
-        lookahead = CostModelLookahead(max_k=K, prior_catch_up_ratio=catch_up_ratio(model, drafter)) if auto_k else None
-        if streamer is not None:
-            streamer.put(input_ids.cpu())
-        sequences, stats = speculative_decode(
-            model,
-            drafter,
+        _check_prepared(model, input_ids, logits_processor, config, model_kwargs, self.streamer)
+        cache = checked_cache(model, model_kwargs.get("cache"))
+        drafter, V = make_drafter(model, self.draft, self.options)
+        pacer = make_pacer(self.options, model, self.draft)
+        if self.streamer is not None:
+            self.streamer.put(input_ids.cpu())
+        request = DecodeRequest(
             input_ids,
-            num_draft_tokens=K,
+            config.max_length,
+            model_kwargs.get("attention_mask"),
             do_sample=bool(config.do_sample),
-            max_length=config.max_length,
-            logits_processor=logits_processor,
-            stopping_criteria=stopping_criteria,
-            attention_mask=model_kwargs.get("attention_mask"),
-            eos_token_id=config._eos_token_tensor,
+            eos_token_id=config._eos_token_tensor,  # stock's prepared special tokens
             pad_token_id=None if config._pad_token_tensor is None else int(config._pad_token_tensor),
-            target_cache=target_cache,
-            streamer=streamer,
-            vocab_size=vocab,
-            lookahead=lookahead,
-            block_verification=bool(block_verification),
+            vocab_size=V,
         )
+        user = UserObjects(logits_processor, stopping_criteria, self.streamer, cache)
+        sequences, stats = speculative_decode(model, drafter, request, self.options, user, pacer)
         model.speculative_stats = stats
         if config.return_dict_in_generate:
             return SpeculativeGenerateOutput(sequences=sequences, speculative_stats=stats)
         return sequences
 
-    return GenerationMixin.generate(model, inputs, generation_config, custom_generate=_speculoos_decode, **kwargs)
 
-
-def _prompt_lookup_setting(model, generation_config, kwargs):
-    """prompt_lookup_num_tokens from the call, else from the generation config in force (None when unset)."""
-    if kwargs.get("prompt_lookup_num_tokens") is not None:
-        return kwargs["prompt_lookup_num_tokens"]
-    base = generation_config if generation_config is not None else model.generation_config
-    return getattr(base, "prompt_lookup_num_tokens", None)
+def _check_prepared(model, input_ids, logits_processor, config, model_kwargs: dict, streamer) -> None:
+    """Refuse what stock generate() prepared but speculative decoding cannot do exactly."""
+    check_generation_config(config)
+    unknown = {k for k, v in model_kwargs.items() if v is not None and k not in _KNOWN_MODEL_KWARGS}
+    if unknown:
+        raise ValueError(f"Speculative generation supports plain input_ids prompts; unsupported inputs: {unknown}.")
+    if streamer is not None and input_ids.shape[0] > 1:
+        raise ValueError("streamer supports batch size 1 only (as transformers' TextStreamer).")
+    check_supported(logits_processor)
+    check_position_ids(model_kwargs.get("position_ids"), model_kwargs.get("attention_mask"), input_ids)
 
 
 def _speculative_class(base: type) -> type:
@@ -249,14 +205,3 @@ class SpeculativeModelForCausalLM:
     @classmethod
     def from_config(cls, config, **kwargs):
         return enable_speculative(AutoModelForCausalLM.from_config(config, **kwargs))
-
-
-def catch_up_ratio(target, drafter) -> float:
-    """Parameters of the drafter's model over the target's (0 for a drafter without one, such as prompt lookup):
-    the cost model's prior for what reading a token costs the draft, relative to the target's prefill."""
-    model = drafter
-    while model is not None and not isinstance(model, torch.nn.Module):
-        model = getattr(model, "model", None)
-    if model is None:
-        return 0.0
-    return sum(p.numel() for p in model.parameters()) / max(sum(p.numel() for p in target.parameters()), 1)

@@ -43,8 +43,10 @@ class DecodeState:
     lengths: list[int]
     rows: list[int]
     first_valid: list[int]  # index of each row's first real prompt token (P for a row that is all padding)
-    finished: list[bool] = field(default_factory=list)  # stopped; still in the batch while others must run on
-    stop_length: list[int] = field(default_factory=list)  # committed length when the row stopped
+    stopped: list[bool] = field(default_factory=list)  # reached its stop; still here while it must run along
+
+    def __post_init__(self):
+        self.stopped = self.stopped or [False] * len(self.rows)
 
     @property
     def batch_size(self) -> int:
@@ -53,11 +55,26 @@ class DecodeState:
     def lengths_tensor(self) -> torch.Tensor:
         return torch.tensor(self.lengths, device=self.seq.device)  # [B]
 
+    def write_ahead(self, tokens: torch.Tensor) -> None:
+        """Write `tokens` [B, W] after each row's committed prefix (not committed until `advance`)."""
+        C = self.lengths_tensor()  # [B]
+        steps = torch.arange(tokens.shape[1], device=C.device)  # [W]
+        self.seq.scatter_(1, C[:, None] + steps[None], tokens.to(self.seq.device))
+
+    def advance(self, tokens: torch.Tensor, committed: list[int], stopped: list[bool]) -> None:
+        """Commit the first `committed[i]` of `tokens` [B, W] (CPU, as written ahead): the host mirror and the
+        lengths move on; rows that `stopped` are marked."""
+        C = torch.tensor(self.lengths)[:, None] + torch.arange(tokens.shape[1])[None]  # [B, W] host positions
+        keep = torch.arange(tokens.shape[1])[None] < torch.tensor(committed)[:, None]  # [B, W]
+        self.seq_host.scatter_(1, C, torch.where(keep, tokens, self.seq_host.gather(1, C)))
+        self.lengths = [n + c for n, c in zip(self.lengths, committed)]
+        self.stopped = [s or now for s, now in zip(self.stopped, stopped)]
+
     def select(self, alive: list[int]) -> None:
         """Keep only the rows at positions `alive` (finished rows leave the batch)."""
         idx = torch.tensor(alive, dtype=torch.long, device=self.seq.device)
         host_idx = torch.tensor(alive, dtype=torch.long)
         self.seq, self.valid = self.seq[idx], self.valid[idx]
         self.seq_host, self.valid_host = self.seq_host[host_idx], self.valid_host[host_idx]
-        for name in ("lengths", "rows", "first_valid", "finished", "stop_length"):
+        for name in ("lengths", "rows", "first_valid", "stopped"):
             setattr(self, name, [getattr(self, name)[i] for i in alive])

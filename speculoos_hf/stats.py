@@ -48,6 +48,8 @@ class SpeculativeStats:
     elapsed_s: float = 0.0
     rounds_without_drafts: int = 0  # target passes that scored one token per row (the cost model's k = 0)
     cost_model: dict | None = None  # num_draft_tokens=None: what the cost model measured and predicted at the end
+    draft_quantization: str | None = None  # the draft drafted as: "int8", "int8 (auto)", or None (as given)
+    draft_prepare_s: float = 0.0  # seconds this call spent making that copy (0 when an earlier call made it)
 
     @property
     def acceptance_rate(self) -> float:
@@ -68,6 +70,10 @@ class SpeculativeStats:
     @property
     def tokens_per_second(self) -> float:
         return self.new_tokens / self.elapsed_s if self.elapsed_s else 0.0
+
+    def record_draft(self, quantization: str | None, prepare_s: float) -> None:
+        """What the call drafted with (see `drafters.prepared.PreparedDraft`)."""
+        self.draft_quantization, self.draft_prepare_s = quantization, prepare_s
 
     def __getitem__(self, key: str):
         """Dict-style access (`stats["acceptance_rate"]`) for callers that treat stats as a mapping."""
@@ -91,6 +97,8 @@ class SpeculativeStats:
             "tokens_per_second": self.tokens_per_second,
             "rounds_without_drafts": self.rounds_without_drafts,
             "cost_model": self.cost_model,
+            "draft_quantization": self.draft_quantization,
+            "draft_prepare_s": self.draft_prepare_s,
             "per_row": [r.to_dict() for r in self.per_row],
         }
 

@@ -18,6 +18,8 @@ re-encoded text when greedy; see `speculoos_hf.drafters.other_tokenizer`). Which
 
 from __future__ import annotations
 
+from transformers import AutoTokenizer
+
 _LOADED: dict[str, object] = {}
 _SAME: dict[tuple[int, int], bool] = {}
 
@@ -32,8 +34,6 @@ def load_tokenizer(name_or_path: str):
         return None
     if name_or_path not in _LOADED:
         try:
-            from transformers import AutoTokenizer
-
             _LOADED[name_or_path] = AutoTokenizer.from_pretrained(name_or_path, local_files_only=True)
         except Exception:  # no tokenizer there: cannot be checked
             _LOADED[name_or_path] = None
@@ -91,29 +91,12 @@ def tokenizer_relation(target, draft, tokenizer=None, assistant_tokenizer=None):
 
 def check_vocab_compatible(target, draft, tokenizer=None, assistant_tokenizer=None) -> None:
     """Raise ValueError unless the draft's token ids mean the same as the target's (one tokenizer). A draft with
-    another tokenizer is served by `model_drafter`, which picks the drafter for either case."""
+    another tokenizer is served by `speculoos_hf.drafters.select.model_drafter`, which picks the drafter for either
+    case."""
     relation, _ = tokenizer_relation(target, draft, tokenizer, assistant_tokenizer)
     if relation != "same":
         raise ValueError(
             "The draft model has another tokenizer than the target: its token ids mean other tokens. Build its "
-            "drafter with speculoos_hf.vocab.model_drafter (generate() does so when given tokenizer= and "
+            "drafter with speculoos_hf.drafters.select.model_drafter (generate() does so when given tokenizer= and "
             "assistant_tokenizer=)."
         )
-
-
-def model_drafter(target, draft_model, *, tokenizer=None, assistant_tokenizer=None, cache=None,
-                  confidence_threshold: float | None = None):
-    """The drafter for a draft model and the id range V both distributions live on: `(drafter, V)`.
-
-    One tokenizer: `ModelDrafter`, V = the larger vocab_size. Two: `OtherTokenizerDrafter`, V = the target's."""
-    from .drafters.model import ModelDrafter
-    from .drafters.other_tokenizer import OtherTokenizerDrafter
-
-    relation, toks = tokenizer_relation(target, draft_model, tokenizer, assistant_tokenizer)
-    vt = vocab_size(target)
-    if relation == "same":
-        return ModelDrafter(draft_model, cache, confidence_threshold), max(vt, vocab_size(draft_model))
-    tok_t, tok_d = toks
-    drafter = OtherTokenizerDrafter(draft_model, tok_t, tok_d, vt, cache=cache,
-                                    confidence_threshold=confidence_threshold)
-    return drafter, vt

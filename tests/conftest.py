@@ -23,6 +23,8 @@ fresh_pair (the same, per test, for tests that change the models); trios (module
 architecture); gtest_pair (module; the G-tests' target and draft); tiny_model_dir (module; a saved tiny Llama);
 isolated_cache (an empty SPECULOOS_CACHE); kernel_env (module; a Jupyter kernelspec running this interpreter).
 
+Marker `slow` (the long fuzz run): skipped unless `--run-slow` is given or SPECULOOS_FUZZ=N (N cases) is set.
+
 Every ARCHS model built with the default init comes back in eval mode with `generation_config.eos_token_id = None`
 (so generation runs for `max_new_tokens` unless a test sets an eos) and `pad_token_id = PAD_ID`.
 """
@@ -30,6 +32,7 @@ Every ARCHS model built with the default init comes back in eval mode with `gene
 from __future__ import annotations
 
 import copy
+import os
 
 import pytest
 import torch
@@ -296,6 +299,24 @@ def gtest_draft(seed: int = 0, noise: float = 0.6, noise_seed: int = 123):
 # Module-scoped models are shared by the tests of one file, which must leave them as they found them (generate()
 # only sets `speculative_stats`); a test that changes a model (its generation_config, its forward) takes
 # `fresh_pair` or builds its own.
+
+
+def pytest_addoption(parser):
+    parser.addoption("--run-slow", action="store_true", help="also run tests marked slow (the long fuzz run)")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: long runs, skipped unless --run-slow or SPECULOOS_FUZZ=N is given")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked slow are skipped unless asked for (--run-slow, or SPECULOOS_FUZZ=N cases of the long fuzz)."""
+    if config.getoption("--run-slow") or os.environ.get("SPECULOOS_FUZZ"):
+        return
+    skip = pytest.mark.skip(reason="slow: pass --run-slow or set SPECULOOS_FUZZ=N")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(autouse=True)

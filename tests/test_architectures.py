@@ -19,11 +19,10 @@ import pytest
 import torch
 import transformers as T
 
-import speculoos_hf.kv_slots as kv_slots
 from conftest import PAD_ID, _finish, left_pad_batch, make_prompt, perturbed_copy
 from speculoos_hf import enable_speculative
 from speculoos_hf.cache_layout import slot_distance_reason
-from speculoos_hf.kv_slots import KVSlots
+from speculoos_hf.kv_slots import CompactLayout, KVSlots
 
 WINDOW = 4
 NEW = 14  # > 3 windows
@@ -118,15 +117,15 @@ def arch_pair():
 
 @pytest.fixture
 def compactions(monkeypatch):
-    """Counts KVSlots' per-row gathers (compactions) during the test."""
+    """Counts the per-row gathers (compactions) of every compact KV cache during the test."""
     count = [0]
-    original = KVSlots._compact_rows
+    original = CompactLayout._compact
 
     def counting(self):
         count[0] += 1
         original(self)
 
-    monkeypatch.setattr(KVSlots, "_compact_rows", counting)
+    monkeypatch.setattr(CompactLayout, "_compact", counting)
     return count
 
 
@@ -229,7 +228,6 @@ def test_kv_slots_match_clean_rows(name):
     width = max(map(len, rows))
     ids = torch.tensor([[PAD_ID] * (width - len(r)) + r for r in rows])
     kv.forward(ids, (ids != PAD_ID).long(), logits_to_keep=1)
-    kv.last_valid = [width - 1] * B
     checked = 0
     for _ in range(8):
         pending = [rng.randrange(1, 4) for _ in range(B)]  # tokens each row feeds this round, as one chunk
@@ -257,11 +255,9 @@ def test_kv_slots_match_clean_rows(name):
             for j, got in enumerate(outs[b]):
                 torch.testing.assert_close(got, clean[start + j], atol=1e-4, rtol=1e-4)
                 checked += 1
-        valid = torch.arange(n_single)[None, :] < torch.tensor(kept)[:, None]
-        last = [first_single + k - 1 if k else first + w - 1 for k in kept]
-        kv.keep(first_single, valid, last)
+        kv.keep(first_single, kept)
         rows = [fed[b][: len(fed[b]) - n_single + kept[b]] for b in range(B)]
-        assert kv.next_pos.tolist() == [len(r) for r in rows]
+        assert kv.real_tokens() == [len(r) for r in rows]
         assert kv.num_slots == max(map(len, rows)) or not kv.compact
         for layer in kv.cache.layers:  # sliding layers stay bounded by their window
             if hasattr(layer, "sliding_window") and layer.keys is not None:

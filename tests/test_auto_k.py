@@ -9,9 +9,10 @@ import pytest
 import torch
 
 import speculoos_hf.decoding as decoding
-from conftest import left_pad_batch, make_prompt, tiny_model, tiny_pair
-from gtest import ALPHA, N, PROMPT, _generate, _processors, exact_distribution, g_test
+from conftest import GTEST_PAD, GTEST_V, left_pad_batch, make_prompt, tiny_model, tiny_pair
+from gtest import ALPHA, N, PROMPT, _always_accept, _generate, _processors, exact_distribution, g_test
 from speculoos_hf import enable_speculative
+from speculoos_hf.drafters.base import Proposal
 from speculoos_hf.lookahead import CostModelLookahead
 
 
@@ -49,7 +50,7 @@ def test_auto_k_sampling_exact(gtest_pair, monkeypatch):
     target, draft = gtest_pair
     schedule = itertools.cycle([3, 0, 1, 4, 2])
 
-    def scheduled(self, batch=None, limit=None, remaining=None):
+    def scheduled(self, batch=None, limit=None, remaining=None, rows=None):
         return max(0, min(next(schedule), self.max_k, limit if limit is not None else self.max_k))
 
     monkeypatch.setattr(CostModelLookahead, "choose_k", scheduled)
@@ -82,3 +83,75 @@ def test_int8_draft_quantization_is_prepared_once_and_exact(pair):
     assert target.speculative_stats.draft_tokens_proposed > 0
     with pytest.raises(ValueError, match="draft_quantization"):
         target.generate(ids, max_new_tokens=2, draft_model=draft, draft_quantization="int4")
+
+
+def fast_draft_profile(monkeypatch, pass_s=0.1, step_s=0.02):
+    """A synthetic cost profile: every target pass costs `pass_s` whatever its width, a draft step `step_s`, a
+    catch-up nothing, so the cost model drafts (whatever this machine's timings) and per-row gains decide limits."""
+    monkeypatch.setattr(CostModelLookahead, "target_time", lambda self, tokens, batch=None: pass_s)
+    monkeypatch.setattr(CostModelLookahead, "draft_time", lambda self, batch: step_s)
+    monkeypatch.setattr(CostModelLookahead, "catch_up_time", lambda self, tokens: 0.0)
+
+
+def count_limited(monkeypatch) -> list:
+    """Records each per-row limit applied to a proposal (the loop's `Proposal.limited`)."""
+    seen, original = [], Proposal.limited
+
+    def limited(self, per_row):
+        seen.append(list(per_row))
+        return original(self, per_row)
+
+    monkeypatch.setattr(Proposal, "limited", limited)
+    return seen
+
+
+def test_per_row_limits_greedy_equals_target_batch4(monkeypatch):
+    """Batch 4, float32: rounds where some rows draft k and others nothing (forced limits, cycling) give the
+    target's own greedy output token for token."""
+    target, draft = tiny_pair("llama")
+    fast_draft_profile(monkeypatch)
+    patterns = itertools.cycle([[1, 0, 1, 0], [0, 1, 0, 1], [1, 1, 0, 0], [0, 0, 0, 1]])
+
+    def forced(self, k, rows, batch=None):
+        return [k * on for on in next(patterns)][: len(rows)] if k and len(rows) > 1 else None
+
+    monkeypatch.setattr(CostModelLookahead, "row_limits", forced)
+    seen = count_limited(monkeypatch)
+    ids, mask = left_pad_batch([make_prompt(n, seed=n)[0] for n in (3, 8, 5, 2)])
+    ref = target.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=30)
+    out = target.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=30, draft_model=draft)
+    assert torch.equal(out, ref)
+    stats = target.speculative_stats
+    assert len(seen) >= 5 and stats.draft_tokens_proposed > 0
+    assert min(r.draft_tokens_proposed for r in stats.per_row) < max(r.draft_tokens_proposed for r in stats.per_row)
+
+
+def test_per_row_k_from_acceptance_greedy_equals_target(gtest_pair, monkeypatch):
+    """The cost model's own per-row limits (a synthetic profile in which a row's drafts must be accepted often to
+    pay) keep greedy output exact over a batch of 16 prompts, some rows drafting while others do not."""
+    target, draft = gtest_pair
+    fast_draft_profile(monkeypatch, step_s=0.03)
+    seen = count_limited(monkeypatch)
+    ids = torch.randint(0, GTEST_V, (16, 6), generator=torch.Generator().manual_seed(0))
+    ref = target.generate(ids, do_sample=False, max_new_tokens=30, pad_token_id=GTEST_PAD)
+    out = target.generate(ids, do_sample=False, max_new_tokens=30, pad_token_id=GTEST_PAD, draft_model=draft)
+    assert torch.equal(out, ref)
+    assert target.speculative_stats.draft_tokens_proposed > 0
+    assert any(0 in limits and max(limits) > 0 for limits in seen)
+
+
+def test_auto_k_sampling_exact_with_per_row_k(gtest_pair, monkeypatch):
+    """A G-test at batch N where the cost model really drafts (a synthetic profile in which drafting pays) and
+    per-row limits stop some rows' drafts while others draft; power: the same run with a broken rule rejects."""
+    target, draft = gtest_pair
+    fast_draft_profile(monkeypatch, step_s=0.05)
+    seen = count_limited(monkeypatch)
+    expected = exact_distribution(target, PROMPT, _processors(temperature=0.8))
+    (spec,) = _generate(target, [PROMPT], N, seed=31, draft_model=draft, temperature=0.8)
+    assert target.speculative_stats.draft_tokens_proposed > 0
+    assert any(0 in limits and max(limits) > 0 for limits in seen)
+    assert g_test(spec, expected) > ALPHA
+
+    monkeypatch.setattr(decoding, "speculative_verify", _always_accept)
+    (broken,) = _generate(target, [PROMPT], N, seed=32, draft_model=draft, temperature=0.8)
+    assert g_test(broken, expected) < ALPHA

@@ -173,6 +173,8 @@ def test_cli_entry_point_help():
     out = subprocess.run([sys.executable, "-m", "speculoos_hf.bench", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "--target" in out.stdout and "--k" in out.stdout
     assert "--prompt-class" in out.stdout and "--prompt-lookup" in out.stdout and "--hybrid" in out.stdout
+    for flag in ("--profile", "--table", "--suffix-cache", "--draft-dtype", "--batch-max-new-tokens"):
+        assert flag in out.stdout
 
 
 def test_assisted_int8_twin_uses_the_prepared_copy():
@@ -207,3 +209,201 @@ def test_draft_noise_perturbs_matrices_by_their_own_scale_seeded():
         else:
             assert torch.equal(delta, torch.zeros_like(delta)), name  # norms and biases untouched
         assert torch.equal(p, dict(b.named_parameters())[name])
+
+
+# ---------------------------------------------------------------- --profile (issue 19.4)
+
+
+def test_profile_measures_passes_and_writes_plot_and_json(pair_dirs, tmp_path):
+    root, prompts = pair_dirs
+    png = tmp_path / "plots" / "machine.png"
+    result = _bench(root, prompts, tmp_path, "--profile", "--profile-m", "1", "2", "3", "4", "6",
+                    "--profile-batch-sizes", "1", "2", "--profile-max-tokens", "8", "--profile-repeats", "3",
+                    "--profile-acceptance-tokens", "8", "--profile-png", str(png))
+    assert png.stat().st_size > 1000 and json.loads(png.with_suffix(".json").read_text())["acceptance"] == \
+        pytest.approx(result["acceptance"])
+    assert result["acceptance_source"].startswith("measured") and 0.0 <= result["acceptance"] <= 1.0
+    assert "cores" in result["machine"] and torch.__version__ in result["machine"] and "float32" in result["machine"]
+    by_batch = {b["batch_size"]: b for b in result["batches"]}
+    assert list(by_batch[1]["target_pass_s"]) == [1, 2, 3, 4, 6] and list(by_batch[2]["target_pass_s"]) == [1, 2, 3, 4]
+    for b in result["batches"]:
+        assert b["cost_ratio"][1] == 1.0 and all(t > 0 for t in b["target_pass_s"].values()) and b["draft_step_s"] > 0
+        assert list(b["speedup_by_k"]) == list(range(1, max(b["target_pass_s"])))  # K + 1 within the measured m
+        best = max(b["speedup_by_k"], key=b["speedup_by_k"].get)
+        assert b["best_k"] == (best if b["speedup_by_k"][best] >= 1.0 else 0)
+        assert b["break_even_k"] == max([k for k, s in b["speedup_by_k"].items() if s >= 1.0], default=0)
+        assert 0 <= b["cost_model_k"] <= 12
+
+
+def test_breakeven_on_synthetic_profiles():
+    """A flat pass (a memory-bound CPU with fast bf16) pays for long drafts; a pass whose every token costs compute
+    (bf16 on an AVX2-only CPU: 80 + 155 m ms) pays for none, and the cost model agrees in both cases."""
+    from speculoos_hf.bench import breakeven
+
+    flat = {m: 0.120 + 0.002 * m for m in (1, 2, 3, 4, 6, 8, 12, 16)}
+    v = breakeven.verdict(1, flat, draft_s=0.012, alpha=0.9, prefill=(0.2, 100))
+    assert v.best_k >= 4 and v.best_speedup > 2.5 and v.break_even_k >= v.best_k and v.cost_model_k >= 3
+    assert v.cost_ratio[16] == pytest.approx((0.120 + 0.032) / 0.122)
+    compute = {m: 0.080 + 0.155 * m for m in (1, 2, 3, 4, 5, 8)}
+    v = breakeven.verdict(1, compute, draft_s=0.0875, alpha=0.9, prefill=(0.155 * 50, 50))
+    assert v.best_k == 0 and v.break_even_k == 0 and v.cost_model_k == 0
+    assert all(s < 1.0 for s in v.speedup_by_k.values()) and set(v.alpha_needed_by_k.values()) == {None}
+    assert breakeven.pass_time(compute, 6) == pytest.approx(0.080 + 0.155 * 6)  # interpolated
+    assert breakeven.pass_time(compute, 9) is None
+    for k in (1, 3, 6):
+        a = breakeven.alpha_needed(k, flat, 0.012)
+        assert 0 < a < 1 and breakeven.predicted_speedup(a, k, flat, 0.012) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_profile_options_validated_and_acceptance_sources(tmp_path):
+    from speculoos_hf.bench.pass_profile import DEFAULT_ACCEPTANCE, ProfileOptions, draft_acceptance
+
+    options = ProfileOptions(m_values=(2, 4, 8, 32), batch_sizes=(1, 4), max_tokens=16, png=tmp_path / "p.png")
+    assert options.m_for(1) == [1, 2, 4, 8] and options.m_for(4) == [1, 2, 4]
+    assert options.json_path == tmp_path / "p.json"
+    for bad in (dict(m_values=(0, 2)), dict(acceptance=1.5), dict(batch_sizes=(8,), max_tokens=8),
+                dict(repeats=0)):
+        with pytest.raises(ValueError):
+            ProfileOptions(**bad)
+    assert draft_acceptance(None, None, None, ProfileOptions(acceptance=0.42)) == (0.42, "given (--acceptance)")
+    assert draft_acceptance(None, None, None, ProfileOptions(acceptance_tokens=0))[0] == DEFAULT_ACCEPTANCE
+
+
+def test_machine_name_says_what_the_machine_is():
+    from speculoos_hf.bench.machine import CPU_FEATURES, cpu_flags, machine_name
+
+    name = machine_name("bfloat16", "float32")
+    assert "cores" in name and f"torch {torch.__version__}" in name and "target bfloat16, draft float32" in name
+    assert set(cpu_flags()) <= set(CPU_FEATURES)
+    assert ("AVX512_BF16" in name or "AMX_BF16" in name) == bool({"avx512_bf16", "amx_bf16"} & set(cpu_flags()))
+
+
+# ---------------------------------------------------------------- --table (issue 19.5)
+
+
+def test_table_preset_under_explicit_flags():
+    args = bench.parse_args(["--table"])
+    assert args.k == [3, 4, 6] and args.assisted_k == [3, 4, 6] and args.plain and args.batch_sizes == [4]
+    assert args.batch_k == "best" and args.modes == ["greedy", "sample"] and args.temperature == 0.7
+    args = bench.parse_args(["--table", "--k", "2", "--modes", "greedy", "--batch-sizes", "2", "8"])
+    assert args.k == [2] and args.modes == ["greedy"] and args.batch_sizes == [2, 8] and args.assisted_k == [3, 4, 6]
+    assert bench.parse_args([]).k == [2, 3, 4, 5, 6] and not bench.parse_args([]).plain
+    with pytest.raises(SystemExit, match="best"):  # refused before any model loads
+        bench.run(bench.parse_args(["--table", "--k", "--target", "/nonexistent", "--draft", "/nonexistent"]))
+
+
+def test_table_in_one_run(pair_dirs, tmp_path):
+    """--table: target alone, assisted defaults and best fixed K, plain call and best hand-set, both modes, batch 1
+    and batched; a float32 target with a bf16 draft stays exact."""
+    root, prompts = pair_dirs
+    result = _bench(root, prompts, tmp_path, "--table", "--k", "1", "2", "--assisted-k", "1", "2", "--num-prompts",
+                    "2", "--batch-sizes", "2", "--batch-max-new-tokens", "6", "--draft-dtype", "bfloat16")
+    assert result["draft_dtype"] == "bfloat16" and result["dtype"] == "float32"
+    rows = {r["method"]: r for r in result["results"]}
+    for mode in ("greedy", "sample"):
+        table = [e for e in result["comparison"] if e["mode"] == mode]
+        one = {e["label"]: e for e in table if e["batch_size"] == 1}
+        assert list(one) == ["target alone", "assisted, defaults", "assisted, best fixed K", "speculoos, plain call",
+                             "speculoos, best hand-set"]
+        assert one["speculoos, plain call"]["method"] == f"speculoos {mode} plain"
+        assisted_k = [rows[f"assisted {mode} K={k}"] for k in (1, 2)]
+        assert one["assisted, best fixed K"]["method"] == max(assisted_k, key=lambda r: r["tokens_per_s"])["method"]
+        hand = [rows[f"speculoos {mode} K={k}"] for k in (1, 2)]
+        best = max(hand, key=lambda r: r["tokens_per_s"])["method"]
+        assert one["speculoos, best hand-set"]["method"] == best
+        for e in one.values():
+            assert e["vs_target"] == pytest.approx(e["tokens_per_s"] / one["target alone"]["tokens_per_s"])
+            assert e["vs_assisted_defaults"] == pytest.approx(
+                e["tokens_per_s"] / one["assisted, defaults"]["tokens_per_s"])
+        batched = [e for e in table if e["batch_size"] == 2]
+        assert [e["method"] for e in batched] == [f"target {mode}", f"speculoos {mode} plain", best]
+        if mode == "greedy":
+            assert rows["speculoos greedy plain"]["greedy_matches_target"] == 2  # bf16 draft, float32 target: exact
+    assert "machine:" in (tmp_path / "bench.md").read_text() and "cores" in result["machine"]["name"]
+
+
+# ---------------------------------------------------------------- edit and repeat classes (issue 18.6)
+
+
+def test_edit_and_repeat_prompt_sets_shipped():
+    edit = select_prompts(None, "edit", None)
+    assert len(edit) >= 6 and all("```" in p.text for p in edit) and {p.cls for p in edit} == {"edit"}
+    repeat = select_prompts(None, "repeat", None)
+    groups = list(dict.fromkeys(p.group for p in repeat))
+    assert len(groups) >= 3 and None not in groups
+    for g in groups:
+        mine = [p.cls for p in repeat if p.group == g]
+        assert len(mine) >= 2 and mine == ["repeat"] + ["repeat later"] * (len(mine) - 1)
+    two = select_prompts(None, "repeat", 2)  # --num-prompts counts groups of a grouped class
+    assert {p.group for p in two} == set(groups[:2]) and len(two) == sum(p.group in groups[:2] for p in repeat)
+
+
+def test_cache_book_one_cache_per_method_and_group():
+    from speculoos_hf.bench.prompts import Prompt
+    from speculoos_hf.bench.suffix import CacheBook
+
+    made = []
+    book = CacheBook(lambda: made.append(object()) or made[-1])
+    cached, other = bench_methods.cached_lookup("greedy", 4), bench_methods.cached_lookup("sample", 4)
+    a1, a2, b1 = Prompt("repeat", "x", "a"), Prompt("repeat later", "y", "a"), Prompt("repeat", "z", "b")
+    assert book.cache_for(cached, a1) is book.cache_for(cached, a2) is made[0]
+    assert book.cache_for(cached, b1) is made[1] and book.cache_for(other, a1) is made[2]
+    assert book.scratch(cached) is made[3] and book.cache_for(cached, a1) is made[0]
+    plain_lookup = bench_methods.prompt_lookup("greedy", 4)
+    assert book.cache_for(plain_lookup, a1) is None and book.scratch(plain_lookup) is None and len(made) == 4
+    with pytest.raises(ValueError, match="cache"):
+        bench_methods.generate(cached, None, None, torch.tensor([[1]]), None)
+
+
+def test_suffix_cache_methods_are_data():
+    args = bench.parser().parse_args(["--prompt-lookup", "8", "--suffix-cache", "--plain", "--no-assisted",
+                                      "--modes", "greedy", "--k", "3", "--method", "hc",
+                                      '{"prompt_lookup_num_tokens": 4, "suffix_cache": true}'])
+    by_name = {m.name: m for m in bench_methods.build_methods(args)}
+    cached = by_name["speculoos greedy lookup N=8 + cache"]
+    assert cached.suffix_cache and not cached.draft and cached.kwargs == {"prompt_lookup_num_tokens": 8}
+    assert cached.drafter == "lookup" and bench_methods.is_hand_set(cached)
+    custom = by_name["speculoos greedy hc"]
+    assert custom.suffix_cache and custom.draft and custom.kwargs == {"prompt_lookup_num_tokens": 4}
+    plain = by_name["speculoos greedy plain"]
+    assert plain.kwargs == {} and plain.draft and not bench_methods.is_hand_set(plain)
+    assert bench_methods.cached_lookup("greedy", None).kwargs == {}  # suffix_cache= alone: the engine's default N
+    best = by_name["speculoos greedy K=3"]
+    args.batch_k = "best"
+    assert [m.name for m in bench_methods.batch_methods(args, "greedy", best)] == [
+        "speculoos greedy plain", "speculoos greedy K=3", "speculoos greedy lookup N=8"]
+    with pytest.raises(ValueError, match="best"):
+        bench_methods.batch_methods(args, "greedy", None)
+
+
+def _suffix_cache_in_engine() -> bool:
+    """Whether generate(suffix_cache=...) adds the call's rows to the cache (issue 18's SuffixCache)."""
+    try:
+        from speculoos_hf import SuffixCache
+
+        cache = SuffixCache()
+        enable_speculative(tiny_model()).generate(torch.tensor([[1, 2, 3, 1, 2]]), prompt_lookup_num_tokens=2,
+                                                  suffix_cache=cache, max_new_tokens=2, do_sample=False)
+        return len(cache) == 1
+    except Exception:
+        return False
+
+
+@pytest.mark.skipif(not _suffix_cache_in_engine(), reason="generate(suffix_cache=...) not in the engine yet")
+def test_repeat_class_runs_each_group_through_one_cache(pair_dirs, tmp_path):
+    root, _ = pair_dirs
+    prompts = tmp_path / "repeat.json"
+    first, again = "w05 w06 w07 w08 w09 w10", "w05 w06 w07 w08 w09 w11"
+    items = [("a", first), ("a", again), ("a", first), ("b", "w30 w31 w32"), ("b", "w30 w31 w33")]
+    prompts.write_text(json.dumps([{"kind": "repeat", "group": g, "text": t} for g, t in items]))
+    result = _bench(root, prompts, tmp_path, "--prompt-class", "repeat", "--no-assisted", "--k", "2", "--modes",
+                    "greedy", "--prompt-lookup", "4", "--suffix-cache")
+    assert result["prompt_classes"] == ["repeat", "repeat later"]
+    rows = {(r["prompt_class"], r["method"]): r for r in result["results"]}
+    for cls, n in (("repeat", 2), ("repeat later", 3)):
+        cached = rows[(cls, "speculoos greedy lookup N=4 + cache")]
+        assert cached["suffix_cache"] and cached["greedy_matches_target"] == n and cached["new_tokens"] == n * 12
+        assert cached["speedup_vs_transformers_lookup"] > 0
+    later = rows[("repeat later", "speculoos greedy lookup N=4 + cache")]
+    alone = rows[("repeat later", "speculoos greedy lookup N=4")]
+    assert later["tokens_per_target_forward"] > alone["tokens_per_target_forward"]  # the third request is the first

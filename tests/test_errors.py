@@ -29,10 +29,28 @@ def test_bad_num_draft_tokens(pair, ids, K):
         target.generate(ids, draft_model=draft, num_draft_tokens=K, max_new_tokens=4)
 
 
-def test_num_draft_tokens_without_draft_model(pair, ids):
+@pytest.mark.parametrize("option", [dict(num_draft_tokens=3), dict(num_draft_tokens=0),
+                                    dict(draft_confidence_threshold=0.5), dict(block_verification=True),
+                                    dict(draft_quantization="int8")])
+def test_speculoos_options_without_draft_model(pair, ids, option):
     target, _ = pair
-    with pytest.raises(ValueError, match="draft_model"):
-        target.generate(ids, num_draft_tokens=3, max_new_tokens=4)
+    with pytest.raises(ValueError, match=f"{next(iter(option))} was given without draft_model"):
+        target.generate(ids, max_new_tokens=4, **option)
+
+
+def test_speculoos_options_left_unset_reach_stock_generate_as_nothing(pair, ids):
+    target, _ = pair
+    ref = target.generate(ids, do_sample=False, max_new_tokens=4)
+    out = target.generate(ids, do_sample=False, max_new_tokens=4, num_draft_tokens=None, block_verification=False,
+                          draft_quantization=None, suffix_cache=None)
+    assert torch.equal(out, ref)
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.0, True])
+def test_bad_confidence_threshold(pair, ids, value):
+    target, draft = pair
+    with pytest.raises(ValueError, match="draft_confidence_threshold"):
+        target.generate(ids, draft_model=draft, draft_confidence_threshold=value, max_new_tokens=4)
 
 
 def test_beam_search_refused(pair, ids):

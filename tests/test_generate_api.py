@@ -20,6 +20,7 @@ from transformers.generation.streamers import BaseStreamer
 
 from conftest import PAD_ID, TOKENIZER_LEN, left_pad_batch, make_prompt, perturbed_copy, tiny_model, tiny_pair
 import speculoos_hf
+from speculoos_hf.drafters import Proposal
 from speculoos_hf import (
     SpeculativeGenerateOutput,
     SpeculativeGenerationMixin,
@@ -482,3 +483,55 @@ def test_seed_api_sampler_from_paths(tmp_path, tokenizer):
     assert torch.equal(greedy, target.generate(ids, do_sample=False, max_new_tokens=6))
     text = sampler.sample_and_decode("w03 w04 w05", T=4, do_sample=False)
     assert text == tokenizer.decode(greedy[0, :7], skip_special_tokens=True)
+
+
+# ----------------------------------------------------------------------------------------- options and drafters
+
+
+class RepeatLastToken:
+    """README's drafter: the four methods and nothing else (no counters)."""
+
+    def start(self, ctx, state):
+        pass
+
+    def propose(self, state, k):
+        last = state.seq.gather(1, state.lengths_tensor()[:, None] - 1)  # [B, 1]
+        return Proposal(tokens=last.expand(-1, k).contiguous(), probs=None)
+
+    def commit(self, state, outcome):
+        pass
+
+    def select_rows(self, alive, alive_host):
+        pass
+
+
+@pytest.mark.parametrize("K", [3, None])
+def test_a_drafter_with_the_four_methods_only(pair, K):
+    target, _ = pair
+    ids, mask = left_pad_batch([make_prompt(n, seed=n)[0] for n in (3, 6)])
+    ref = target.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=12)
+    out = target.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=12, draft_model=RepeatLastToken(),
+                          num_draft_tokens=K)
+    assert torch.equal(out, ref)
+    stats = target.speculative_stats
+    assert stats.draft_forward_passes == 0 and stats.draft_input_tokens == 0
+    assert stats.draft_tokens_proposed > 0 or K is None  # the cost model may rightly never draft with it
+
+
+def test_prompt_lookup_from_the_generation_config_in_force(fresh_pair):
+    """Prompt lookup is asked for by keyword, else by the generation config given, else by the model's own; a
+    prompt_lookup_num_tokens=None keyword turns the model's off (as stock reads it)."""
+    target, _ = fresh_pair
+    ids = torch.tensor([[5, 6, 7, 8, 9, 5, 6, 7, 8, 9, 5, 6]])
+    ref = target.generate(ids, do_sample=False, max_new_tokens=10)
+    target.speculative_stats = None
+    out = target.generate(ids, GenerationConfig(prompt_lookup_num_tokens=3, do_sample=False, max_new_tokens=10))
+    assert torch.equal(out, ref) and target.speculative_stats.draft_tokens_proposed > 0
+    target.speculative_stats = None
+    target.generation_config.prompt_lookup_num_tokens = 3
+    assert torch.equal(target.generate(ids, do_sample=False, max_new_tokens=10), ref)
+    assert target.speculative_stats.num_draft_tokens == 3  # lookup alone: a fixed k of prompt_lookup_num_tokens
+    target.speculative_stats = None
+    plain = target.generate(ids, do_sample=False, max_new_tokens=10, prompt_lookup_num_tokens=None)
+    assert torch.equal(plain, ref) and target.speculative_stats is None  # stock generate() took the call
+

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -15,8 +16,9 @@ import sys
 import pytest
 import torch
 
-import speculoos_hf.dataset_generation as dg
-from speculoos_hf.dataset_generation import generate_dataset, read_records
+from speculoos_hf.dataset import DatasetJob, ForeignOutputError, generate_dataset, read_records
+from speculoos_hf.dataset.plan import batches_by_length, round_robin
+from speculoos_hf.dataset.runner import BatchRunner
 from speculoos_hf.toy import toy_pair
 
 MAX_NEW = 10
@@ -91,13 +93,14 @@ def test_greedy_records_in_input_order_equal_plain_generate(pair, tmp_path):
 def test_batches_sorted_by_length(pair):
     items = read_records(_prompts())
     tok = pair[2]
-    dg._tokenize(items, tok, False, MAX_NEW, 512)
-    batches = dg._plan(items, 4)
+    for item in items:
+        item.tokenize(tok, False, MAX_NEW, 512)
+    batches = batches_by_length(items, 4)
     lengths = [len(it.input_ids) for b in batches for it in b]
     assert lengths == sorted(lengths, reverse=True)
     assert [len(b) for b in batches] == [4, 4, 3]
     # accelerate's contiguous split of the round-robin order gives process r the batches r, r+n, ...
-    assert dg._round_robin(list(range(7)), 3) == [0, 3, 6, 1, 4, 2, 5]
+    assert round_robin(list(range(7)), 3) == [0, 3, 6, 1, 4, 2, 5]
 
 
 def test_bad_input_gets_error_records(pair, tmp_path):
@@ -136,14 +139,14 @@ def test_failed_generation_is_isolated_to_its_record(pair, tmp_path, monkeypatch
     """A batch that fails is retried row by row: only the row that really fails gets an error record."""
     target, draft, tok = pair
     rows = _prompts(6)
-    real = dg._run_batch
+    real = BatchRunner.run
 
-    def flaky(target_, draft_, tok_, batch, *args):
+    def flaky(runner, batch, seed):
         if any(item.id == "p2" for item in batch):
             raise RuntimeError("simulated device failure")
-        return real(target_, draft_, tok_, batch, *args)
+        return real(runner, batch, seed)
 
-    monkeypatch.setattr(dg, "_run_batch", flaky)
+    monkeypatch.setattr(BatchRunner, "run", flaky)
     inp = _write_jsonl(tmp_path / "in.jsonl", rows)
     generate_dataset(target, draft, tok, inp, tmp_path / "out.jsonl", max_new_tokens=MAX_NEW, batch_size=3,
                      progress=False)
@@ -153,7 +156,7 @@ def test_failed_generation_is_isolated_to_its_record(pair, tmp_path, monkeypatch
     assert all("completion" in r for i, r in enumerate(records) if i != 2)
 
     # a rerun keeps the error record unless asked to retry errors
-    monkeypatch.setattr(dg, "_run_batch", real)
+    monkeypatch.setattr(BatchRunner, "run", real)
     again = generate_dataset(target, draft, tok, inp, tmp_path / "out.jsonl", max_new_tokens=MAX_NEW, progress=False)
     assert again.generated == 0 and again.skipped == len(rows) and again.errors == 1
     retried = generate_dataset(target, draft, tok, inp, tmp_path / "out.jsonl", max_new_tokens=MAX_NEW,
@@ -170,7 +173,7 @@ def test_resume_after_crash_loses_no_finished_record(pair, tmp_path, monkeypatch
                      progress=False)
     reference = _strip_timing(_read(tmp_path / "ref.jsonl"), counters=False)
 
-    real, calls = dg._run_batch, []
+    real, calls = BatchRunner.run, []
 
     def crash_on_third(*args):
         calls.append(1)
@@ -178,7 +181,7 @@ def test_resume_after_crash_loses_no_finished_record(pair, tmp_path, monkeypatch
             raise KeyboardInterrupt  # the process dies mid-run
         return real(*args)
 
-    monkeypatch.setattr(dg, "_run_batch", crash_on_third)
+    monkeypatch.setattr(BatchRunner, "run", crash_on_third)
     out = tmp_path / "out.jsonl"
     with pytest.raises(KeyboardInterrupt):
         generate_dataset(target, draft, tok, inp, out, max_new_tokens=MAX_NEW, batch_size=2, progress=False)
@@ -188,7 +191,7 @@ def test_resume_after_crash_loses_no_finished_record(pair, tmp_path, monkeypatch
     with open(part, "a") as f:
         f.write('{"id": "p8", "index": 8, "compl')  # and a line cut by the crash
 
-    monkeypatch.setattr(dg, "_run_batch", real)
+    monkeypatch.setattr(BatchRunner, "run", real)
     summary = generate_dataset(target, draft, tok, inp, out, max_new_tokens=MAX_NEW, batch_size=2, progress=False)
     assert summary.skipped == 4 and summary.generated == 5
     assert _strip_timing(_read(out), counters=False) == reference
@@ -248,6 +251,108 @@ def test_sampling_is_seeded_per_batch(pair, tmp_path):
     assert texts["a"] == texts["b"] and texts["a"] != texts["c"]
 
 
+def test_lone_surrogate_and_non_utf8_lines_get_their_own_error_records(pair, tmp_path):
+    """A prompt holding a lone surrogate (valid JSON, not valid Unicode text) and a line that is not UTF-8 each
+    get an error record; every other line is generated as plain generate() would; a rerun resumes, no crash."""
+    target, draft, tok = pair
+    good = _prompts(3)
+    lines = [json.dumps(good[0]), '{"id": "lone", "prompt": "w01 \\ud800 w02"}', json.dumps(good[1]),
+             '{"id": "chat", "prompt": [{"role": "user", "content": "w03 \\udfff"}]}', json.dumps(good[2])]
+    inp = tmp_path / "in.jsonl"
+    inp.write_bytes(("\n".join(lines) + "\n").encode() + b'{"id": "latin-1", "prompt": "caf\xe9"}\n')
+    out = tmp_path / "out.jsonl"
+    kw = dict(max_new_tokens=MAX_NEW, batch_size=2, num_draft_tokens=3, progress=False)
+    summary = generate_dataset(target, draft, tok, str(inp), out, **kw)
+    records = _read(out)
+    assert [r["id"] for r in records] == ["p0", "lone", "p1", "chat", "p2", 5]  # line 6's id is unreadable
+    assert "lone surrogate U+D800" in records[1]["error"] and records[1]["prompt"] == "w01 \ud800 w02"
+    assert "lone surrogate U+DFFF" in records[3]["error"]
+    assert records[5]["error"].startswith("line 6: not UTF-8 text")
+    for row, rec in zip(good, records[0:5:2]):
+        assert rec["completion"] == _plain_greedy(target, tok, row["prompt"])
+    assert summary.errors == 3 and summary.generated == 6
+    again = generate_dataset(target, draft, tok, str(inp), out, **kw)
+    assert again.generated == 0 and again.skipped == 6
+    assert _strip_timing(_read(out)) == _strip_timing(records)
+
+
+def test_resume_refuses_an_output_of_another_input(pair, tmp_path):
+    """Records are matched to the input by index, id and prompt: a file written for other prompts (here without
+    ids, so ids are indices and match) is refused, naming the file, and left as it was."""
+    target, draft, tok = pair
+    first = [r["prompt"] for r in _prompts(4)]
+    other = [r["prompt"] for r in _prompts(8)[4:]]
+    out = tmp_path / "out.jsonl"
+    kw = dict(max_new_tokens=MAX_NEW, num_draft_tokens=3, progress=False)
+    generate_dataset(target, draft, tok, first, out, **kw)
+    written = out.read_bytes()
+    with pytest.raises(ForeignOutputError, match=re.escape(str(out)) + r" holds records of another input "
+                       r"\(record 0 has prompt"):
+        generate_dataset(target, draft, tok, other, out, **kw)
+    with pytest.raises(ForeignOutputError, match="a record with index 3, but the input has 3 records"):
+        generate_dataset(target, draft, tok, first[:3], out, **kw)
+    assert out.read_bytes() == written and not (tmp_path / "out.jsonl.parts").exists()
+
+    part = tmp_path / "out.jsonl.parts" / "part-00000.jsonl"  # a crashed run's part, of another input
+    part.parent.mkdir()
+    part.write_text(json.dumps({"id": 4, "index": 4, "prompt": "w09", "completion": "w01"}) + "\n")
+    with pytest.raises(ForeignOutputError, match=re.escape(str(part))):
+        generate_dataset(target, draft, tok, [*first, "w10 w11"], out, **kw)
+    shutil.rmtree(part.parent)
+
+    notes = tmp_path / "notes.jsonl"  # not an output of this tool at all
+    notes.write_text('{"note": "keep me"}\n')
+    with pytest.raises(ForeignOutputError, match="is not an output of speculoos-generate"):
+        generate_dataset(target, draft, tok, first, notes, **kw)
+    assert notes.read_text() == '{"note": "keep me"}\n'
+
+    again = generate_dataset(target, draft, tok, first, out, **kw)  # its own input still resumes
+    assert again.skipped == 4 and again.generated == 0 and out.read_bytes() == written
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(num_draft_tokens=0), "num_draft_tokens must be an integer >= 1 or 'auto', got 0"),
+    (dict(draft_confidence_threshold=1.5), "draft_confidence_threshold must be a probability in [0, 1), got 1.5"),
+    (dict(do_sample=True, temperature=0), "temperature must be > 0"),
+    (dict(top_p=0.0), "top_p must be in (0, 1]"),
+    (dict(max_new_tokens=0), "max_new_tokens must be an integer >= 1"),
+    (dict(batch_size=2.5), "batch_size must be an integer >= 1"),
+    (dict(prompt_lookup_num_tokens=-1), "prompt_lookup_num_tokens must be an integer >= 1"),
+    (dict(stop_strings=[""]), "stop_strings must be non-empty strings"),
+])
+def test_invalid_options_are_refused_before_anything_is_read(pair, tmp_path, options, message):
+    target, draft, tok = pair
+    with pytest.raises(ValueError, match=re.escape(message)):
+        DatasetJob(**options)
+    with pytest.raises(ValueError, match=re.escape(message)):  # the input does not exist: it is never read
+        generate_dataset(target, draft, tok, str(tmp_path / "missing.jsonl"), tmp_path / "out.jsonl", **options)
+    assert not list(tmp_path.iterdir())
+
+
+def test_unknown_option_and_job_object(pair, tmp_path):
+    target, draft, tok = pair
+    with pytest.raises(TypeError, match="unknown options \\['max_new_token'\\]"):
+        generate_dataset(target, draft, tok, ["w01"], tmp_path / "a.jsonl", max_new_token=3)
+    job = DatasetJob(max_new_tokens=MAX_NEW, num_draft_tokens=3, progress=False)
+    generate_dataset(target, draft, tok, ["w01 w02"], tmp_path / "a.jsonl", job)
+    generate_dataset(target, draft, tok, ["w01 w02"], tmp_path / "b.jsonl", max_new_tokens=MAX_NEW,
+                     num_draft_tokens=3, progress=False)
+    assert _strip_timing(_read(tmp_path / "a.jsonl")) == _strip_timing(_read(tmp_path / "b.jsonl"))
+    with pytest.raises(TypeError, match="either job= or options"):
+        generate_dataset(target, draft, tok, ["w01"], tmp_path / "c.jsonl", job, seed=1)
+
+
+def test_prompt_lookup_alone_equals_plain_generate(pair, tmp_path):
+    """prompt_lookup_num_tokens with no draft model: speculoos' prompt lookup, the target's own greedy text."""
+    target, _, tok = pair
+    rows = [{"id": "rep", "prompt": "w01 w02 w03 w01 w02 w03 w01 w02"}, *_prompts(4)]
+    generate_dataset(target, None, tok, rows, tmp_path / "out.jsonl", max_new_tokens=MAX_NEW, batch_size=2,
+                     prompt_lookup_num_tokens=3, progress=False)
+    records = _read(tmp_path / "out.jsonl")
+    assert [r["completion"] for r in records] == [_plain_greedy(target, tok, row["prompt"]) for row in rows]
+    assert records[0]["draft_tokens_proposed"] > 0  # the repeated prompt: lookup really drafts
+
+
 # ---------------------------------------------------------------------------------- command line, processes
 
 
@@ -289,6 +394,77 @@ def test_cli_offloaded_target(saved_pair, tmp_path, capsys):
     assert "disk" in capsys.readouterr().err  # the placement line: part of the target is on disk
     assert (tmp_path / "off.jsonl.offload").is_dir()
     assert _strip_timing(_read(tmp_path / "off.jsonl")) == _strip_timing(_read(tmp_path / "mem.jsonl"))
+
+
+def test_cli_dtype_defaults_to_the_checkpoints_own(pair, saved_pair, tmp_path):
+    """Without --dtype a float32 checkpoint stays float32 (from_pretrained's "auto"): the completions are the model's
+    own generate()'s. Cast to bfloat16 (the old default) some completions change, so this test catches that."""
+    from speculoos_hf.cli_generate import main
+
+    target, _, tok = pair
+    rows = _prompts(8)
+    inp = _write_jsonl(tmp_path / "in.jsonl", rows)
+    common = ["--target", str(saved_pair / "target"), "--draft", str(saved_pair / "draft"), "--input", inp,
+              "--max-new-tokens", str(MAX_NEW), "--num-draft-tokens", "3", "--no-progress"]
+    own = [_plain_greedy(target, tok, row["prompt"]) for row in rows]
+    assert main([*common, "--output", str(tmp_path / "auto.jsonl")]) == 0
+    assert [r["completion"] for r in _read(tmp_path / "auto.jsonl")] == own
+    assert main([*common, "--output", str(tmp_path / "bf16.jsonl"), "--dtype", "bfloat16"]) == 0
+    assert [r["completion"] for r in _read(tmp_path / "bf16.jsonl")] != own
+
+
+def test_cli_suffix_cache_is_one_cache_for_the_run_kept_in_a_file(pair, saved_pair, tmp_path):
+    """--prompt-lookup N --suffix-cache PATH: one SuffixCache takes every row of every batch and is saved at the end;
+    the next run loads it and drafts the same prompts' answers from it. The completions stay the target's own."""
+    suffix_cache = pytest.importorskip("speculoos_hf.suffix_cache")
+    from speculoos_hf.cli_generate import main
+
+    target, _, tok = pair
+    rows = _prompts(4)
+    inp = _write_jsonl(tmp_path / "in.jsonl", rows)
+    cache_file = tmp_path / "cache.npz"
+    common = ["--target", str(saved_pair / "target"), "--input", inp, "--max-new-tokens", str(MAX_NEW),
+              "--batch-size", "2", "--prompt-lookup", "4", "--suffix-cache", str(cache_file), "--no-progress"]
+    own = [_plain_greedy(target, tok, row["prompt"]) for row in rows]
+    assert main([*common, "--output", str(tmp_path / "a.jsonl")]) == 0
+    first = _read(tmp_path / "a.jsonl")
+    assert [r["completion"] for r in first] == own
+    assert len(suffix_cache.SuffixCache.load(cache_file)) == len(rows)
+    assert main([*common, "--output", str(tmp_path / "b.jsonl")]) == 0
+    second = _read(tmp_path / "b.jsonl")
+    assert [r["completion"] for r in second] == own
+    assert sum(r["draft_tokens_accepted"] for r in second) > sum(r["draft_tokens_accepted"] for r in first)
+    assert len(suffix_cache.SuffixCache.load(cache_file)) == 2 * len(rows)
+
+
+@pytest.mark.parametrize("option, message", [
+    (["--num-draft-tokens", "0"], "num_draft_tokens must be an integer >= 1 or 'auto', got 0"),
+    (["--draft-confidence-threshold", "1.5"], "draft_confidence_threshold must be a probability in [0, 1)"),
+    (["--do-sample", "--temperature", "0"], "temperature must be > 0"),
+    (["--batch-size", "0"], "batch_size must be an integer >= 1"),
+])
+def test_cli_refuses_invalid_options_before_loading(tmp_path, capsys, option, message):
+    """The target does not exist: loading it would fail, so the option must be refused first (exit status 2)."""
+    from speculoos_hf.cli_generate import main
+
+    inp = _write_jsonl(tmp_path / "in.jsonl", _prompts(2))
+    with pytest.raises(SystemExit) as exited:
+        main(["--target", str(tmp_path / "no-model"), "--input", inp, "--output", str(tmp_path / "out.jsonl"), *option])
+    assert exited.value.code == 2
+    assert message in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
+
+
+def test_cli_refuses_an_output_of_another_input_before_loading(tmp_path, capsys):
+    from speculoos_hf.cli_generate import main
+
+    out = tmp_path / "out.jsonl"
+    out.write_text(json.dumps({"id": 0, "index": 0, "prompt": "w09", "completion": "w01"}) + "\n")
+    inp = _write_jsonl(tmp_path / "in.jsonl", [{"prompt": "w01 w02"}])  # no id: the index stands for it
+    assert main(["--target", str(tmp_path / "no-model"), "--input", inp, "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"{out} holds records of another input (record 0 has prompt 'w09' where the input has 'w01 w02')" in err
+    assert out.read_text() == json.dumps({"id": 0, "index": 0, "prompt": "w09", "completion": "w01"}) + "\n"
 
 
 def _free_port() -> int:

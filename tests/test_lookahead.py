@@ -5,8 +5,11 @@ from __future__ import annotations
 import random
 
 import pytest
+import torch
 
-from speculoos_hf.lookahead import CostModelLookahead
+from speculoos_hf.drafters.base import Proposal, RoundOutcome
+from speculoos_hf.lookahead import CostModelLookahead, Measure, Off, On, ProbeDue
+from speculoos_hf.pacer import CostModelPacer
 
 
 def flat_then_linear(a=0.12, n0=8, slope=0.015):
@@ -186,3 +189,144 @@ def test_a_refused_start_is_reconsidered_after_the_stretch():
             p.observe_round([0], [0])
     n = p.off_rounds - 1  # the refused round was the stretch's first
     assert ks[:n] == [0] * n and ks[n] > 0
+
+
+def test_decision_states_plain_step_on_off_probe_and_a_doubled_stretch():
+    """The decisions' states, step by step: a plain first step, speculation on, a stretch off when the draft stops
+    paying, a probe at its end, and a doubled stretch when the probe changes nothing."""
+    p = CostModelLookahead(max_k=4, off_rounds=3, probe_k=1, probe_budget=1.0)
+    assert p.phase == Measure() and p.choose_k(limit=4) == 0 and p.phase == On()
+    p.observe_target(0.1, 1)
+    p.observe_round([0], [0])
+    assert p.choose_k(limit=4) > 0 and p.phase == On() and p.speculating  # the priors say drafting pays
+    for _ in range(60):  # the draft is never right
+        p.observe_draft(0.03, 1)
+        p.observe_target(0.1, 5)
+        p.observe_round([4], [0])
+    assert p.choose_k(limit=4) == 0 and p.phase == Off(2) and not p.speculating
+    assert [p.choose_k(limit=4) for _ in range(2)] == [0, 0] and p.phase == ProbeDue()
+    assert p.choose_k(limit=4) == 1 and p.phase == On(after_probe=True)  # the probe round
+    p.observe_round([1], [0])
+    assert p.choose_k(limit=4) == 0 and p.phase == Off(5)  # no better: the next stretch is twice as long
+    assert p.choose_k(limit=0) == 0 and p.phase == Off(5)  # a round with nothing to draft leaves the stretch alone
+
+
+
+# ----------------------------------------------------------------------------------- a cost model that starts right
+
+
+class GivenSpans:
+    """A stopwatch whose spans are given in order (seconds): the pacer's timings, synthetic."""
+
+    def __init__(self):
+        self.spans: list[float] = []
+
+    def start(self):
+        return None
+
+    def stop(self, mark):
+        return self.spans.pop(0)
+
+    def seconds(self, span):
+        return span
+
+
+def outcome(accepted: list[int]) -> RoundOutcome:
+    B = len(accepted)
+    return RoundOutcome(accepted, [a + 1 for a in accepted], [a + 1 for a in accepted], [False] * B,
+                        torch.zeros(B, max(accepted) + 1, dtype=torch.long), [0] * B)
+
+
+def paced_round(pacer, watch, rows, draft_s, target_s, accepted, catch_up=0, catch_up_s=None, remaining=200):
+    """One round through the pacer as the loop runs it; returns the (k, limits) it chose."""
+    k, limits = pacer.choose_k(rows, remaining=remaining)
+    watch.spans += [draft_s(k) if k else 0.0, target_s(k)]
+    with pacer.drafting():
+        pass
+    with pacer.scoring():
+        pass
+    proposal = Proposal(torch.zeros(len(rows), k, dtype=torch.long), catch_up=catch_up if k else 0,
+                        catch_up_seconds=(lambda: catch_up_s) if k and catch_up_s is not None else None)
+    pacer.after_round(proposal, outcome([min(a, k) for a in accepted]))
+    return k, limits
+
+
+def test_first_measured_step_replaces_the_prior_and_the_next_k_is_fully_informed():
+    """The first drafting round reads the prompt (a catch-up timed apart) and drafts at least 2 tokens, so one
+    round gives the draft's step X: the model's step is X (not averaged with the 0.3-of-a-pass prior) and the
+    next round's k is the k a model told X from the start would choose."""
+    T, X, C, prompt = flat_then_linear(), 0.004, 0.3, 50
+    model, watch = CostModelLookahead(prior_catch_up_ratio=0.3), GivenSpans()
+    pacer = CostModelPacer(model, watch)
+    watch.spans.append(0.004 * prompt)
+    with pacer.prefilling(rows=1, prompt_length=prompt):
+        pass
+    assert paced_round(pacer, watch, [0], None, lambda k: T(k + 1), [0])[0] == 0  # the plain step
+    k1, _ = paced_round(pacer, watch, [0], lambda k: C + (k - 1) * X, lambda k: T(k + 1), [12], catch_up=prompt,
+                        catch_up_s=C)
+    assert k1 >= 2  # a step is timed at once
+    assert model.draft_time(1) == pytest.approx(X, rel=1e-9)
+    assert model.summary()["catch_up_s_per_token"] == pytest.approx(C / prompt)
+    informed = CostModelLookahead(prior_catch_up_ratio=0.3)
+    informed.observe_prefill(0.004 * prompt, prompt, unfed=prompt)
+    for tokens, proposed in [(1, 0), (k1 + 1, k1)]:
+        informed.observe_target(T(tokens), tokens)
+        informed.observe_round([proposed], [proposed])
+    informed.observe_draft(X)
+    k2 = model.choose_k(batch=1, limit=12, remaining=200, rows=[0])
+    assert k2 == informed.best_k(1, 12)
+    informed.observe_draft(0.3 * T(1))  # what averaging with the prior would have given instead
+    assert informed.best_k(1, 12) < k2
+
+
+def test_catch_up_not_timed_apart_is_what_the_steps_leave():
+    """A drafter that does not report its catch-up forward: the catch-up is the span less the steps at their
+    estimate, and no step is taken from that round."""
+    model, watch = CostModelLookahead(), GivenSpans()
+    pacer = CostModelPacer(model, watch)
+    paced_round(pacer, watch, [0], None, lambda k: 0.1, [0])
+    k, _ = paced_round(pacer, watch, [0], lambda k: 0.5, lambda k: 0.1, [3], catch_up=40)
+    assert k >= 2 and model.summary()["draft_step_s"] is None
+    assert model.summary()["catch_up_s_per_token"] == pytest.approx((0.5 - (k - 1) * 0.3 * 0.1) / 40)
+
+
+# ----------------------------------------------------------------------------------- batches that pay
+
+
+def test_target_pass_time_is_kept_per_batch_size():
+    """Each batch size's passes are fitted on their own; a batch size never timed uses the fit over all."""
+    p = CostModelLookahead()
+    one = flat_then_linear(a=0.1, n0=4, slope=0.02)
+    for _ in range(3):
+        for n in (1, 2, 4, 8, 12, 16):
+            p.observe_target(one(n), n, 1)
+        for n in (1, 2, 3, 4):
+            p.observe_target(0.11, n, 4)  # four rows of n tokens: as flat as one pass
+    assert p.target_time(16, 4) == pytest.approx(0.11, rel=0.02)
+    assert p.target_time(16, 1) == pytest.approx(one(16), rel=0.05)
+    assert p.target_time(12, 3) == p.target_time(12)  # no pass over 3 rows yet: the fit over all batch sizes
+
+
+def test_rows_whose_drafts_do_not_pay_stop_drafting_alone_and_come_back():
+    rows = [10, 11, 12, 13]
+    p = CostModelLookahead(max_k=4, measure_plain_step=False)
+    for n in range(1, 6):
+        p.observe_target(0.1, n, 4)
+    p.observe_draft(0.02, 4)
+    for _ in range(30):
+        p.observe_round([4] * 4, [4, 4, 0, 0], rows=rows)  # two rows' drafts always right, two never
+    k = p.choose_k(batch=4, limit=4, rows=rows)
+    assert k == 4 and p.row_limits(k, rows) == [4, 4, 0, 0]
+    assert p.rate(k, 4, p._row_curves(rows)) > p.rate(k, 4)  # per row, the batch expects more than pooled
+    for _ in range(40):  # rows 12 and 13 draft nothing: their own record fades back to the batch's
+        p.observe_round([4, 4, 0, 0], [4, 4, 0, 0], rows=rows)
+    assert p.row_limits(4, rows) is None
+    assert p.row_limits(4, [10]) is None  # one row is the batch
+
+
+def test_a_batch_of_four_speculates_where_its_passes_are_flat():
+    """Batch 4 on a target whose 4-row passes cost about one up to 4 tokens per row, a good draft: it drafts."""
+    ks, rate = simulate(CostModelLookahead(), 100, flat_then_linear(n0=16, slope=0.01), draft_time=0.02,
+                        alpha=lambda j, r: 0.85, batch=4)
+    assert min(ks[5:]) >= 2
+    assert rate > 2.0 * 4 / 0.12

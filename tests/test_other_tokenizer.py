@@ -16,6 +16,8 @@ batched with unequal prompts, with stops; a draft that is the target itself in p
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -23,9 +25,10 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 import speculoos_hf.decoding as decoding
 from speculoos_hf import enable_speculative
 from speculoos_hf.decoding import speculative_decode
+from speculoos_hf.options import DecodeRequest, SpeculativeOptions
 from speculoos_hf.drafters.model import ModelDrafter
 from speculoos_hf.drafters.other_tokenizer import OtherTokenizerDrafter, decode_tail, token_bytes
-from speculoos_hf.vocab import model_drafter
+from speculoos_hf.drafters.select import model_drafter
 from gtest import ALPHA, N, PAD, T, _always_accept, _generate, _processors, exact_distribution, g_test
 
 EOS = 3  # target tokens a, b, c, <eos> (V = 4 of gtest); the target's <pad> is gtest's PAD, never produced
@@ -108,16 +111,16 @@ def draft():
 
 def _reports_uniform_q(monkeypatch):
     """A broken drafter: samples from the right q but reports uniform over the intersection."""
-    original = OtherTokenizerDrafter._propose_sampled
+    original = OtherTokenizerDrafter.propose
 
-    def wrong(self, state, k, logits):
-        proposal = original(self, state, k, logits)
+    def wrong(self, state, k):
+        proposal = original(self, state, k)
+        inter_t = self.vocab.inter_t
         uniform = torch.zeros_like(proposal.probs)
-        uniform[..., self._inter_t] = 1.0 / len(self._inter_t)
-        proposal.probs = uniform
-        return proposal
+        uniform[..., inter_t] = 1.0 / len(inter_t)
+        return replace(proposal, probs=uniform)
 
-    monkeypatch.setattr(OtherTokenizerDrafter, "_propose_sampled", wrong)
+    monkeypatch.setattr(OtherTokenizerDrafter, "propose", wrong)
 
 
 CASES = {
@@ -317,16 +320,17 @@ def test_draft_cache_stays_in_step_without_recomputing(do_sample):
     ids, mask = _left_pad(prompts, pad)
     drafter = _CheckedDrafter(draft, tok_t, tok_d, len(tok_t), window=4)
     torch.manual_seed(0)
-    out, stats = speculative_decode(target, drafter, ids, num_draft_tokens=4, do_sample=do_sample, max_length=ids.shape[1] + 60,
-                                    attention_mask=mask, pad_token_id=pad, vocab_size=len(tok_t))
+    request = DecodeRequest(ids, ids.shape[1] + 60, mask, do_sample=do_sample, pad_token_id=pad,
+                            vocab_size=len(tok_t))
+    out, stats = speculative_decode(target, drafter, request, SpeculativeOptions(num_draft_tokens=4))
     assert _CheckedDrafter.checks > 10
     # every draft token is computed about once: what is fed is the text's tokens plus a few per round (re-tokenised
     # boundaries and rejected drafts), never the prefix again
     real_prompt = int(mask.sum())
     new = sum(r.new_tokens for r in stats.per_row)
     rounds = sum(r.target_forward_passes for r in stats.per_row)
-    assert drafter.kv.input_slots < ids.numel() + 2 * new + (4 + 2 * 4) * rounds
-    assert drafter.kv.input_slots < 0.9 * (real_prompt * rounds)  # far below re-feeding every prompt each round
+    assert drafter.input_tokens < ids.numel() + 2 * new + (4 + 2 * 4) * rounds
+    assert drafter.input_tokens < 0.9 * (real_prompt * rounds)  # far below re-feeding every prompt each round
 
 
 # ------------------------------------------------------------------------------------------------ choosing the path

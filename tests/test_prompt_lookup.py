@@ -11,7 +11,7 @@ import speculoos_hf.decoding as decoding
 from conftest import gtest_model, left_pad_batch, tiny_model
 from gtest import ALPHA, N, PROMPT, _always_accept, _generate, _processors, exact_distribution, g_test
 from speculoos_hf import enable_speculative
-from speculoos_hf.drafters.prompt_lookup import PromptLookupDrafter, find_continuation
+from speculoos_hf.drafters.prompt_lookup import PromptLookupDrafter
 
 PAIR = dict(logit_scale=2.0)  # the `pair` fixture: a Llama with less peaked logits, and its perturbed copy
 

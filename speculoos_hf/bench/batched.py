@@ -31,14 +31,20 @@ def eos_ids_of(tokenizer, target) -> set[int]:
 
 
 @torch.inference_mode()
-def run_batches(args, target, draft, tokenizer, prompts, gen_kwargs, draft_config) -> list[dict]:
-    """One row per (B, mode, speculoos method): its tokens/s against the target's batched generate()."""
+def run_batches(args, target, draft, tokenizer, prompts, gen_kwargs, draft_config, best=None) -> list[dict]:
+    """One row per (B, mode, speculoos method): its tokens/s against the target's batched generate(). Batch B takes
+    the first B prompts (cycled if fewer); `best`: {mode: the fastest hand-set method at batch 1} (--batch-k best)."""
     from tqdm.auto import tqdm
 
     eos_ids = eos_ids_of(tokenizer, target)
     tokenizer.padding_side = "left"
     texts = [encode_text(tokenizer, p.text, not args.raw) for p in prompts]
-    jobs = [(B, mode, [target_alone(mode)] + batch_methods(args, mode)) for B in args.batch_sizes for mode in args.modes]
+    if args.batch_max_new_tokens:
+        gen_kwargs = dict(gen_kwargs, max_new_tokens=args.batch_max_new_tokens,
+                          min_new_tokens=args.batch_max_new_tokens if args.fixed_length else None)
+    best = best or {}
+    jobs = [(B, mode, [target_alone(mode)] + batch_methods(args, mode, best.get(mode)))
+            for B in args.batch_sizes for mode in args.modes]
     bar = tqdm(total=sum(len(ms) for *_, ms in jobs) * args.batch_repeats, desc="batched", disable=args.quiet)
     rows = []
     for B, mode, methods in jobs:

@@ -1,5 +1,5 @@
-"""What the machine and the models cost: memory bandwidth, weight bytes per step, one forward's time, and the
-speedup Leviathan et al. predict from them."""
+"""What the machine and the models cost: the machine's name (CPU flags, cores, torch), memory bandwidth, weight
+bytes per step, one forward's time, and the speedup Leviathan et al. predict from them."""
 
 from __future__ import annotations
 
@@ -23,13 +23,69 @@ def memory_bandwidth(size_mb: int = 512, repeats: int = 5) -> float:
     return x.numel() * 4 / best
 
 
-def machine_info(bandwidth: float) -> dict:
+# CPU features that decide whether a pass over several bf16 tokens costs about one pass (/proc/cpuinfo names)
+CPU_FEATURES = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16", "amx_int8")
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo, else `platform.processor()`)."""
+    for line in _cpuinfo_lines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def cpu_flags() -> list[str]:
+    """Which of `CPU_FEATURES` this CPU has (empty where /proc/cpuinfo is not readable)."""
+    for line in _cpuinfo_lines():
+        if line.startswith(("flags", "Features")):
+            have = set(line.split(":", 1)[1].split())
+            return [f for f in CPU_FEATURES if f in have]
+    return []
+
+
+def _cpuinfo_lines() -> list[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return f.read().splitlines()
+    except OSError:
+        return []
+
+
+def machine_name(dtype: str | None = None, draft_dtype: str | None = None) -> str:
+    """One line that names the machine by what it is: CPU model, cores, the bf16-relevant flags, torch and its
+    CPU kernels, threads, GPU if any, and the dtypes measured."""
+    flags = set(cpu_flags())
+    fast_bf16 = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
+    if fast_bf16:
+        isa = ", ".join(f.upper() for f in fast_bf16)
+    elif flags:
+        isa = ("AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2") + \
+            " only (no AVX-512 BF16, no AMX)"
+    else:
+        isa = "CPU flags unknown"
+    parts = [f"{platform.machine()} {cpu_model()}", f"{os.cpu_count()} cores", isa,
+             f"torch {torch.__version__} (CPU kernels {torch.backends.cpu.get_cpu_capability()}, "
+             f"{torch.get_num_threads()} threads)"]
+    if torch.cuda.is_available():
+        parts.append(f"GPU {torch.cuda.get_device_name()}")
+    if dtype:
+        parts.append(f"target {dtype}" + (f", draft {draft_dtype}" if draft_dtype and draft_dtype != dtype else ""))
+    return ", ".join(parts)
+
+
+def machine_info(bandwidth: float, dtype: str | None = None, draft_dtype: str | None = None) -> dict:
     return {
+        "name": machine_name(dtype, draft_dtype),
+        "cpu_model": cpu_model(),
+        "cpu_flags": cpu_flags(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "platform": platform.platform(),
         "processor": platform.processor(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
+        "cuda_device": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "memory_bandwidth_GBps": bandwidth / 1e9,
     }
 
@@ -51,18 +107,12 @@ def weight_bytes(model) -> int:
 
 @torch.inference_mode()
 def forward_cost(model, input_ids: torch.Tensor, new_tokens: int = 1, repeats: int = 5) -> float:
-    """Median seconds of one forward of `new_tokens` tokens over a cache holding `input_ids`."""
-    from transformers import DynamicCache
+    """Median seconds of one forward of `new_tokens` tokens over a cache holding `input_ids` (read once; each
+    timed forward is cropped off again)."""
+    from .pass_profile import CachedPrompt
 
-    times = []
-    for _ in range(repeats):
-        cache = DynamicCache(config=model.config)
-        ids = input_ids.to(model.device)
-        model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1)
-        step = ids[:, -new_tokens:]
-        t = time.perf_counter()
-        model(input_ids=step, cache=cache, use_cache=True, logits_to_keep=new_tokens)
-        times.append(time.perf_counter() - t)
+    cached, _ = CachedPrompt.prefilled(model, input_ids)
+    times = [cached.pass_seconds(new_tokens) for _ in range(repeats)]
     return sorted(times)[len(times) // 2]
 
 

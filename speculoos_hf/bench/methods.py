@@ -29,6 +29,7 @@ class Method:
     draft: bool = False  # the draft model takes part (speculoos: draft_model=, transformers: assistant_model=)
     assistant_config: dict = field(default_factory=dict)  # transformers' assisted generation: draft config fields
     draft_quantization: str | None = None  # assisted: the assistant is speculoos' prepared copy (e.g. "int8")
+    suffix_cache: bool = False  # speculoos: generate(suffix_cache=...) with the cache of the prompt's group
 
     @property
     def do_sample(self) -> bool:
@@ -42,8 +43,8 @@ class Method:
     def drafter(self) -> str | None:
         """What proposes the tokens: "model", "lookup", "hybrid" (both), or None (the target alone)."""
         if self.draft:
-            return "hybrid" if self.lookup else "model"
-        return "lookup" if self.lookup else None
+            return "hybrid" if self.lookup or self.suffix_cache else "model"
+        return "lookup" if self.lookup or self.suffix_cache else None
 
     @property
     def K(self):
@@ -96,11 +97,32 @@ def prompt_lookup(mode: str, n: int, ngram: int | None = None) -> Method:
     return Method(f"speculoos {mode} {lookup_label(n, ngram)}", "speculoos", mode, lookup_kwargs(n, ngram))
 
 
+def plain(mode: str) -> Method:
+    """The plain call: `generate(ids, draft_model=draft)` with nothing else (the engine's defaults)."""
+    return Method(f"speculoos {mode} plain", "speculoos", mode, {}, draft=True)
+
+
+def cached_lookup(mode: str, n: int | None, ngram: int | None = None) -> Method:
+    """speculoos prompt lookup drafting also from a `SuffixCache` of the earlier requests of the prompt's group
+    (`n` None: `suffix_cache=` alone, the engine's default N)."""
+    if n is None:
+        return Method(f"speculoos {mode} suffix cache", "speculoos", mode, {}, suffix_cache=True)
+    return replace(prompt_lookup(mode, n, ngram), name=f"speculoos {mode} {lookup_label(n, ngram)} + cache",
+                   suffix_cache=True)
+
+
 def custom(mode: str, name: str, spec: str) -> Method:
-    """`--method NAME JSON`: speculoos with these generate() kwargs; `"draft_model": null` leaves the draft out."""
+    """`--method NAME JSON`: speculoos with these generate() kwargs; `"draft_model": null` leaves the draft out,
+    `"suffix_cache": true` passes the cache of the prompt's group."""
     kwargs = json.loads(spec)
     draft = kwargs.pop("draft_model", True) is not None
-    return Method(f"speculoos {mode} {name}", "speculoos", mode, kwargs, draft=draft)
+    cache = bool(kwargs.pop("suffix_cache", False))
+    return Method(f"speculoos {mode} {name}", "speculoos", mode, kwargs, draft=draft, suffix_cache=cache)
+
+
+def is_hand_set(method: Method) -> bool:
+    """A speculoos configuration set by hand: any speculoos method but the plain call itself."""
+    return method.kind == "speculoos" and bool(method.kwargs or method.suffix_cache or not method.draft)
 
 
 def with_extra(method: Method, label: str, kwargs: dict) -> Method:
@@ -142,7 +164,8 @@ def build_methods(args) -> list[Method]:
     """Every method the command line asks for, mode by mode, the target alone first in each mode."""
     methods = []
     for mode in args.modes:
-        mine = [speculoos(mode, k) for k in args.k]
+        mine = [plain(mode)] if args.plain else []
+        mine += [speculoos(mode, k) for k in args.k]
         mine += [speculoos(mode, args.adaptive_k, thr) for thr in args.adaptive]
         mine += [custom(mode, name, spec) for name, spec in args.method or []]
         for v in VARIANTS:
@@ -157,18 +180,26 @@ def build_methods(args) -> list[Method]:
             mine.append(prompt_lookup(mode, args.prompt_lookup, args.max_matching_ngram))
             if not args.no_transformers_lookup:
                 theirs.append(transformers_lookup(mode, args.prompt_lookup, args.max_matching_ngram))
+        if args.suffix_cache:
+            mine.append(cached_lookup(mode, args.prompt_lookup, args.max_matching_ngram))
         methods += [target_alone(mode)] + theirs + mine
     return methods
 
 
-def batch_methods(args, mode: str) -> list[Method]:
-    """The batched runs' speculoos methods (transformers' speculative paths refuse batch size > 1)."""
-    mine = [speculoos(mode, args.batch_k)]
+def batch_methods(args, mode: str, best: Method | None = None) -> list[Method]:
+    """The batched runs' speculoos methods (transformers' speculative paths refuse batch size > 1): the plain call
+    (with --plain), the method at --batch-k (`best`: the fastest hand-set method of this mode at batch 1)."""
+    if args.batch_k == "best" and best is None:
+        raise ValueError("--batch-k best needs a hand-set speculoos method at batch size 1 (--k or --method)")
+    main = best if args.batch_k == "best" else speculoos(mode, args.batch_k)
+    mine = ([plain(mode)] if args.plain else []) + [main]
     if args.prompt_lookup:
         mine.append(prompt_lookup(mode, args.prompt_lookup, args.max_matching_ngram))
     for v in VARIANTS:
-        if getattr(args, v.flag.lstrip("-").replace("-", "_")) and mode in v.modes:
-            mine.append(with_extra(mine[0], v.label(args), v.kwargs(args)))
+        extra = v.kwargs(args)
+        if getattr(args, v.flag.lstrip("-").replace("-", "_")) and mode in v.modes and \
+                any(main.kwargs.get(key) != value for key, value in extra.items()):  # not a twin already
+            mine.append(with_extra(main, v.label(args), extra))
     return mine
 
 
@@ -181,9 +212,14 @@ def stock_generate(model):
     return model.generate
 
 
-def generate(method: Method, target, draft, input_ids, draft_config, **gen_kwargs):
-    """Run `method` once; returns (sequences, the speculative stats or None)."""
+def generate(method: Method, target, draft, input_ids, draft_config, suffix_cache=None, **gen_kwargs):
+    """Run `method` once; returns (sequences, the speculative stats or None). `suffix_cache`: the cache a
+    `suffix_cache` method drafts from and adds this request to."""
     kwargs = dict(gen_kwargs, do_sample=method.do_sample, **method.kwargs)
+    if method.suffix_cache:
+        if suffix_cache is None:
+            raise ValueError(f"{method.name}: a suffix-cache method needs the cache of its prompt's group")
+        kwargs["suffix_cache"] = suffix_cache
     if not method.do_sample:
         kwargs.update(temperature=None, top_k=None, top_p=None)
     if method.kind != "speculoos":

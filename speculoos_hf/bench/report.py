@@ -14,13 +14,13 @@ def summarise(methods, classes, tallies, c: float, target_bytes: int, draft_byte
     alone in the same decoding mode on the same prompts; the Leviathan bound applies to draft-model methods."""
     rows = []
     for cls in classes:
-        base = {m.mode: tallies[(m.name, cls)] for m in methods if m.kind == "target"}
-        greedy_ref = base.get("greedy")
+        base = {m.mode: _tps(tallies[(m.name, cls)]) for m in methods if m.kind == "target"}
+        theirs = {m.mode: _tps(tallies[(m.name, cls)])  # transformers' own prompt lookup
+                  for m in methods if m.kind == "assisted" and m.drafter == "lookup"}
+        greedy_ref = next((tallies[(m.name, cls)] for m in methods if m.kind == "target" and m.mode == "greedy"), None)
         for m in methods:
             t = tallies[(m.name, cls)]
-            tps = t.new_tokens / t.seconds if t.seconds else 0.0
-            ref = base[m.mode]
-            ref_tps = ref.new_tokens / ref.seconds if ref.seconds else 0.0
+            tps, ref_tps = _tps(t), base[m.mode]
             bytes_read = t.target_forwards * target_bytes + t.draft_forwards * draft_bytes
             row = {
                 "prompt_class": cls,
@@ -35,6 +35,9 @@ def summarise(methods, classes, tallies, c: float, target_bytes: int, draft_byte
                 "seconds": round(t.seconds, 3),
                 "tokens_per_s": tps,
                 "speedup": tps / ref_tps if ref_tps else None,
+                "speedup_vs_transformers_lookup": (tps / theirs[m.mode]) if theirs.get(m.mode) and m.kind != "target"
+                else None,
+                "suffix_cache": m.suffix_cache,
                 "target_forwards": t.target_forwards,
                 "draft_forwards": t.draft_forwards,
                 "tokens_per_target_forward": t.new_tokens / t.target_forwards if t.target_forwards else None,
@@ -47,6 +50,10 @@ def summarise(methods, classes, tallies, c: float, target_bytes: int, draft_byte
                 row["greedy_matches_target"] = sum(a == b for a, b in zip(t.outputs, greedy_ref.outputs))
             rows.append(row)
     return rows
+
+
+def _tps(t) -> float:
+    return t.new_tokens / t.seconds if t.seconds else 0.0
 
 
 def speculoos_figures(m, t, c: float, speedup: float | None) -> dict:
@@ -68,6 +75,7 @@ def speculoos_figures(m, t, c: float, speedup: float | None) -> dict:
 COLUMNS = [  # (header, key, format)
     ("tok/s", "tokens_per_s", ".2f"),
     ("speedup", "speedup", ".2f"),
+    ("vs tf-lookup", "speedup_vs_transformers_lookup", ".2f"),
     ("accept", "acceptance_rate", ".1%"),
     ("tokens/pass", "tokens_per_target_forward", ".2f"),
     ("bound", "theoretical_speedup", ".2f"),
@@ -80,33 +88,35 @@ def _cell(row: dict, key: str, spec: str) -> str:
     v = row.get(key)
     if not isinstance(v, (int, float)):
         return ""
-    return format(v, spec) + ("x" if key in ("speedup", "theoretical_speedup") else "")
+    return format(v, spec) + ("x" if key in ("speedup", "speedup_vs_transformers_lookup", "theoretical_speedup") else "")
 
 
 def format_table(rows: list[dict], markdown: bool = False) -> str:
-    """One table per prompt class; in markdown, the fastest method of each (class, mode) but the target is in bold."""
+    """One table per prompt class (columns with no figure left out); in markdown, the fastest method of each
+    (class, mode) but the target is in bold."""
     lines = []
     for cls in dict.fromkeys(r["prompt_class"] for r in rows):
         mine = [r for r in rows if r["prompt_class"] == cls]
+        columns = [col for col in COLUMNS if any(isinstance(r.get(col[1]), (int, float)) for r in mine)]
         fastest = {}  # the fastest method that is not the target alone, per mode
         for r in mine:
             if r["kind"] != "target" and r["tokens_per_s"] > fastest.get(r["mode"], {}).get("tokens_per_s", -1):
                 fastest[r["mode"]] = r
         width = max(len(r["method"]) for r in mine)
         if markdown:
-            lines += [f"\n**{cls} prompts**\n", "| method | " + " | ".join(h for h, _, _ in COLUMNS) + " |",
-                      "| --- |" + " ---: |" * len(COLUMNS)]
+            lines += [f"\n**{cls} prompts**\n", "| method | " + " | ".join(h for h, _, _ in columns) + " |",
+                      "| --- |" + " ---: |" * len(columns)]
         else:
-            head = f"{'[' + cls + ' prompts]':{width}s} " + " ".join(f"{h:>11s}" for h, _, _ in COLUMNS)
+            head = f"{'[' + cls + ' prompts]':{width}s} " + " ".join(f"{h:>12s}" for h, _, _ in columns)
             lines += ["", head, "-" * len(head)]
         for r in mine:
-            cells = [_cell(r, key, spec) for _, key, spec in COLUMNS]
+            cells = [_cell(r, key, spec) for _, key, spec in columns]
             if markdown:
                 bold = r is fastest.get(r["mode"])
                 name, cells = (f"**{r['method']}**", [f"**{x}**" if x else x for x in cells]) if bold else (r["method"], cells)
                 lines.append(f"| {name} | " + " | ".join(cells) + " |")
             else:
-                lines.append(f"{r['method']:{width}s} " + " ".join(f"{x:>11s}" for x in cells))
+                lines.append(f"{r['method']:{width}s} " + " ".join(f"{x:>12s}" for x in cells))
     return "\n".join(lines)
 
 

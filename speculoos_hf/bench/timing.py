@@ -51,11 +51,13 @@ class Tally:
         self.rows_rounds += sum(r.target_forward_passes for r in s.per_row)
 
 
-def timed(method: Method, target, draft, ids, mask, gen_kwargs, draft_config, tally: Tally | None = None):
+def timed(method: Method, target, draft, ids, mask, gen_kwargs, draft_config, tally: Tally | None = None,
+          suffix_cache=None):
     """One timed generation of `method` on one prompt, added to `tally` when given; returns the sequences."""
     with ForwardCounter(target) as t_count, ForwardCounter(draft) as d_count:
         start = time.perf_counter()
-        out, stats = generate(method, target, draft, ids, draft_config, attention_mask=mask, **gen_kwargs)
+        out, stats = generate(method, target, draft, ids, draft_config, suffix_cache=suffix_cache,
+                              attention_mask=mask, **gen_kwargs)
         seconds = time.perf_counter() - start
     if tally is not None:
         tally.seconds += seconds
@@ -68,23 +70,30 @@ def timed(method: Method, target, draft, ids, mask, gen_kwargs, draft_config, ta
     return out
 
 
+WARM_UP_PROMPT = 16  # tokens of the first prompt the warm-up calls read (a long prefill would only cost time)
+
+
 @torch.inference_mode()
 def alternate(methods, prompts, encoded, target, draft, gen_kwargs, draft_config, seed=0, quiet=False,
-              after_prompt=None) -> dict:
+              after_prompt=None, caches=None) -> dict:
     """Every method on every prompt, in forward order on even prompts and reverse order on odd ones, each call
     from the same seed for a given prompt. Returns {(method name, prompt class): Tally}; `after_prompt(tallies,
-    done)` is called after each prompt (a long run then leaves partial results if it is stopped)."""
+    done)` is called after each prompt (a long run then leaves partial results if it is stopped); `caches`: the
+    `CacheBook` of suffix-cache methods (each sees its own group's earlier requests, whatever the method order)."""
     from tqdm.auto import tqdm
 
+    ids0, mask0 = (x[:, -WARM_UP_PROMPT:] for x in encoded[0])
     for m in methods:  # warm-up: first calls pay one-off costs
-        timed(m, target, draft, *encoded[0], dict(gen_kwargs, max_new_tokens=4, min_new_tokens=None), draft_config)
+        timed(m, target, draft, ids0, mask0, dict(gen_kwargs, max_new_tokens=4, min_new_tokens=None), draft_config,
+              suffix_cache=caches.scratch(m) if caches else None)
     tallies = {(m.name, p.cls): Tally() for m in methods for p in prompts}
     bar = tqdm(total=len(prompts) * len(methods), desc="speculoos-bench", disable=quiet)
     for i, (prompt, (ids, mask)) in enumerate(zip(prompts, encoded)):
         for m in methods if i % 2 == 0 else methods[::-1]:
             bar.set_postfix_str(f"{prompt.cls}: {m.name}")
             torch.manual_seed(seed + i)
-            timed(m, target, draft, ids, mask, gen_kwargs, draft_config, tallies[(m.name, prompt.cls)])
+            timed(m, target, draft, ids, mask, gen_kwargs, draft_config, tallies[(m.name, prompt.cls)],
+                  suffix_cache=caches.cache_for(m, prompt) if caches else None)
             bar.update()
         if after_prompt is not None:
             after_prompt(tallies, i + 1)

@@ -5,6 +5,8 @@
 - `PromptLookupDrafter`: copies from the context (`prompt_lookup_num_tokens=`), no model.
 - `HybridDrafter`: prompt lookup where the context has a match, the draft model elsewhere.
 - `int8_draft`, `reduced_head_draft`: cheaper copies of a draft model (exactness never depends on the draft).
+
+Which of them a generate() call gets is decided in one place, `select.make_drafter`.
 """
 
 from .base import Drafter, Proposal, RoundOutcome

@@ -3,14 +3,17 @@
 A round: `propose(state, k)` returns up to k tokens per live row with the distribution each was drawn from (or
 `probs=None` when the proposal is deterministic, as a copy from the context is); the target verifies them; then
 `commit(state, outcome)` tells the drafter how much of its proposal was kept so it can roll back the rest, and
-`select_rows` drops rows that finished. Exactness never depends on the drafter: it needs only that a proposed
+`select_rows` drops rows that finished. `forward_passes` and `input_tokens` count the drafter's model work for the
+stats (0 for a drafter without a model). Exactness never depends on the drafter: it needs only that a proposed
 token was drawn from the `probs` it reports, and that whether and what it proposes depends only on the prefix.
+
+A user's drafter needs only the four methods: `with_counters` gives it the counters at 0.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from dataclasses import dataclass, field, replace
+from typing import Callable, Protocol, runtime_checkable
 
 import torch
 
@@ -28,6 +31,13 @@ class Proposal:
     forwards:     draft forwards the proposal took (0 for a copy), for the cost model of `num_draft_tokens=None`.
     catch_up:     committed tokens per row (at most) the draft read before drafting (the prompt, on its first
                   proposal), for the same cost model.
+    copied:       host bools [B]: True where the row's tokens were copied from the context instead of drafted by
+                  the model (a hybrid's choice, per row), or None when the proposal does not mix the two.
+    confidence:   [B, k] CPU float, a copy's estimated chance that its first j+1 tokens are right (the share of the
+                  matched suffix's occurrences that continued so), or None (prompt lookup sets it).
+    catch_up_seconds: None, or a callable giving the seconds of the proposal's first forward (the one that read
+                  the pending committed tokens), called by the cost model after the round's host sync, so the
+                  catch-up is timed apart from the draft's per-token steps.
     """
 
     tokens: torch.Tensor
@@ -35,6 +45,9 @@ class Proposal:
     num_proposed: list[int] | None = None
     forwards: int | None = None  # draft-model forwards it took (for the cost model; None: one per token)
     catch_up: int = 0
+    copied: list[bool] | None = None
+    confidence: torch.Tensor | None = None
+    catch_up_seconds: Callable[[], float] | None = field(default=None, repr=False)
 
     @property
     def k(self) -> int:
@@ -43,38 +56,56 @@ class Proposal:
     def counts(self) -> list[int]:
         return self.num_proposed if self.num_proposed is not None else [self.k] * self.tokens.shape[0]
 
+    def limited(self, per_row: list[int]) -> "Proposal":
+        """Row i keeps at most `per_row[i]` of its drafts (the first ones); columns no row keeps are dropped. The
+        forwards it took are kept as they were (they were spent)."""
+        counts = [min(n, cap) for n, cap in zip(self.counts(), per_row)]
+        k = max(counts, default=0)
+        return replace(
+            self,
+            forwards=self.k if self.forwards is None else self.forwards,
+            tokens=self.tokens[:, :k],  # [B, k]
+            probs=None if self.probs is None else self.probs[:, :k],  # [B, k, V]
+            num_proposed=None if all(n == k for n in counts) else counts,
+            confidence=None if self.confidence is None else self.confidence[:, :k],  # [B, k]
+        )
 
-@dataclass
+
+@dataclass(frozen=True)
 class RoundOutcome:
-    """What verification kept of a proposal, per live row (before finished rows leave).
+    """What one round did to each live row (row i of the batch before stopped rows leave). The words, used everywhere:
 
-    num_accepted: [B] device, accepted proposal tokens (0..num_proposed[i]).
-    accepted:     host ints, the same on the host.
-    kept:         host ints, new tokens committed this round (accepted + 1, or fewer where a stop cut the row).
-    old_lengths:  host ints, committed lengths before the round (the new tokens start there in `state.seq`).
-    done:         host bools, the row stopped this round.
-    new_tokens:   [B, k+1] CPU, the round's candidate new tokens (row i committed `new_tokens[i, :kept[i]]`).
+    accepted:    host ints, the drafts verification accepted (a prefix of the row's proposal).
+    committed:   host ints, the tokens appended to the row this round: its accepted drafts and the target's token,
+                 cut by its stop or the length budget; in lockstep the same number for every row (pad ids after a
+                 row's stop, or a stopped row's own next tokens when no EOS id is set: it runs along, as in stock).
+    own:         host ints, how many of the committed tokens are the row's output (up to and including its stop;
+                 0 for a row that had stopped before the round).
+    stopped:     host bools, the row reached its stop this round (EOS, budget, a stop string or a criterion).
+    tokens:      [B, k+1] CPU, row i committed `tokens[i, :committed[i]]` (pad ids already in place).
+    old_lengths: host ints, committed lengths before the round (the committed tokens start there in `state.seq`).
     """
 
-    num_accepted: torch.Tensor
     accepted: list[int]
-    kept: list[int]
+    committed: list[int]
+    own: list[int]
+    stopped: list[bool]
+    tokens: torch.Tensor
     old_lengths: list[int]
-    done: list[bool] = field(default_factory=list)
-    new_tokens: torch.Tensor | None = None
-    eos_at: list[int] = field(default_factory=list)
-    ended: list[int] = field(default_factory=list)  # host ints: tokens of the round that are the row's own output
 
     def cached_drafts(self, i: int) -> int:
-        """How many of row i's proposed tokens a cache that ran over them keeps: committed ones, but never the last
-        committed token (it is fed next round, as every round's first token)."""
-        return max(0, min(self.accepted[i], self.kept[i] - 1))
+        """How many of row i's drafts a cache that ran over them keeps: accepted and committed ones, but never the
+        last committed token (it is fed next round, as every round's first token)."""
+        return max(0, min(self.accepted[i], self.committed[i] - 1))
 
 
 @runtime_checkable
 class Drafter(Protocol):
     """Any source of draft tokens. See `speculoos_hf.drafters.model.ModelDrafter` for the full example and
     `speculoos_hf.drafters.prompt_lookup.PromptLookupDrafter` for a deterministic one."""
+
+    forward_passes: int  # draft-model forwards so far in this generation (0 without a model)
+    input_tokens: int  # tokens (cache slots) fed to the draft model so far, its prompt read included
 
     def start(self, ctx: DecodeContext, state: DecodeState) -> None:
         """Begin a generation from the prompt in `state` (`state.seq[:, :state.lengths[i]]`, left-padded)."""
@@ -88,3 +119,40 @@ class Drafter(Protocol):
 
     def select_rows(self, alive: torch.Tensor, alive_host: list[int]) -> None:
         """Keep only rows `alive` (positions in the current live batch)."""
+
+
+DRAFTER_METHODS = ("start", "propose", "commit", "select_rows")
+
+
+def is_drafter(obj) -> bool:
+    """Whether `obj` has the four methods of a drafter (the counters may be missing: see `with_counters`)."""
+    return all(callable(getattr(obj, name, None)) for name in DRAFTER_METHODS)
+
+
+def with_counters(drafter) -> Drafter:
+    """`drafter` as a whole `Drafter`: itself when it counts its model work, else behind `Uncounted`."""
+    if hasattr(drafter, "forward_passes") and hasattr(drafter, "input_tokens"):
+        return drafter
+    return Uncounted(drafter)
+
+
+class Uncounted:
+    """A drafter that does not count model work (a user's own, a copy from the context): the counters read 0."""
+
+    forward_passes = 0
+    input_tokens = 0
+
+    def __init__(self, drafter):
+        self.drafter = drafter
+
+    def start(self, ctx: DecodeContext, state: DecodeState) -> None:
+        self.drafter.start(ctx, state)
+
+    def propose(self, state: DecodeState, k: int) -> Proposal:
+        return self.drafter.propose(state, k)
+
+    def commit(self, state: DecodeState, outcome: RoundOutcome) -> None:
+        self.drafter.commit(state, outcome)
+
+    def select_rows(self, alive: torch.Tensor, alive_host: list[int]) -> None:
+        self.drafter.select_rows(alive, alive_host)

@@ -25,7 +25,7 @@ cache slots, and the draft ids still to feed (pending). After each round (`commi
 2. the tail text (typically 8-20 draft tokens) is re-tokenised with the draft tokenizer, all rows in one call;
 3. the longest common prefix L of those ids and the ids in the cache (the earlier ones plus, in sampling, the
    accepted proposals that were fed; in greedy, every draft token fed) is kept, capped at len-1 so that the last
-   token is always fed again and gives the next logits; the cache slots after it become holes (`KVSlots.keep`:
+   token is always fed again and gives the next logits; the cache's later slots become holes (`KVSlots.keep_first`:
    masked, trailing ones cropped), and the ids after L become pending;
 4. the anchor moves forward to a draft-token boundary inside the kept prefix that leaves at least 8 draft tokens
    in the tail, preferring a token that starts with whitespace (re-tokenising from there gives the same ids), and
@@ -33,8 +33,9 @@ cache slots, and the draft ids still to feed (pending). After each round (`commi
    Elsewhere the anchor stays: still exact and no KV recomputed, only a longer string re-tokenised on the host.
 
 The next `propose` feeds every row's pending ids in one forward (right-aligned, holes in front for shorter rows),
-then drafts one token per forward. So each draft token is computed once, except those whose tokenisation changed
-once more text arrived (typically the last one or two of a round); nothing before the anchor is ever touched.
+then drafts one token per forward (the model-running half is `DraftRunner`'s, shared with `ModelDrafter`). So
+each draft token is computed once, except those whose tokenisation changed once more text arrived (typically
+the last one or two of a round); nothing before the anchor is ever touched.
 The prompt is fed the same way in the first round (with the draft tokenizer's own BOS, if it adds one).
 
 Batches: rows are independent on the host; the device work is batched (holes as in `kv_slots.py`).
@@ -47,10 +48,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..kv_slots import KVSlots
-from ..processors import apply_processors
 from ..state import DecodeContext, DecodeState
 from .base import Proposal, RoundOutcome
+from .runner import DraftRunner, FedDrafts
 
 WINDOW = 8  # draft tokens kept after the anchor (re-tokenised every round)
 CONTEXT_TOKENS = 3  # committed target tokens joined to the draft's text before re-encoding (greedy)
@@ -210,6 +210,24 @@ def vocab_bridge(target_tokenizer, draft_tokenizer, target_vocab_size: int, draf
 # ----------------------------------------------------------------------------------------------- the drafter
 
 
+class IntersectionVocab:
+    """Sampling over the vocabulary intersection: the draft's logits on the ids both tokenizers share, moved to the
+    target's ids (-inf elsewhere); a proposed target id is fed to the draft as its draft id."""
+
+    def __init__(self, bridge: VocabBridge, target_device, draft_device):
+        self.inter_t = bridge.inter_t.to(target_device)  # [N]
+        self.inter_d = bridge.inter_d.to(draft_device)  # [N]
+        self.t2d = bridge.t2d.to(target_device)  # [V_target]
+
+    def scores(self, logits: torch.Tensor, ctx: DecodeContext) -> torch.Tensor:
+        scores = torch.full((logits.shape[0], ctx.vocab_size), float("-inf"), device=ctx.device)  # [B, V]
+        scores[:, self.inter_t] = logits[:, self.inter_d].to(ctx.device)
+        return scores
+
+    def draft_ids(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.t2d[tokens].clamp(min=0)  # [B] (only intersection ids are ever proposed)
+
+
 @dataclass
 class _Row:
     """Host bookkeeping of one live row (see the module docstring)."""
@@ -223,12 +241,6 @@ class _Row:
     head: list[int] = field(default_factory=list)  # tokens the draft tokenizer puts before the prompt (BOS)
 
 
-@dataclass
-class _Round:
-    fed: int  # proposal tokens fed to the draft (k-1 in sampling), after each row's pending ids
-    greedy_ids: list[list[int]] | None  # greedy: each row's draft ids fed
-
-
 class OtherTokenizerDrafter:
     """Proposes with a causal LM whose tokenizer differs from the target's; proposals are in target ids.
 
@@ -239,38 +251,32 @@ class OtherTokenizerDrafter:
     def __init__(self, model, target_tokenizer, draft_tokenizer, target_vocab_size: int, cache=None,
                  confidence_threshold: float | None = None, window: int = WINDOW):
         self.model = model
-        self.cache = cache
-        self.confidence_threshold = confidence_threshold
+        self.runner = DraftRunner(model, cache, confidence_threshold)
         self.window = window
         self.target_tokenizer, self.draft_tokenizer = target_tokenizer, draft_tokenizer
         draft_vocab = model.config.get_text_config().vocab_size
         self.bridge = vocab_bridge(target_tokenizer, draft_tokenizer, target_vocab_size, draft_vocab)
-        self.kv: KVSlots | None = None
+        self.vocab: IntersectionVocab | None = None
         self.rows: list[_Row] = []
-        self._round: _Round | None = None
         fallback = [getattr(draft_tokenizer, n, None) for n in ("bos_token_id", "eos_token_id", "pad_token_id")]
         self._fallback_id = next((f for f in fallback if f is not None), 0)  # fed when a row has no text at all
         self._draft_special = _special_ids(draft_tokenizer)
 
     @property
     def forward_passes(self) -> int:
-        return self.kv.forward_passes if self.kv is not None else 0
+        return self.runner.forward_passes
 
     @property
     def input_tokens(self) -> int:
-        return self.kv.input_slots if self.kv is not None else 0
+        return self.runner.input_tokens
 
     # -- the Drafter interface ---------------------------------------------------------------------------------
 
     def start(self, ctx: DecodeContext, state: DecodeState) -> None:
         """Tokenise each prompt's text with the draft tokenizer; it is fed with the first proposal."""
         self.ctx = ctx
-        self.kv = KVSlots(self.model, self.cache)
-        self.kv.start(state.batch_size)
-        self._round = None
-        self._inter_t = self.bridge.inter_t.to(ctx.device)
-        self._inter_d = self.bridge.inter_d.to(self.kv.device)
-        self._t2d = self.bridge.t2d.to(ctx.device)
+        self.runner.start(state.batch_size)
+        self.vocab = IntersectionVocab(self.bridge, ctx.device, self.runner.device)
         self.rows = []
         texts = []
         valid = state.valid_host
@@ -290,35 +296,14 @@ class OtherTokenizerDrafter:
     def propose(self, state: DecodeState, k: int) -> Proposal:
         logits = self._feed_pending()  # [B, V_draft]
         if self.ctx.do_sample:
-            return self._propose_sampled(state, k, logits)
+            return self.runner.draft(self.ctx, state, k, logits, self.vocab)
         return self._propose_greedy(state, k, logits)
 
-    def commit(self, state: DecodeState, outcome: RoundOutcome, used: list[bool] | None = None) -> None:
-        """Re-tokenise each row's tail with the new committed text; keep the cache's longest common prefix.
-        `used[i]` False: row i's proposal came from elsewhere (a hybrid drafter), so its committed tokens are not
-        the ones this drafter fed."""
-        r, self._round = self._round, None
-        B = state.batch_size
-        known: list[list[int]] = []  # per row: draft ids in the cache after the anchor, as far as known on the host
-        width = max(state.lengths) if B else 0
-        seq_host, valid_host = state.seq_host[:, :width].tolist(), state.valid_host[:, :width].tolist()
-        for i, row in enumerate(self.rows):
-            ids = list(row.ids)
-            if r is None or (used is not None and not used[i]):
-                extra = []
-            elif r.greedy_ids is not None:
-                extra = r.greedy_ids[i]  # draft ids fed; the common prefix below keeps those that fit the text
-            else:
-                n = max(0, min(outcome.accepted[i], outcome.kept[i], r.fed))
-                C0 = outcome.old_lengths[i]
-                extra = [self.bridge.t2d_list[t] for t in seq_host[i][C0 : C0 + n]]
-            known.append(ids + extra)
-            # the new committed target text
-            n_new = state.lengths[i]
-            new, valid = seq_host[i][row.consumed : n_new], valid_host[i][row.consumed : n_new]
-            row.tail += self.bridge.text_of([t for t, v in zip(new, valid) if v])
-            row.consumed = n_new
-        texts, usable = zip(*(decode_tail(bytes(row.tail)) for row in self.rows)) if B else ((), ())
+    def commit(self, state: DecodeState, outcome: RoundOutcome) -> None:
+        """Re-tokenise each row's tail with the new committed text; keep the cache's longest common prefix."""
+        known = self._known_ids(state, outcome, self.runner.take_fed())
+        self._append_committed(state)
+        texts, usable = zip(*(decode_tail(bytes(row.tail)) for row in self.rows)) if self.rows else ((), ())
         encoded = self._encode(list(texts))
         keep = []  # per row: how many of its real cache tokens stay
         for i, row in enumerate(self.rows):
@@ -328,14 +313,38 @@ class OtherTokenizerDrafter:
             row.pending = new_ids[L:] if new_ids else [self._fallback_id]
             keep.append(row.frozen + L)
             self._advance_anchor(row, new_ids, L, usable[i])
-        self._cut(keep)
+        self.runner.keep_first(keep)
 
     def select_rows(self, alive: torch.Tensor, alive_host: list[int]) -> None:
-        self.kv.select_rows(alive, alive_host)
+        self.runner.select_rows(alive, alive_host)
         self.rows = [self.rows[i] for i in alive_host]
-        self._round = None
 
     # -- steps ------------------------------------------------------------------------------------------------------
+
+    def _known_ids(self, state: DecodeState, outcome: RoundOutcome, fed: FedDrafts | None) -> list[list[int]]:
+        """Per row: the draft ids in the cache after the anchor, as far as known on the host. Greedy: every draft id
+        fed (the common prefix with the new text keeps those that fit); sampling: the accepted drafts that were fed."""
+        known = []
+        for i, row in enumerate(self.rows):
+            if fed is None:
+                extra = []
+            elif not self.ctx.do_sample:
+                extra = fed.row_ids(i)
+            else:
+                n = max(0, min(outcome.accepted[i], outcome.committed[i], fed.count))
+                C0 = outcome.old_lengths[i]
+                extra = [self.bridge.t2d_list[t] for t in state.seq_host[i, C0 : C0 + n].tolist()]
+            known.append(row.ids + extra)
+        return known
+
+    def _append_committed(self, state: DecodeState) -> None:
+        """Each row's newly committed target text goes to its tail."""
+        for i, row in enumerate(self.rows):
+            n_new = state.lengths[i]
+            new = state.seq_host[i, row.consumed : n_new].tolist()
+            valid = state.valid_host[i, row.consumed : n_new].tolist()
+            row.tail += self.bridge.text_of([t for t, v in zip(new, valid) if v])
+            row.consumed = n_new
 
     def _encode(self, texts: list[str], add_special_tokens: bool = False, tokenizer=None) -> list[list[int]]:
         """Token ids of each text (rows often share a text: each distinct one is encoded once, in one batch)."""
@@ -353,10 +362,8 @@ class OtherTokenizerDrafter:
 
     def _feed_pending(self) -> torch.Tensor:
         """One forward over each row's pending draft ids, right-aligned (holes in front); logits at the last one."""
-        kv, B = self.kv, len(self.rows)
         chunks = [row.head + row.pending for row in self.rows]
         width = max(len(c) for c in chunks)
-        first = kv.num_slots
         tokens = torch.tensor([[0] * (width - len(c)) + c for c in chunks], dtype=torch.long)  # [B, w]
         valid = torch.tensor([[0] * (width - len(c)) + [1] * len(c) for c in chunks], dtype=torch.long)  # [B, w]
         for row in self.rows:
@@ -365,53 +372,18 @@ class OtherTokenizerDrafter:
             row.head = []
             row.ids += row.pending
             row.pending = []
-        last_valid = [first + width - 1] * B
-        logits = kv.forward(tokens, valid, logits_to_keep=1)[:, -1]  # [B, V_draft]
-        kv.last_valid = last_valid
-        return logits
-
-    def _propose_sampled(self, state: DecodeState, k: int, logits: torch.Tensor) -> Proposal:
-        ctx, kv = self.ctx, self.kv
-        B, V = len(self.rows), ctx.vocab_size
-        C = state.lengths_tensor()  # [B]
-        tokens, probs = [], []
-        for j in range(k):
-            if j:
-                d = self._t2d[tokens[-1]].clamp(min=0).to(kv.device)  # [B] draft ids of the last proposal
-                logits = kv.forward(d[:, None], torch.ones(B, 1, dtype=torch.long), 1)[:, -1]  # [B, V_draft]
-            scores = torch.full((B, V), float("-inf"), device=ctx.device)
-            scores[:, self._inter_t] = logits[:, self._inter_d].to(ctx.device)  # [B, V] in target ids
-            scores = apply_processors(ctx.processors, state.seq, [n + j for n in state.lengths], scores, state.rows)
-            alive = torch.isfinite(scores).any(dim=-1, keepdim=True)  # [B, 1] the processors left some token
-            fallback = torch.full_like(scores, float("-inf"))
-            fallback[:, 0] = 0.0
-            q = torch.softmax(torch.where(alive, scores, fallback), dim=-1)  # [B, V]
-            token = torch.multinomial(q, 1).squeeze(1)  # [B] target ids
-            state.seq.scatter_(1, (C + j)[:, None], token[:, None])  # later positions' processors see it
-            tokens.append(token)
-            probs.append(q)
-            if self.confidence_threshold is not None and j + 1 < k:
-                confidence = q.gather(1, token[:, None]).squeeze(1)  # [B]
-                if bool((confidence < self.confidence_threshold).all()):
-                    break
-        k = len(tokens)
-        self._round = _Round(fed=max(k - 1, 0), greedy_ids=None)
-        if not tokens:
-            return Proposal(state.seq[:, :0], torch.zeros(B, 0, V, device=ctx.device))
-        return Proposal(torch.stack(tokens, dim=1), torch.stack(probs, dim=1))
+        return self.runner.feed(tokens, valid)  # [B, V_draft]
 
     def _propose_greedy(self, state: DecodeState, k: int, logits: torch.Tensor) -> Proposal:
         """String level: the draft decodes greedily; its text after the last committed target tokens is
         re-encoded with the target tokenizer and the first k target ids are proposed (probs=None)."""
-        kv, B = self.kv, len(self.rows)
-        special = self._draft_special
+        B, special = len(self.rows), self._draft_special
         contexts = []
         for i in range(B):
             n = state.lengths[i]
             contexts.append(state.seq_host[i, max(state.first_valid[i], n - CONTEXT_TOKENS) : n].tolist())
         drafted: list[list[int]] = [[] for _ in range(B)]  # draft ids that make each row's draft text
         complete = [False] * B  # the row's draft text ended with a special token (EOS): nothing more to add
-        fed: list[list[int]] = []  # per step, the draft ids fed to the cache (every row)
         found: list[list[int]] = [[] for _ in range(B)]
         max_steps = 2 * k + 2
         g = logits.argmax(dim=-1)  # [B]
@@ -427,16 +399,14 @@ class OtherTokenizerDrafter:
                     break
             if step + 1 == max_steps:
                 break
-            logits = kv.forward(g[:, None], torch.ones(B, 1, dtype=torch.long), 1)[:, -1]  # [B, V_draft]
-            fed.append(g_host)
-            g = logits.argmax(dim=-1)
-        self._round = _Round(fed=len(fed), greedy_ids=[[f[i] for f in fed] for i in range(B)])
-        proposed = [ids[:k] for ids in found]
-        width = max(len(p) for p in proposed) if proposed else 0
-        tokens = torch.zeros(B, width, dtype=torch.long)
-        for i, p in enumerate(proposed):
-            if p:
-                tokens[i, : len(p)] = torch.tensor(p, dtype=torch.long)
+            g = self.runner.step(g, g_host).argmax(dim=-1)  # [B] (the fed ids are recorded for commit)
+        return self._greedy_proposal([ids[:k] for ids in found])
+
+    def _greedy_proposal(self, proposed: list[list[int]]) -> Proposal:
+        """Row i proposes the target ids `proposed[i]` (deterministically: probs=None)."""
+        width = max(map(len, proposed), default=0)
+        rows = [p + [0] * (width - len(p)) for p in proposed]
+        tokens = torch.tensor(rows, dtype=torch.long).view(len(proposed), width)  # [B, k]
         counts = [len(p) for p in proposed]
         return Proposal(tokens.to(self.ctx.device), None, None if all(c == width for c in counts) else counts)
 
@@ -484,21 +454,6 @@ class OtherTokenizerDrafter:
         row.frozen += best
         row.frozen_ids += row.ids[:best]
         row.ids = row.ids[best:]
-
-    def _cut(self, keep: list[int]) -> None:
-        """Row i keeps its first `keep[i]` real cache tokens; the later ones become holes (trailing ones cropped).
-        Works on the caller's slot order, which KVSlots' compact mode (sliding-window drafts) maps for us."""
-        kv = self.kv
-        mask = kv.slot_mask.bool()  # [B, L]
-        logical = getattr(kv, "_logical", None)
-        if getattr(kv, "compact", False) and logical is not None and logical.shape == mask.shape:
-            mask = torch.zeros_like(mask).scatter(1, logical, mask)  # in the caller's slot order
-        L = mask.shape[1]
-        bound = torch.tensor(keep, device=mask.device)[:, None]  # [B, 1]
-        valid = mask & (mask.long().cumsum(dim=1) <= bound)  # [B, L]
-        idx = torch.arange(L, device=mask.device)[None, :].expand_as(valid)
-        last_valid = torch.where(valid, idx, torch.full_like(idx, -1)).max(dim=1).values.tolist() if L else [-1] * len(keep)
-        kv.keep(0, valid.long(), last_valid)
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:

@@ -1,33 +1,101 @@
 """The draft a call drafts with: the model as given, or a cheaper copy of it prepared once and reused.
 
-`draft_quantization="int8"` drafts with `int8_draft(draft)` (on CPU, torch's dynamic int8: the draft's step costs
-about a third of bf16 on our 2-core machine, with the same acceptance). The copy is made on the first call and kept
-for later calls with the same draft object; the output distribution never depends on the draft, only speed does.
+`draft_quantization`: "int8" drafts with `int8_draft(draft)`; "auto" (the default) does so where `int8_pays`: on
+CPU, for a draft whose step is a large share of a round; None keeps the draft as given. A copy is made by the first
+call that needs it and kept for later calls with the same draft object; the output never depends on the draft, only
+speed does. Costs measured per backend: docs/speed.md.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 import weakref
+from dataclasses import dataclass
+from typing import Any
 
+from torch import nn
 from transformers import PreTrainedModel
 
 from .quantize import int8_draft
 
 logger = logging.getLogger("speculoos_hf")
-_COPIES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-QUANTIZATIONS = (None, "int8")
+
+# below this, a step is dominated by per-operation overheads rather than weight reads, which int8 halves
+MIN_INT8_BYTES = 64 * 2**20
+# draft step / target pass from which k drafts are a large share of a round (k = 5 at 0.1: a third of it)
+MIN_DRAFT_SHARE = 0.1
+
+_COPIES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # draft -> {quantization: copy}
+_MEASURED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # draft -> {target: measured step share}
+_MAKERS = {"int8": int8_draft}  # one per quantization a copy is made for
 
 
-def prepared_draft(draft, quantization: str | None):
-    """`draft`, or its cached cheaper copy for `quantization` (None: as given)."""
-    if quantization not in QUANTIZATIONS:
-        raise ValueError(f"draft_quantization must be one of {QUANTIZATIONS}, got {quantization!r}.")
+@dataclass(frozen=True)
+class PreparedDraft:
+    """What a call drafts with. quantization: "int8", "int8 (auto)", or None (the draft as given); prepare_s: seconds
+    this call spent making the copy (0 when it was made by an earlier call)."""
+
+    model: Any
+    quantization: str | None = None
+    prepare_s: float = 0.0
+
+
+def int8_pays(draft: nn.Module, target: nn.Module, measured_share: float | None = None) -> bool:
+    """Whether "auto" drafts with an int8 copy: a CPU draft large enough to be bound by weight reads, whose step is
+    a large share of a target pass (measured by an earlier call's cost model, else its weight bytes over the target's)."""
+    if _device_type(draft) != "cpu" or step_bytes(draft) < MIN_INT8_BYTES:
+        return False
+    share = measured_share if measured_share is not None else step_bytes(draft) / max(step_bytes(target), 1)
+    return share >= MIN_DRAFT_SHARE
+
+
+def prepare_draft(draft, quantization: str | None, target=None) -> PreparedDraft:
+    """`draft`, or its cached cheaper copy for `quantization` (None, "int8" or "auto"; "auto" needs the `target` and
+    keeps the draft as given without it). Values are checked by `SpeculativeOptions`."""
     if quantization is None or not isinstance(draft, PreTrainedModel):
-        return draft
+        return PreparedDraft(draft)
+    label = quantization
+    if quantization == "auto":
+        measured = _MEASURED.get(draft, {}).get(target) if target is not None else None
+        if target is None or not int8_pays(draft, target, measured):
+            return PreparedDraft(draft)
+        quantization, label = "int8", "int8 (auto)"
     copies = _COPIES.setdefault(draft, {})
-    if quantization not in copies:
-        logger.warning("speculoos: drafting with an %s copy of %s (prepared once; the output is unchanged)",
-                       quantization, type(draft).__name__)
-        copies[quantization] = int8_draft(draft)
-    return copies[quantization]
+    if quantization in copies:
+        return PreparedDraft(copies[quantization], label)
+    started = time.perf_counter()
+    copies[quantization] = _MAKERS[quantization](draft)
+    seconds = time.perf_counter() - started
+    logger.warning("speculoos: drafting with an %s copy of %s, made in %.1f s (once per draft; the output is "
+                   "unchanged; draft_quantization=None keeps the draft as given)", label, type(draft).__name__, seconds)
+    return PreparedDraft(copies[quantization], label, seconds)
+
+
+def prepared_draft(draft, quantization: str | None, target=None):
+    """The model `prepare_draft` returns."""
+    return prepare_draft(draft, quantization, target).model
+
+
+def note_draft_step(prepared: PreparedDraft, target, cost_model: dict | None) -> None:
+    """Keep what a call's cost model measured of the draft as given (its step over a one-token-per-row target pass),
+    for the "auto" decision of later calls with the same draft and target."""
+    if prepared.quantization is not None or not isinstance(prepared.model, PreTrainedModel) or not cost_model:
+        return
+    step, passes = cost_model.get("draft_step_s"), cost_model.get("target_pass_s_predicted") or {}
+    if step and passes and passes[min(passes)] > 0:  # the smallest m scored is one token per row
+        _MEASURED.setdefault(prepared.model, weakref.WeakKeyDictionary())[target] = step / passes[min(passes)]
+
+
+def step_bytes(model: nn.Module) -> int:
+    """Bytes of parameters one decode step reads: all but an untied input embedding, of which it reads a row."""
+    embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    tied = embedding is None or (output is not None and getattr(output, "weight", None) is embedding.weight)
+    skip = set() if tied else {id(p) for p in embedding.parameters()}
+    return sum(p.numel() * p.element_size() for p in model.parameters() if id(p) not in skip)
+
+
+def _device_type(model: nn.Module) -> str:
+    param = next(model.parameters(), None)
+    return "cpu" if param is None else param.device.type

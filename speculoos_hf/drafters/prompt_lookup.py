@@ -1,64 +1,107 @@
-"""Prompt lookup: propose the continuation of the latest n-gram's earlier occurrence in the row's own context.
+"""Prompt lookup: copy what followed the longest earlier occurrence of each row's latest tokens (suffix matching).
 
-No draft model: the proposal is a copy (deterministic, `probs=None`), so the accept/reject rule accepts draft d
-with probability p(d) and replaces it from norm(max(0, p - onehot(d))): exact for sampling too. The search runs on
-the host copy of the committed tokens (`state.seq_host`), so it costs no device sync. As transformers' prompt
-lookup: n-grams from `max_matching_ngram_size` down to 1, the earliest occurrence whose continuation is non-empty.
+No draft model: the proposal is a copy (deterministic, `probs=None`), so the accept/reject rule accepts draft d with
+probability p(d) and replaces it from norm(max(0, p - onehot(d))): exact for sampling too, whatever is copied, as
+long as the copy is a function of what was committed before the round (any row's tokens and the cache snapshot
+taken at `start`), which the round's fresh randomness is independent of. The rule is in `suffix_match.py`; each
+row's index grows with its committed tokens, read from the host mirror `state.seq_host` (no device sync).
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from ..state import DecodeContext, DecodeState
 from .base import Proposal, RoundOutcome
+from .suffix_index import SuffixIndex
+from .suffix_match import MatchRule, Source, suffix_copies
 
-
-def find_continuation(tokens: torch.Tensor, max_ngram: int, min_ngram: int, max_tokens: int) -> torch.Tensor:
-    """Up to `max_tokens` ids following the earliest earlier occurrence of the last n tokens of `tokens` [L]
-    (largest n first, n >= min_ngram). Empty when no n-gram recurs."""
-    L = tokens.shape[0]
-    for n in range(min(max_ngram, L - 1), min_ngram - 1, -1):
-        windows = tokens.unfold(0, n, 1)[:-1]  # [L-n, n] every n-gram but the suffix itself
-        hits = (windows == tokens[L - n :]).all(dim=1).nonzero()  # [h, 1]
-        if len(hits):
-            start = int(hits[0]) + n
-            return tokens[start : min(start + max_tokens, L)]
-    return tokens[:0]
+DEFAULT_NUM_TOKENS = 16  # prompt_lookup_num_tokens when lookup is asked for without a number (suffix_cache= alone)
+DEFAULT_MAX_MATCH = 64  # longest suffix matched when max_matching_ngram_size is not given
+DEFAULT_THRESHOLD = 0.3  # the copy goes on while at least this share of the suffix's occurrences continue it
+DEFAULT_MULTIPLE = 4.0  # the copy is at most this multiple of the match length
 
 
 class PromptLookupDrafter:
-    """Copies continuations of repeated n-grams from each row's prompt and output (batched, any batch size)."""
+    """Copies continuations of each row's longest recurring suffix from its prompt and output, and from `cache`
+    (a `speculoos_hf.SuffixCache`: searched as it was at `start`; rows are added to it as they finish)."""
 
-    def __init__(self, num_tokens: int = 10, max_ngram_size: int = 2, min_ngram_size: int = 1):
+    forward_passes = 0  # no model: nothing to count
+    input_tokens = 0
+
+    def __init__(self, num_tokens: int = DEFAULT_NUM_TOKENS, max_ngram_size: int | None = None,
+                 min_ngram_size: int = 1, *, threshold: float = DEFAULT_THRESHOLD,
+                 multiple: float | None = DEFAULT_MULTIPLE, cache=None):
+        max_ngram_size = DEFAULT_MAX_MATCH if max_ngram_size is None else max_ngram_size
         if num_tokens < 1 or max_ngram_size < 1 or not 1 <= min_ngram_size <= max_ngram_size:
             raise ValueError(
                 f"prompt lookup needs prompt_lookup_num_tokens >= 1 and 1 <= min <= max_matching_ngram_size, got "
                 f"{num_tokens}, {min_ngram_size}, {max_ngram_size}."
             )
+        if not 0.0 <= threshold <= 1.0 or (multiple is not None and not multiple > 0):
+            raise ValueError(f"prompt lookup needs 0 <= threshold <= 1 and multiple > 0, got {threshold}, {multiple}.")
         self.num_tokens = num_tokens
         self.max_ngram_size = max_ngram_size
         self.min_ngram_size = min_ngram_size
+        self.threshold = threshold
+        self.multiple = multiple
+        self.cache = cache
 
     def start(self, ctx: DecodeContext, state: DecodeState) -> None:
+        """Index every row's prompt (left padding excluded) and take the cache's snapshot."""
         self.ctx = ctx
+        B, S = state.seq_host.shape
+        self._index = SuffixIndex(B, S, first=np.asarray(state.first_valid))  # row slot = original batch row
+        self._live = list(state.rows)
+        self._added: set[int] = set()
+        self._cache_view = self.cache.view() if self.cache is not None else None
+        self._ingest(state)
 
     def propose(self, state: DecodeState, k: int) -> Proposal:
-        """Per row, the copy of up to min(k, num_tokens) tokens (rows without a match propose none). [B, k']"""
-        k = min(k, self.num_tokens)
-        found = []
-        for i, length in enumerate(state.lengths):  # one vectorised search per row
-            first = int(state.first_valid[i])
-            found.append(find_continuation(state.seq_host[i, first:length], self.max_ngram_size,
-                                           self.min_ngram_size, k))
-        width = max((len(f) for f in found), default=0)
-        tokens = torch.zeros(state.batch_size, width, dtype=torch.long)
-        for i, f in enumerate(found):
-            tokens[i, : len(f)] = f
-        return Proposal(tokens.to(state.seq.device), None, [len(f) for f in found], forwards=0)
+        """Per row, a copy of up to min(k, num_tokens) tokens (rows without a match propose none). [B, k']"""
+        self._ingest(state)  # a no-op after `commit`; keeps the index right for callers that skip it
+        rule = MatchRule(self.max_ngram_size, self.min_ngram_size, self.threshold, self.multiple)
+        copies = suffix_copies(*self._sources(state), rule, min(k, self.num_tokens))
+        return Proposal(torch.from_numpy(copies.tokens).to(state.seq.device), None, copies.counts.tolist(),
+                        forwards=0, confidence=torch.from_numpy(copies.confidence))
 
     def commit(self, state: DecodeState, outcome: RoundOutcome) -> None:
-        """Nothing to roll back: the context is the committed tokens themselves."""
+        """Index the round's committed tokens; rows that finished go to the cache (prompt and own output)."""
+        self._ingest(state)
+        self._live = list(state.rows)
+        if self.cache is None:
+            return
+        for i, row in enumerate(state.rows):
+            if outcome.stopped[i] and row not in self._added:
+                stop = outcome.old_lengths[i] + outcome.own[i] - state.first_valid[i]
+                self.cache.add(self._index.tokens(row)[:stop])
+                self._added.add(row)
 
     def select_rows(self, alive: torch.Tensor, alive_host: list[int]) -> None:
-        """Nothing per row to drop."""
+        """Rows that left are never looked up again."""
+        kept = [self._live[i] for i in alive_host]
+        self._index.drop_rows(sorted(set(self._live) - set(kept)))
+        self._live = kept
+
+    def _ingest(self, state: DecodeState) -> None:
+        """Append each live row's committed tokens the index does not hold yet (a few per row and round)."""
+        slots = np.asarray(state.rows)
+        have = self._index.lengths[slots]  # [B]
+        new = np.asarray(state.lengths) - have  # [B]
+        if not new.any():
+            return
+        row = np.repeat(np.arange(len(slots)), new)  # [n] batch position of each new token
+        col = np.repeat(have - np.cumsum(new) + new, new) + np.arange(len(row))  # [n] its column
+        self._index.append(slots[row], col, state.seq_host.numpy()[row, col])
+
+    def _sources(self, state: DecodeState) -> tuple[Source, list[Source]]:
+        """The rows' own contexts (occurrences need a next token: before the last column) and the cache's."""
+        slots = np.asarray(state.rows)
+        cache = self._cache_view
+        offset = int(cache.tokens.shape[1]) if cache is not None else 0  # own occurrences rank as more recent
+        own = Source(self._index.view(), slots, np.asarray(state.lengths) - 1, offset)
+        if cache is None:
+            return own, [own]
+        B = len(slots)
+        return own, [own, Source(cache, np.zeros(B, dtype=np.int64), np.full(B, int(cache.lengths[0])), 0)]

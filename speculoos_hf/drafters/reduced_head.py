@@ -7,7 +7,9 @@ weights, no extra memory for them) whose head computes logits for the kept ids o
 logits with -inf elsewhere. The draft's q is then exactly 0 outside the kept ids, so it never proposes them; the
 accept/reject rule still gives exactly the target distribution (the residual max(0, p - q) carries the mass of the
 ids the draft cannot propose), and only acceptance changes: a draft token the target would have accepted is lost
-when it falls outside the kept set.
+when it falls outside the kept set. Where the logits processors ban every kept id (suppress_tokens, bad_words_ids,
+no_repeat_ngram_size), the draft has nothing left there: that row proposes nothing from that position on and the
+target picks the token alone (tests/test_reduced_head.py).
 
 Which ids to keep (`frequent_token_ids`): counts from token ids or texts you pass (a corpus of your domain), then
 ids by their rank in the tokenizer (byte-level BPE vocabularies such as Qwen's and GPT-2's are ordered by merge

@@ -1,47 +1,65 @@
-"""Which drafter a generate() call gets, from its arguments: a draft model, prompt lookup, both, or the user's own."""
+"""Which drafter a generate() call gets, decided here only: a draft model (one tokenizer or two), prompt lookup,
+both (hybrid), or the user's own drafter object."""
 
 from __future__ import annotations
 
 from transformers import PreTrainedModel
 
-from ..checks import check_models, checked_cache
-from ..vocab import model_drafter, vocab_size
-from .base import Drafter
+from ..checks import checked_cache
+from ..options import SpeculativeOptions
+from ..vocab import tokenizer_relation, vocab_size
+from .base import Drafter, is_drafter, with_counters
 from .hybrid import HybridDrafter
+from .model import ModelDrafter
+from .other_tokenizer import OtherTokenizerDrafter
 from .prompt_lookup import PromptLookupDrafter
 
 
-def make_drafter(
-    target,
-    draft_model,
-    *,
-    num_draft_tokens: int,
-    prompt_lookup_num_tokens: int | None,
-    max_matching_ngram_size: int | None,
-    confidence_threshold: float | None,
-    tokenizer,
-    max_length: int,
-    assistant_tokenizer=None,
-) -> tuple[Drafter, int]:
-    """Returns (drafter, V): V is the id range both distributions live on (the larger vocabulary of a model pair)."""
+def make_drafter(target, draft, options: SpeculativeOptions) -> tuple[Drafter, int]:
+    """(drafter, V) for `draft` (a causal LM, a drafter object, or None for prompt lookup alone) and `options`:
+    V is the id range both distributions live on (the larger vocabulary of a model pair)."""
     V = vocab_size(target)
-    lookup = None
-    if prompt_lookup_num_tokens is not None:
-        lookup = PromptLookupDrafter(prompt_lookup_num_tokens, max_matching_ngram_size or 2)
-    if draft_model is None:
-        return lookup, V
-    if isinstance(draft_model, PreTrainedModel):
-        check_models(target, draft_model)
-        cache = checked_cache(draft_model, None, max_length)
-        # one tokenizer: ModelDrafter over the larger id range; another tokenizer: OtherTokenizerDrafter (vocab.py)
-        model, V = model_drafter(target, draft_model, tokenizer=tokenizer, assistant_tokenizer=assistant_tokenizer,
-                                 cache=cache, confidence_threshold=confidence_threshold)
-        return (model if lookup is None else HybridDrafter(lookup, model, num_draft_tokens)), V
-    if isinstance(draft_model, Drafter):
+    lookup = _lookup_drafter(options, hybrid=isinstance(draft, PreTrainedModel))
+    if draft is None:
+        if lookup is None:
+            raise ValueError("Nothing to draft with: pass draft_model= or prompt_lookup_num_tokens=N.")
+        return with_counters(lookup), V
+    if isinstance(draft, PreTrainedModel):
+        model, V = model_drafter(target, draft, tokenizer=options.tokenizer,
+                                 assistant_tokenizer=options.assistant_tokenizer, cache=checked_cache(draft),
+                                 confidence_threshold=options.draft_confidence_threshold)
+        return (model if lookup is None else HybridDrafter(lookup, model, options.max_draft_tokens)), V
+    if is_drafter(draft):
         if lookup is not None:
             raise ValueError("prompt_lookup_num_tokens combines with a draft model, not with a drafter object.")
-        return draft_model, V
+        return with_counters(draft), V
     raise ValueError(
         f"draft_model must be a transformers causal LM or a drafter (start/propose/commit/select_rows), "
-        f"got {type(draft_model).__name__}."
+        f"got {type(draft).__name__}."
     )
+
+
+def model_drafter(target, draft_model, *, tokenizer=None, assistant_tokenizer=None, cache=None,
+                  confidence_threshold: float | None = None):
+    """The drafter for a draft model and the id range V both distributions live on: `(drafter, V)`.
+
+    One tokenizer: `ModelDrafter`, V = the larger vocab_size. Two: `OtherTokenizerDrafter`, V = the target's
+    (which of the two applies: `speculoos_hf.vocab.tokenizer_relation`)."""
+    relation, toks = tokenizer_relation(target, draft_model, tokenizer, assistant_tokenizer)
+    vt = vocab_size(target)
+    if relation == "same":
+        return ModelDrafter(draft_model, cache, confidence_threshold), max(vt, vocab_size(draft_model))
+    tok_t, tok_d = toks
+    drafter = OtherTokenizerDrafter(draft_model, tok_t, tok_d, vt, cache=cache,
+                                    confidence_threshold=confidence_threshold)
+    return drafter, vt
+
+
+def _lookup_drafter(options: SpeculativeOptions, hybrid: bool) -> PromptLookupDrafter | None:
+    """Prompt lookup when asked for. Beside a draft model, 1-token matches are left to the model (unless only 1-token
+    matches are searched): a single recurring token predicts little."""
+    if options.prompt_lookup_num_tokens is None:
+        return None
+    ngram = options.max_matching_ngram_size
+    return PromptLookupDrafter(options.prompt_lookup_num_tokens, ngram, 2 if hybrid and ngram != 1 else 1,
+                               cache=options.suffix_cache)

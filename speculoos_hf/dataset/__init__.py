@@ -1,0 +1,27 @@
+"""Generate for a whole dataset: one JSON record per prompt, batched, resumable, over one or many processes.
+
+    from speculoos_hf.dataset import generate_dataset
+    summary = generate_dataset(target, draft, tokenizer, "prompts.jsonl", "out.jsonl", max_new_tokens=256)
+
+A run is a plan (`plan.py`: the input, what the output already holds, the batches left), a share of the batches
+per process (`share.py`, `runner.py`) and a merge (`merge.py`), around one validated `DatasetJob` (`job.py`).
+Record format, resuming and processes: docs/dataset.md.
+"""
+
+from .distributed import distributed_state
+from .inputs import InputRecord, read_records
+from .job import DatasetJob
+from .merge import GenerationSummary
+from .run import DatasetRun, generate_dataset
+from .store import ForeignOutputError
+
+__all__ = [
+    "DatasetJob",
+    "DatasetRun",
+    "ForeignOutputError",
+    "GenerationSummary",
+    "InputRecord",
+    "distributed_state",
+    "generate_dataset",
+    "read_records",
+]

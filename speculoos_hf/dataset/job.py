@@ -1,0 +1,156 @@
+"""The options of a dataset run as one validated object, `DatasetJob`, and the generate() arguments they make."""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, fields
+from types import MappingProxyType
+from typing import Any, Mapping
+
+
+@dataclass(frozen=True)
+class DatasetJob:
+    """What a dataset run is asked to do, checked once when built: a bad option is a ValueError naming it.
+
+    Greedy unless `do_sample`; `temperature`, `top_p`, `top_k` as in generate(), used when sampling (top-k off
+    unless given). `num_draft_tokens` (>= 1 or "auto"), `draft_confidence_threshold` and `prompt_lookup_num_tokens`
+    go to speculoos' generate(); `suffix_cache` is None, True (one cache for the run), a path (loaded if the file
+    exists, saved at the end) or a `speculoos_hf.SuffixCache`. `generation_kwargs` go to generate() as they are."""
+
+    max_new_tokens: int = 128
+    do_sample: bool = False
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    batch_size: int = 8
+    num_draft_tokens: int | str | None = None
+    draft_confidence_threshold: float | None = None
+    prompt_lookup_num_tokens: int | None = None
+    suffix_cache: Any = None
+    chat_template: bool = False
+    stop_strings: tuple[str, ...] | None = None
+    seed: int = 0
+    prompt_field: str = "prompt"
+    id_field: str = "id"
+    retry_errors: bool = False
+    progress: bool = True
+    generation_kwargs: Mapping[str, Any] | None = None
+
+    def __post_init__(self):
+        _integer("max_new_tokens", self.max_new_tokens, 1)
+        _integer("batch_size", self.batch_size, 1)
+        _integer("seed", self.seed, None)
+        if self.num_draft_tokens is not None and self.num_draft_tokens != "auto":
+            _integer("num_draft_tokens", self.num_draft_tokens, 1, also="or 'auto'")
+        if self.prompt_lookup_num_tokens is not None:
+            _integer("prompt_lookup_num_tokens", self.prompt_lookup_num_tokens, 1)
+        if self.top_k is not None:
+            _integer("top_k", self.top_k, 0)
+        _number("temperature", self.temperature, lambda t: t > 0, "> 0 (for greedy decoding leave out do_sample)")
+        _number("top_p", self.top_p, lambda p: 0 < p <= 1, "in (0, 1]")
+        _number("draft_confidence_threshold", self.draft_confidence_threshold, lambda c: 0 <= c < 1,
+                "a probability in [0, 1)")
+        for name in ("prompt_field", "id_field"):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"{name} must be a string, got {getattr(self, name)!r}")
+        object.__setattr__(self, "stop_strings", _stop_strings(self.stop_strings))
+        object.__setattr__(self, "generation_kwargs", _mapping(self.generation_kwargs))
+        _check_suffix_cache(self.suffix_cache)
+
+    @classmethod
+    def build(cls, job: DatasetJob | None, options: Mapping[str, Any]) -> DatasetJob:
+        """`job` as it is, or a job made of keyword options (not both)."""
+        if job is None:
+            known = {f.name for f in fields(cls)}
+            unknown = sorted(set(options) - known)
+            if unknown:
+                raise TypeError(f"generate_dataset() got unknown options {unknown}; known: {sorted(known)}")
+            return cls(**options)
+        if options:
+            raise TypeError(f"pass either job= or options, not both (got job and {sorted(options)})")
+        if not isinstance(job, cls):
+            raise TypeError(f"job must be a DatasetJob, got {type(job).__name__}")
+        return job
+
+    @property
+    def wants_suffix_cache(self) -> bool:
+        return self.suffix_cache is not None and self.suffix_cache is not False
+
+    def speculative(self, draft) -> bool:
+        """Whether generation goes through speculoos (a draft, prompt lookup or a suffix cache) or plain generate()."""
+        return draft is not None or self.prompt_lookup_num_tokens is not None or self.wants_suffix_cache
+
+    def generate_kwargs(self, tokenizer, pad_id: int) -> dict:
+        """generate()'s arguments for this job (those of plain and speculative generation alike)."""
+        kwargs: dict = dict(max_new_tokens=self.max_new_tokens, do_sample=bool(self.do_sample), pad_token_id=pad_id)
+        if self.do_sample:
+            kwargs.update(temperature=1.0 if self.temperature is None else self.temperature,
+                          top_p=1.0 if self.top_p is None else self.top_p, top_k=self.top_k or 0)
+        if self.stop_strings:
+            kwargs.update(stop_strings=list(self.stop_strings), tokenizer=tokenizer)
+        kwargs.update(self.generation_kwargs or {})
+        return kwargs
+
+    def speculative_kwargs(self, suffix_cache=None) -> dict:
+        """speculoos' own generate() arguments, each only where asked for."""
+        kwargs = {
+            "num_draft_tokens": self.num_draft_tokens,
+            "draft_confidence_threshold": self.draft_confidence_threshold,
+            "prompt_lookup_num_tokens": self.prompt_lookup_num_tokens,
+            "suffix_cache": suffix_cache,
+        }
+        return {k: v for k, v in kwargs.items() if v is not None}
+
+    def batch_seed(self, first_index: int) -> int:
+        """The seed of the batch whose first record has this index: the same on any number of processes."""
+        return (self.seed * 1_000_003 + first_index) % (2**63)
+
+
+def _integer(name: str, value, minimum: int | None, also: str = "") -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum):
+        bound = "" if minimum is None else f" >= {minimum}"
+        raise ValueError(f"{name} must be an integer{bound}{' ' + also if also else ''}, got {value!r}")
+
+
+def _number(name: str, value, ok, what: str) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not ok(value):
+        raise ValueError(f"{name} must be {what}, got {value!r}")
+
+
+def _stop_strings(value) -> tuple[str, ...] | None:
+    if not value:
+        return None
+    strings = (value,) if isinstance(value, str) else tuple(value)
+    if not all(isinstance(s, str) and s for s in strings):
+        raise ValueError(f"stop_strings must be non-empty strings, got {value!r}")
+    return strings
+
+
+def _mapping(value) -> Mapping[str, Any] | None:
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise ValueError(f"generation_kwargs must be a mapping of generate() arguments, got {type(value).__name__}")
+    return MappingProxyType(dict(value))
+
+
+def _check_suffix_cache(value) -> None:
+    """None, False, True, a path, or a SuffixCache; anything but None/False needs speculoos_hf.suffix_cache."""
+    if value is None or value is False:
+        return
+    cache_class = suffix_cache_class()
+    if value is True or isinstance(value, (str, os.PathLike)) or isinstance(value, cache_class):
+        return
+    raise ValueError(f"suffix_cache must be True, a file path or a SuffixCache, got {type(value).__name__}")
+
+
+def suffix_cache_class():
+    """`speculoos_hf.suffix_cache.SuffixCache`, imported when first asked for."""
+    try:
+        from ..suffix_cache import SuffixCache
+    except ImportError as e:
+        raise ValueError(f"suffix_cache needs speculoos_hf.suffix_cache, which cannot be imported here ({e})") from e
+    return SuffixCache

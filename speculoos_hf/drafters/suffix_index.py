@@ -1,0 +1,176 @@
+"""A growing index of token rows for suffix matching: where did a row's latest g tokens occur before?
+
+Each committed position holds a 64-bit polynomial hash of the g tokens ending there, for g in `LEVELS` (each length
+combines two halves of the one below it). Per level, positions are kept sorted by (row, hash) except each row's
+newest ones (a short tail, compared directly); the sorted part is rebuilt once a tail outgrows an eighth of it.
+Appending costs O(levels) per token plus the amortised rebuilds, a lookup O(log L + tail): no row is rescanned.
+Hashes only nominate candidates; callers compare tokens before trusting them, so a collision costs time, never a
+wrong match. `view()` is a frozen snapshot: appending never writes where a view reads, so other threads may read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+LEVELS = (1, 2, 4, 8, 16, 32)  # g-gram lengths hashed at every position
+INVALID = np.uint64(2**64 - 1)  # the hash of a position whose g tokens would start before the row's first token
+RECENT = 256  # occurrences a lookup returns from the sorted part at most (the most recent ones)
+TAIL_MIN = 64  # tail length that never triggers a rebuild
+_MIX1, _MIX2 = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9)
+_ROW = np.uint64(0xD6E8FEB86659FD93)  # mixes the row into sorted keys
+_BASE = 0x100000001B3
+_POW = [np.uint64(pow(_BASE, g, 2**64)) for g in LEVELS]
+_COL_BITS = np.uint64(32)
+
+
+def token_hashes(tokens: np.ndarray) -> np.ndarray:
+    """The level-1 hash of each token id (any int64, separators included). [n] uint64"""
+    x = (tokens + 2).astype(np.uint64) * _MIX1
+    return (x ^ (x >> np.uint64(31))) * _MIX2
+
+
+def row_keys(slots: np.ndarray, hashes: np.ndarray) -> np.ndarray:
+    """Sort keys: a g-gram hash made distinct per row. [n] uint64"""
+    return hashes ^ (slots.astype(np.uint64) * _ROW)
+
+
+@dataclass(frozen=True)
+class IndexView:
+    """A frozen snapshot of a `SuffixIndex`: every array here is either copied or never written again below
+    `lengths`, so a view may be read while the index grows (in another thread too)."""
+
+    tokens: np.ndarray  # [R, cap] int64, committed tokens (row r holds columns first[r]..lengths[r]-1)
+    hashes: np.ndarray  # [levels, R, cap] uint64
+    first: np.ndarray  # [R] first live column of each row
+    lengths: np.ndarray  # [R] committed length of each row
+    static_end: np.ndarray  # [R] columns below are in the sorted part
+    keys: tuple[np.ndarray, ...]  # per level, sorted keys
+    flat: tuple[np.ndarray, ...]  # per level, (row << 32 | column) of each sorted key
+
+    def count(self, level: int, slots: np.ndarray, hashes: np.ndarray, hi: np.ndarray) -> np.ndarray:
+        """How many occurrences of `hashes[q]` (level `level`) row `slots[q]` holds ending before column `hi[q]`
+        (the sorted part counts in full). [Q]"""
+        left, right = self._ranges(level, slots, hashes)
+        cols, hit = self._tail(level, slots, hashes, hi)
+        return right - left + hit.sum(1)
+
+    def find(self, level: int, slots: np.ndarray, hashes: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """End columns of the occurrences `count` counts (at most `RECENT` of the sorted part's, the most recent).
+        Returns (query [M], column [M])."""
+        left, right = self._ranges(level, slots, hashes)
+        left = np.maximum(left, right - RECENT)
+        sizes = right - left  # [Q]
+        query = np.repeat(np.arange(len(slots)), sizes)  # [M]
+        within = np.arange(len(query)) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+        flat = self.flat[level][left[query] + within]
+        own = (flat >> _COL_BITS).astype(np.int64) == slots[query]  # a key shared by two rows: keep the asked row's
+        col = (flat & np.uint64(0xFFFFFFFF)).astype(np.int64)
+        cols, hit = self._tail(level, slots, hashes, hi)
+        tq, tc = np.nonzero(hit)
+        return np.concatenate([query[own], tq]), np.concatenate([col[own], cols[tq, tc]])
+
+    def _ranges(self, level: int, slots: np.ndarray, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        keys = row_keys(slots, hashes)  # [Q]
+        return np.searchsorted(self.keys[level], keys, "left"), np.searchsorted(self.keys[level], keys, "right")
+
+    def _tail(self, level: int, slots: np.ndarray, hashes: np.ndarray, hi: np.ndarray):
+        """Columns of each queried row's tail [Q, T] and where they hold the hash [Q, T]."""
+        start = self.static_end[slots]  # [Q]
+        end = np.minimum(hi, self.lengths[slots])  # [Q]
+        width = int(max((end - start).max(initial=0), 0))
+        cols = start[:, None] + np.arange(width)[None, :]  # [Q, T]
+        inside = cols < end[:, None]
+        found = self.hashes[level, slots[:, None], np.minimum(cols, self.hashes.shape[2] - 1)] == hashes[:, None]
+        return cols, inside & found
+
+
+class SuffixIndex:
+    """The hashes of every committed position of R token rows, growing as tokens are appended."""
+
+    def __init__(self, rows: int, capacity: int, first: np.ndarray | None = None):
+        self._tokens = np.full((rows, capacity), -1, dtype=np.int64)
+        self._hashes = np.full((len(LEVELS), rows, capacity), INVALID, dtype=np.uint64)
+        self._first = np.zeros(rows, dtype=np.int64) if first is None else np.asarray(first, dtype=np.int64).copy()
+        self._lengths = self._first.copy()
+        self._static_end = self._first.copy()
+        self._live = np.ones(rows, dtype=bool)
+        self._keys = tuple(np.empty(0, dtype=np.uint64) for _ in LEVELS)
+        self._flat = tuple(np.empty(0, dtype=np.uint64) for _ in LEVELS)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """[R] committed length of each row (a copy)."""
+        return self._lengths.copy()
+
+    def tokens(self, slot: int) -> np.ndarray:
+        """Row `slot`'s live tokens (a copy). [n]"""
+        return self._tokens[slot, self._first[slot] : self._lengths[slot]].copy()
+
+    def append(self, slots: np.ndarray, cols: np.ndarray, tokens: np.ndarray) -> None:
+        """Commit `tokens[i]` at column `cols[i]` of row `slots[i]`; each row's columns continue its length."""
+        if not len(tokens):
+            return
+        need = int(cols.max()) + 1
+        if need > self._tokens.shape[1]:
+            self._grow(max(need, 2 * self._tokens.shape[1]))
+        self._tokens[slots, cols] = tokens
+        self._hash(slots, cols, tokens)
+        np.maximum.at(self._lengths, slots, cols + 1)
+        self._maybe_rebuild()
+
+    def drop_rows(self, slots) -> None:
+        """Rows never asked about again: the next rebuild leaves them out."""
+        self._live[list(slots)] = False
+
+    def move_first(self, slot: int, col: int) -> None:
+        """Forget row `slot`'s tokens before column `col` (lookups stop matching there)."""
+        self._first[slot] = max(self._first[slot], col)
+
+    def view(self) -> IndexView:
+        return IndexView(self._tokens, self._hashes, self._first.copy(), self._lengths.copy(),
+                         self._static_end.copy(), self._keys, self._flat)
+
+    def _hash(self, slots: np.ndarray, cols: np.ndarray, tokens: np.ndarray) -> None:
+        """Hashes of the new positions, level by level (a level reads the one below at two columns)."""
+        h = self._hashes
+        h[0, slots, cols] = token_hashes(tokens)
+        start = self._first[slots]  # [n]
+        for level in range(1, len(LEVELS)):
+            g, half = LEVELS[level], LEVELS[level - 1]
+            below = h[level - 1, slots, np.maximum(cols - half, 0)] * _POW[level - 1]
+            h[level, slots, cols] = np.where(cols - g + 1 >= start, h[level - 1, slots, cols] + below, INVALID)
+
+    def _maybe_rebuild(self) -> None:
+        live = self._live
+        tail = (self._lengths - self._static_end)[live]
+        sorted_size = (self._static_end - self._first)[live]
+        if tail.size and tail.max() > max(TAIL_MIN, int(sorted_size.max()) // 8):
+            self._rebuild()
+
+    def _rebuild(self) -> None:
+        """Sort every live row's positions but its last (it has no next token yet) by key, level by level."""
+        end = np.where(self._live, np.maximum(self._lengths - 1, self._first), self._first)  # [R]
+        cols = np.arange(self._tokens.shape[1])[None, :]
+        rows, cols = np.nonzero((cols >= self._first[:, None]) & (cols < end[:, None]))  # row-major: flat ascending
+        flat = (rows.astype(np.uint64) << _COL_BITS) | cols.astype(np.uint64)
+        keys, flats = [], []
+        for level in range(len(LEVELS)):
+            h = self._hashes[level, rows, cols]
+            ok = h != INVALID
+            k = row_keys(rows[ok], h[ok])
+            order = np.argsort(k, kind="stable")  # stable: positions stay ascending within a key
+            keys.append(k[order])
+            flats.append(flat[ok][order])
+        self._keys, self._flat = tuple(keys), tuple(flats)
+        self._static_end = end
+
+    def _grow(self, capacity: int) -> None:
+        """New, larger arrays (views keep the old ones)."""
+        rows, old = self._tokens.shape
+        tokens = np.full((rows, capacity), -1, dtype=np.int64)
+        tokens[:, :old] = self._tokens
+        hashes = np.full((len(LEVELS), rows, capacity), INVALID, dtype=np.uint64)
+        hashes[:, :, :old] = self._hashes
+        self._tokens, self._hashes = tokens, hashes

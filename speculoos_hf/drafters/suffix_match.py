@@ -1,0 +1,209 @@
+"""The suffix-matching rule of prompt lookup, batched over rows (after SuffixDecoding, Oliaro et al. 2025).
+
+Per row: the longest suffix of its committed tokens (at most `max_match`) that occurred before, in its own context
+or in a cache of earlier sequences; then, token by token, the continuation that followed it most often (ties: the
+most recent), while that continuation's empirical probability (its occurrences / the matched suffix's) stays at
+least `threshold` and its length at most `multiple` x the match length. Python loops run over index levels and
+draft positions only, never over rows or the context.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .suffix_index import LEVELS, IndexView
+
+_STRIDE = np.int64(2**32)  # (row, token) pairs packed into one int64
+
+
+@dataclass(frozen=True)
+class MatchRule:
+    """How long a suffix to match and how far to follow it."""
+
+    max_match: int = 64  # longest suffix compared (max_matching_ngram_size)
+    min_match: int = 1  # shorter matches propose nothing
+    threshold: float = 0.0  # a continuation is followed while count(suffix + copy) / count(suffix) >= threshold
+    multiple: float | None = None  # the copy is at most multiple x the match length (None: no such cap)
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where each row b looks: row `slots[b]` of `view`, occurrences ending before column `hi[b]` (they need a next
+    token); `rank` is added to columns to order occurrences by recency across sources."""
+
+    view: IndexView
+    slots: np.ndarray  # [B]
+    hi: np.ndarray  # [B]
+    rank: int
+
+
+@dataclass(frozen=True)
+class Copies:
+    """Each row's proposal: `tokens[b, :counts[b]]`, and the empirical probability that its first j+1 tokens follow
+    the matched suffix, `confidence[b, j]` (non-increasing in j)."""
+
+    tokens: np.ndarray  # [B, w] int64
+    counts: np.ndarray  # [B]
+    confidence: np.ndarray  # [B, w] float32
+    match: np.ndarray  # [B] matched suffix length (0: none)
+
+
+@dataclass(frozen=True)
+class _Hits:
+    """Occurrences of each row's matched suffix: hit i belongs to row `row[i]`, ends at `col[i]` of source `src[i]`."""
+
+    row: np.ndarray  # [M]
+    src: np.ndarray  # [M]
+    col: np.ndarray  # [M]
+    length: np.ndarray  # [B] matched length (0: none)
+
+
+def suffix_copies(own: Source, sources: list[Source], rule: MatchRule, max_tokens: int) -> Copies:
+    """The copies for every row of `own` (the rows' own contexts; `sources` holds `own` and any cache)."""
+    B = len(own.slots)
+    hits = _longest_matches(own, sources, rule)
+    hits = _keep(hits, hits.length[hits.row] >= rule.min_match)
+    length = np.where(hits.length >= rule.min_match, hits.length, 0)
+    caps = np.full(B, max_tokens)
+    if rule.multiple is not None:
+        caps = np.minimum(caps, np.maximum(1, np.floor(rule.multiple * length).astype(np.int64)))
+    caps = np.where(length > 0, caps, 0)
+    width = int(caps.max(initial=0))
+    cont, rank = _continuations(sources, hits, width)
+    tokens, counts, confidence = _follow(cont, hits.row, rank, caps, rule.threshold)
+    return Copies(tokens, counts, confidence, length)
+
+
+def _pattern(own: Source, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's latest `width` tokens, newest first [B, W] (-2 before its first token), and how many it has [B]."""
+    end = own.hi + 1  # [B] committed lengths
+    size = np.minimum(end - own.view.first[own.slots], width)  # [B]
+    cols = end[:, None] - 1 - np.arange(width)[None, :]  # [B, W]
+    rev = own.view.tokens[own.slots[:, None], np.maximum(cols, 0)]
+    return np.where(np.arange(width)[None, :] < size[:, None], rev, -2), size
+
+
+def _longest_matches(own: Source, sources: list[Source], rule: MatchRule) -> _Hits:
+    """Per row, the highest level whose latest g-gram recurs nominates candidates; comparing tokens measures each
+    candidate's match (up to 2g - 1, the next level having none, or `max_match` at the top level)."""
+    B = len(own.slots)
+    rev, size = _pattern(own, rule.max_match)
+    usable = [lv for lv, g in enumerate(LEVELS) if g <= max(1, rule.max_match // 2)]
+    top = np.full(B, -1)
+    for lv in usable:
+        top = np.where(LEVELS[lv] <= size, lv, top)  # [B] highest level each row can ask
+    pattern = own.view.hashes[:, own.slots, own.hi]  # [levels, B] hash of the latest g tokens
+    found = np.zeros((len(LEVELS), B), dtype=bool)
+    for lv in usable:
+        found[lv] = sum(s.view.count(lv, s.slots, pattern[lv], s.hi) for s in sources) > 0
+    level = np.where(top >= 0, _highest(found, top), -1)  # [B]
+    length = np.zeros(B, dtype=np.int64)
+    hits = []
+    while (level >= 0).any():
+        h = _measure(sources, rev, size, level, top, pattern, rule.max_match)
+        asked = level >= 0
+        short = asked & (h.length < np.array(LEVELS)[np.maximum(level, 0)])  # only hash collisions at that level
+        done = asked & ~short
+        length[done] = h.length[done]
+        hits.append(_keep(h, done[h.row]))
+        found[level[short], np.flatnonzero(short)] = False
+        level = np.where(short, _highest(found, level - 1), -1)
+    empty = np.empty(0, dtype=np.int64)
+    return _Hits(*(np.concatenate([empty] + [getattr(h, f) for h in hits]) for f in ("row", "src", "col")), length)
+
+
+def _highest(found: np.ndarray, top: np.ndarray) -> np.ndarray:
+    """Per row b, the highest level <= top[b] with found[level, b] (-1: none). [B]"""
+    levels = np.arange(found.shape[0])[:, None]
+    ok = found & (levels <= top[None, :])
+    return np.where(ok.any(0), found.shape[0] - 1 - np.argmax(ok[::-1], axis=0), -1)
+
+
+def _measure(sources, rev, size, level, top, pattern, max_match) -> _Hits:
+    """Candidates of each row at its level, compared token by token with its pattern; keeps the longest."""
+    B = len(level)
+    g = np.array(LEVELS)[np.maximum(level, 0)]
+    width = np.where(level == top, np.minimum(max_match, size), np.minimum(2 * g - 1, size))  # [B]
+    rows, srcs, cols, lengths = [], [], [], []
+    for s_i, s in enumerate(sources):
+        for lv in np.unique(level[level >= 0]):
+            ask = np.flatnonzero(level == lv)  # rows at this level
+            q, col = s.view.find(int(lv), s.slots[ask], pattern[lv, ask], s.hi[ask])
+            row = ask[q]
+            rows.append(row), srcs.append(np.full(len(row), s_i)), cols.append(col)
+            lengths.append(_match_lengths(s.view, s.slots[row], col, rev[row], width[row]))
+    row, src, col, n = (np.concatenate(a) for a in (rows, srcs, cols, lengths))
+    best = np.zeros(B, dtype=np.int64)
+    np.maximum.at(best, row, n)
+    keep = (n == best[row]) & (n > 0)
+    return _Hits(row[keep], src[keep], col[keep], best)
+
+
+def _match_lengths(view: IndexView, slots, cols, rev, width) -> np.ndarray:
+    """How many tokens ending at `cols[i]` of row `slots[i]` equal `rev[i]` read backwards (at most width[i]). [M]"""
+    W = rev.shape[1]
+    at = cols[:, None] - np.arange(W)[None, :]  # [M, W]
+    inside = (at >= view.first[slots][:, None]) & (np.arange(W)[None, :] < width[:, None])
+    same = inside & (view.tokens[slots[:, None], np.maximum(at, 0)] == rev)
+    return np.cumprod(same, axis=1).sum(axis=1)
+
+
+def _keep(h: _Hits, mask: np.ndarray) -> _Hits:
+    return _Hits(h.row[mask], h.src[mask], h.col[mask], h.length)
+
+
+def _continuations(sources: list[Source], hits: _Hits, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """The `width` tokens after each hit (-1 past its row's end or a separator) [M, W], and each hit's recency [M]."""
+    cont = np.full((len(hits.row), width), -1, dtype=np.int64)
+    rank = np.zeros(len(hits.row), dtype=np.int64)
+    for s_i, s in enumerate(sources):
+        at = np.flatnonzero(hits.src == s_i)
+        slots = s.slots[hits.row[at]]
+        cols = hits.col[at][:, None] + 1 + np.arange(width)[None, :]  # [m, W]
+        end = s.view.lengths[slots][:, None]
+        tok = s.view.tokens[slots[:, None], np.minimum(cols, end - 1)]
+        ok = np.cumprod((cols < end) & (tok >= 0), axis=1).astype(bool)
+        cont[at] = np.where(ok, tok, -1)
+        rank[at] = hits.col[at] + s.rank
+    return cont, rank
+
+
+def _follow(cont: np.ndarray, row: np.ndarray, rank: np.ndarray, caps: np.ndarray, threshold: float):
+    """Token by token, each row's most frequent continuation among the hits still following it (ties: the most
+    recent hit), while count / hits >= threshold and within the row's cap. Returns (tokens, counts, confidence)."""
+    B, W = len(caps), cont.shape[1]
+    denom = np.bincount(row, minlength=B)  # [B] occurrences of the matched suffix
+    tokens = np.zeros((B, W), dtype=np.int64)
+    confidence = np.zeros((B, W), dtype=np.float32)
+    counts = np.zeros(B, dtype=np.int64)
+    alive = np.ones(len(row), dtype=bool)
+    for j in range(W):
+        live = alive & (cont[:, j] >= 0) & (caps[row] > j)  # [M]
+        if not live.any():
+            break
+        best_row, best_tok, best_count = _most_frequent(row[live], cont[live, j], rank[live])
+        p = best_count / denom[best_row]
+        go = p >= threshold
+        best_row, best_tok = best_row[go], best_tok[go]
+        tokens[best_row, j], confidence[best_row, j], counts[best_row] = best_tok, p[go], j + 1
+        chosen = np.full(B, -1)
+        chosen[best_row] = best_tok
+        alive = live & (cont[:, j] == chosen[row])
+    width = int(counts.max(initial=0))
+    return tokens[:, :width], counts, confidence[:, :width]
+
+
+def _most_frequent(row: np.ndarray, tok: np.ndarray, rank: np.ndarray):
+    """Per row present, the token with the most entries (ties: the highest rank): (rows, tokens, counts)."""
+    key = row * _STRIDE + tok
+    order = np.lexsort((rank, key))  # by (row, token), then rank
+    key, rank = key[order], rank[order]
+    last = np.flatnonzero(np.r_[key[1:] != key[:-1], True])  # last entry of each (row, token) group
+    size = np.diff(np.r_[-1, last])
+    group_key, group_rank = key[last], rank[last]
+    group_row = group_key // _STRIDE
+    order = np.lexsort((group_rank, size, group_row))  # per row: by count, then recency
+    best = order[np.r_[group_row[order][1:] != group_row[order][:-1], True]]
+    return group_row[best], group_key[best] % _STRIDE, size[best]

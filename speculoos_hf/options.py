@@ -1,0 +1,163 @@
+"""What one speculative call is given: its options (one frozen object, validated once), the request stock generate()
+prepared, and the user's objects. The glue (generation.py) builds them; the drafter factory and the loop read them.
+
+Like vLLM's `SpeculativeConfig` and llama.cpp's `common_params_speculative`: every speculative option is named
+here once, resolved once (keyword, else the generation config in force) and checked once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .checks import generate_setting, integer_at_least_one
+
+# num_draft_tokens=None (or "auto"): a cost model picks each round's k up to this, and 0 where drafting cannot pay
+AUTO_MAX_DRAFT_TOKENS = 12
+DEFAULT_NUM_DRAFT_TOKENS = 5  # the seed API's K
+DRAFT_QUANTIZATIONS = (None, "int8")
+DEFAULT_LOOKUP_TOKENS = 16  # prompt_lookup_num_tokens when suffix_cache= alone asks for prompt lookup
+
+# generate() keywords only speculoos knows: stock generate() must never see them
+SPECULOOS_OPTIONS = ("num_draft_tokens", "draft_confidence_threshold", "block_verification", "draft_quantization",
+                     "suffix_cache")
+# generate() keywords stock knows too: they reach stock when speculoos does not take the call
+SHARED_OPTIONS = ("prompt_lookup_num_tokens", "max_matching_ngram_size", "tokenizer", "assistant_tokenizer")
+# read from the generation config in force when not given as keywords
+_FROM_GENERATION_CONFIG = ("prompt_lookup_num_tokens", "max_matching_ngram_size")
+
+
+@dataclass(frozen=True)
+class SpeculativeOptions:
+    """The speculative options of one generate() call, checked when built.
+
+    num_draft_tokens:  drafts per round (int), or "auto" (None given): a cost model picks each round's k.
+    draft_confidence_threshold: stop drafting a round once the draft's confidence falls below it (0..1).
+    prompt_lookup_num_tokens / max_matching_ngram_size: copy continuations from the context (alone or hybrid).
+    block_verification: sampling verifies each block jointly (Sun et al. 2024).
+    draft_quantization: None (the draft as given) or "int8" (a copy made once and reused).
+    suffix_cache:      a cache of earlier calls' text for prompt lookup (opaque here).
+    tokenizer / assistant_tokenizer: the target's and the draft's tokenizers (stop strings, two vocabularies).
+    """
+
+    num_draft_tokens: int | str | None = None
+    draft_confidence_threshold: float | None = None
+    prompt_lookup_num_tokens: int | None = None
+    max_matching_ngram_size: int | None = None
+    block_verification: bool = False
+    draft_quantization: str | None = None
+    suffix_cache: Any = None
+    tokenizer: Any = field(default=None, repr=False)
+    assistant_tokenizer: Any = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        lookup = _optional_count(self.prompt_lookup_num_tokens, "prompt_lookup_num_tokens")
+        ngram = _optional_count(self.max_matching_ngram_size, "max_matching_ngram_size")
+        given = self.num_draft_tokens
+        auto = given is None or (isinstance(given, str) and given == "auto")
+        threshold = self.draft_confidence_threshold
+        if threshold is not None and (isinstance(threshold, bool) or not 0.0 <= float(threshold) < 1.0):
+            raise ValueError(f"draft_confidence_threshold must be a probability in [0, 1), got {threshold!r}.")
+        if self.draft_quantization not in DRAFT_QUANTIZATIONS:
+            raise ValueError(
+                f"draft_quantization must be one of {DRAFT_QUANTIZATIONS}, got {self.draft_quantization!r}."
+            )
+        normal = {
+            "num_draft_tokens": "auto" if auto else integer_at_least_one(given, "num_draft_tokens"),
+            "draft_confidence_threshold": None if threshold is None else float(threshold),
+            "prompt_lookup_num_tokens": lookup,
+            "max_matching_ngram_size": ngram,
+            "block_verification": bool(self.block_verification),
+        }
+        for name, value in normal.items():
+            object.__setattr__(self, name, value)
+
+    @property
+    def auto_k(self) -> bool:
+        """A cost model picks each round's k (up to `max_draft_tokens`)."""
+        return self.num_draft_tokens == "auto"
+
+    @property
+    def max_draft_tokens(self) -> int:
+        """K: the most drafts a round proposes (prompt lookup's copies included)."""
+        k = AUTO_MAX_DRAFT_TOKENS if self.auto_k else self.num_draft_tokens
+        return max(k, self.prompt_lookup_num_tokens or 0)
+
+    @classmethod
+    def from_generate(cls, model, generation_config, draft_model, kwargs: dict) -> "SpeculativeOptions":
+        """The options of a generate() call, taken out of its keyword arguments `kwargs` (in place). Prompt lookup
+        comes from the keyword, else from the generation config in force, else `DEFAULT_LOOKUP_TOKENS` when a
+        suffix_cache is given; alone it drafts a fixed prompt_lookup_num_tokens per round unless num_draft_tokens
+        is given."""
+        values = {name: generate_setting(model, generation_config, kwargs, name) for name in _FROM_GENERATION_CONFIG}
+        for name in SPECULOOS_OPTIONS + SHARED_OPTIONS:
+            value = kwargs.pop(name, None)
+            if name not in values:
+                values[name] = value
+        if values["prompt_lookup_num_tokens"] is None and values["suffix_cache"] is not None:
+            values["prompt_lookup_num_tokens"] = DEFAULT_LOOKUP_TOKENS
+        if draft_model is None and values["prompt_lookup_num_tokens"] is None:
+            raise ValueError("Speculative generation needs draft_model=<a causal LM or a drafter> or "
+                             "prompt_lookup_num_tokens=N.")
+        if draft_model is None and values["num_draft_tokens"] is None:
+            values["num_draft_tokens"] = values["prompt_lookup_num_tokens"]  # checked as prompt lookup's first
+        return cls(**values)
+
+
+def wants_prompt_lookup(model, generation_config, kwargs: dict) -> bool:
+    """Whether the call asks for prompt lookup (keyword, else the generation config in force, or a suffix_cache)."""
+    if kwargs.get("suffix_cache") is not None:
+        return True
+    return generate_setting(model, generation_config, kwargs, "prompt_lookup_num_tokens") is not None
+
+
+def drop_speculoos_options(kwargs: dict) -> None:
+    """A call without draft_model or prompt lookup: refuse speculoos options given anyway, and take the unset ones
+    out of `kwargs` (in place) so that stock generate() never sees them."""
+    given = [name for name in SPECULOOS_OPTIONS if kwargs.get(name) is not None and kwargs.get(name) is not False]
+    if given:
+        raise ValueError(
+            f"{' / '.join(SPECULOOS_OPTIONS)} need a drafter, but {', '.join(given)} was given without draft_model: "
+            "pass draft_model=<a causal LM> (or prompt_lookup_num_tokens=N)."
+        )
+    for name in SPECULOOS_OPTIONS:
+        kwargs.pop(name, None)
+
+
+@dataclass(frozen=True)
+class DecodeRequest:
+    """The prompts and the generation settings stock generate() resolved for them.
+
+    input_ids:      [B, P] left-padded prompts.
+    max_length:     committed length (prompt included) at which every row stops.
+    attention_mask: [B, P] 0 on padding, or None (no padding).
+    do_sample:      sample (else greedy).
+    eos_token_id:   the EOS ids in force (an int, a list or a tensor), or None.
+    pad_token_id:   what finished rows are padded with (None: the first EOS id, else 0).
+    vocab_size:     V, the id range both distributions live on (None: the target's vocabulary).
+    """
+
+    input_ids: torch.Tensor
+    max_length: int
+    attention_mask: torch.Tensor | None = None
+    do_sample: bool = False
+    eos_token_id: Any = None
+    pad_token_id: int | None = None
+    vocab_size: int | None = None
+
+
+@dataclass(frozen=True)
+class UserObjects:
+    """The objects a call brings: logits processors and stopping criteria (as stock generate() built them, the
+    user's own included), a streamer, and the target's empty cache."""
+
+    logits_processor: Any = ()
+    stopping_criteria: Any = None
+    streamer: Any = None
+    cache: Any = None
+
+
+def _optional_count(value, name: str) -> int | None:
+    return None if value is None else integer_at_least_one(value, name)

@@ -1,0 +1,138 @@
+"""`SuffixCache`: prompts and outputs of earlier generate() calls, searched by prompt lookup in later ones.
+
+A bounded store of token sequences (the oldest leave once the total passes `max_tokens`) behind one suffix index
+(sequences joined by a separator no token equals), shared safely between threads: `add` and `view` hold a lock, and
+drafting reads a frozen view taken when its call starts. Saved as a plain .npz of int arrays and loaded with
+`allow_pickle=False`, so loading a cache file from elsewhere runs no code.
+"""
+
+from __future__ import annotations
+
+import threading
+import zipfile
+from collections import deque
+
+import numpy as np
+
+from .drafters.suffix_index import IndexView, SuffixIndex
+
+SEPARATOR = -1  # joins sequences in the index: no token id equals it, so no match crosses it
+FORMAT = "speculoos-suffix-cache-1"
+DEFAULT_MAX_TOKENS = 1 << 20
+
+
+class SuffixCache:
+    """Token sequences of earlier calls (each row's prompt and output) for prompt lookup to copy from:
+    `model.generate(ids, prompt_lookup_num_tokens=N, suffix_cache=cache)`."""
+
+    def __init__(self, max_tokens: int = DEFAULT_MAX_TOKENS):
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, (int, np.integer)) or max_tokens < 1:
+            raise ValueError(f"SuffixCache needs max_tokens >= 1, got {max_tokens!r}.")
+        self.max_tokens = int(max_tokens)
+        self._lock = threading.Lock()
+        self._spans: deque[tuple[int, int]] = deque()  # (first column, length) of each sequence, oldest first
+        self._num_tokens = 0
+        self._index = SuffixIndex(1, 1024)
+
+    def __len__(self) -> int:
+        return len(self._spans)
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens held (separators not counted)."""
+        return self._num_tokens
+
+    def add(self, tokens) -> None:
+        """Store one finished sequence (a row's prompt and output, padding excluded); its last `max_tokens` tokens
+        if it is longer. The oldest sequences leave until the total fits."""
+        seq = _token_array(tokens)[-self.max_tokens :]
+        if not len(seq):
+            return
+        with self._lock:
+            start = int(self._index.lengths[0])
+            self._append(np.concatenate([seq, [SEPARATOR]]))
+            self._spans.append((start, len(seq)))
+            self._num_tokens += len(seq)
+            while self._num_tokens > self.max_tokens:
+                _, n = self._spans.popleft()
+                self._num_tokens -= n
+            self._index.move_first(0, self._spans[0][0])
+            if self._spans[0][0] > 2 * self._num_tokens + 1024:  # mostly evicted: index the live part afresh
+                self._reindex()
+
+    def view(self) -> IndexView | None:
+        """A frozen snapshot to search (None while empty)."""
+        with self._lock:
+            return self._index.view() if self._spans else None
+
+    def sequences(self) -> list[np.ndarray]:
+        """The stored sequences, oldest first (copies)."""
+        with self._lock:
+            row = self._index.tokens(0)
+            base = self._spans[0][0] if self._spans else 0
+            return [row[s - base : s - base + n].copy() for s, n in self._spans]
+
+    def save(self, path) -> None:
+        """Write the cache to `path` as an .npz of int arrays (no pickled objects)."""
+        seqs = self.sequences()
+        tokens = np.concatenate(seqs) if seqs else np.empty(0, dtype=np.int64)
+        with open(path, "wb") as f:
+            np.savez(f, format=np.array(FORMAT), max_tokens=np.array(self.max_tokens, dtype=np.int64),
+                     tokens=tokens.astype(np.int64), lengths=np.array([len(s) for s in seqs], dtype=np.int64))
+
+    @classmethod
+    def load(cls, path, max_tokens: int | None = None) -> "SuffixCache":
+        """Read a cache written by `save` (`max_tokens` overrides the saved bound). Refuses anything else, pickled
+        content included, with a ValueError: loading runs no code."""
+        try:
+            data = np.load(path, allow_pickle=False)
+            if not isinstance(data, np.lib.npyio.NpzFile):
+                raise ValueError("a single array, not an .npz archive")
+            with data:
+                fields = {name: data[name] for name in ("format", "max_tokens", "tokens", "lengths")}
+        except (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile) as err:
+            raise ValueError(f"{path} is not a speculoos suffix cache file (.npz of int arrays): {err}") from None
+        tokens, lengths = _checked(path, fields)
+        cache = cls(int(fields["max_tokens"]) if max_tokens is None else max_tokens)
+        for seq in np.split(tokens, np.cumsum(lengths)[:-1]) if len(lengths) else []:
+            cache.add(seq)
+        return cache
+
+    def _append(self, tokens: np.ndarray) -> None:
+        start = int(self._index.lengths[0])
+        cols = np.arange(start, start + len(tokens))
+        self._index.append(np.zeros(len(tokens), dtype=np.int64), cols, tokens)
+
+    def _reindex(self) -> None:
+        """A new index over the live sequences only (views taken before keep the old one)."""
+        row, base = self._index.tokens(0), self._spans[0][0]
+        live = row[: self._spans[-1][0] + self._spans[-1][1] + 1 - base]
+        self._index = SuffixIndex(1, max(1024, 2 * len(live)))
+        self._append(live)
+        self._spans = deque((s - base, n) for s, n in self._spans)
+
+
+def _token_array(tokens) -> np.ndarray:
+    """Token ids as a 1-d int64 array (a list, an array or a CPU/GPU tensor); refuses negative ids."""
+    if hasattr(tokens, "detach"):
+        tokens = tokens.detach().cpu().numpy()
+    arr = np.asarray(tokens)
+    if arr.ndim != 1 or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
+        raise ValueError(f"SuffixCache.add takes a 1-d sequence of token ids, got shape {arr.shape}, {arr.dtype}.")
+    arr = arr.astype(np.int64)
+    if arr.size and arr.min() < 0:
+        raise ValueError("SuffixCache.add takes token ids >= 0.")
+    return arr
+
+
+def _checked(path, fields: dict) -> tuple[np.ndarray, np.ndarray]:
+    """The file's tokens and lengths after checking its format, types and sizes."""
+    tokens, lengths = fields["tokens"], fields["lengths"]
+    ok = (fields["format"].shape == () and str(fields["format"]) == FORMAT and tokens.ndim == 1
+          and lengths.ndim == 1 and np.issubdtype(tokens.dtype, np.integer)
+          and np.issubdtype(lengths.dtype, np.integer) and np.issubdtype(fields["max_tokens"].dtype, np.integer)
+          and (not lengths.size or lengths.min() >= 1) and int(lengths.sum()) == len(tokens)
+          and (not tokens.size or tokens.min() >= 0) and int(fields["max_tokens"]) >= 1)
+    if not ok:
+        raise ValueError(f"{path} is not a valid speculoos suffix cache file (format {FORMAT}).")
+    return tokens.astype(np.int64), lengths.astype(np.int64)
