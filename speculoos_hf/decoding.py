@@ -112,7 +112,7 @@ def _round(run: _Run, tgt: KVSlots, drafter: Drafter, pacer: Pacer) -> None:
     if run.plain_first:
         k, run.plain_first = 0, False
     with pacer.drafting():
-        proposal = drafter.propose(state, k) if k > 0 else empty_proposal(ctx, state)
+        proposal = pacer.propose(drafter, state, k) if k > 0 else empty_proposal(ctx, state)
     if limits is not None and k > 0:
         proposal = proposal.limited(limits)  # per-row caps from earlier rounds only (never this round's): exact
     first_slot = tgt.num_slots

@@ -4,8 +4,8 @@
 calls, each round:
 
     policy.observe_prefill(seconds, tokens, unfed)  # once: the target's prompt prefill (tokens: all rows)
-    k = policy.choose_k()                       # 0: no speculation this round, the target decodes one token
-    ... per draft forward:  policy.observe_draft(seconds, batch)
+    k = policy.choose_k(batch, limit, remaining, rows)  # 0: no speculation this round, the target decodes one token
+    ... per draft step:     policy.observe_draft(seconds, batch)
     ... a draft catch-up:   policy.observe_catch_up(seconds, tokens)   (committed tokens the draft had not seen)
     ... per target pass:    policy.observe_target(seconds, tokens_per_row, batch)   (not the prompt's prefill)
     policy.observe_round(proposed=[...], accepted=[...], rows=[...])                 (per live row, k=0 rounds too)
@@ -32,10 +32,11 @@ The model:
 - Expected new tokens per row with k drafts: E(k) = 1 + sum_{i=1..k} prod_{j<i} alpha_j. The policy picks
   k in 0..max_k maximising batch * E(k) / (k * draft(batch) + T((k+1) * batch) + overhead); k = 0 is the target
   alone, batch / (T(batch) + overhead).
-- Per row (batch > 1): each row's acceptance relative to the batch's (its accepted over reached drafts, shrunk
-  towards the batch's with a few pseudo-observations, forgotten slowly while the row does not draft) scales alpha_j
-  for that row. A row whose own gain E_row(k) * T_round(0) / T_round(k) is below 1 drafts nothing (limit 0) while
-  the others draft k; the k chosen maximises the batch's expected tokens with those limits over the round's cost.
+- Per row (batch > 1): each row's own acceptance (its accepted over reached drafts, shrunk towards the batch's
+  with a few pseudo-observations, forgotten slowly while the row does not draft) at every position; a row with no
+  record yet takes the batch's alpha_j. With `per_row_limits`, a row whose own gain E_row(k) * T_round(0) /
+  T_round(k) is below 1 drafts nothing (limit 0) while the others draft k; the k chosen maximises the batch's
+  expected tokens with those limits over the round's cost.
 - Catching the draft up: the draft has to read every committed token it has not seen (the whole prompt before
   its first proposal, the stretch after rounds without drafts) before it proposes. The model drafter does that
   lazily, so a draft that is never used costs nothing. Its cost per token is measured (prior: the target's prefill
@@ -115,7 +116,7 @@ class _RowAcceptance:
     hits: float = 0.0
     trials: float = 0.0
     forget: float = 0.9
-    pseudo: float = 2.0  # observations the batch's rate counts for in `scale`
+    pseudo: float = 2.0  # observations the batch's rate counts for in `shrunk`
 
     def add(self, proposed: int, accepted: int) -> None:
         if proposed == 0:
@@ -127,11 +128,10 @@ class _RowAcceptance:
     def rate(self) -> float | None:
         return self.hits / self.trials if self.trials else None
 
-    def scale(self, pooled: float | None) -> float:
-        """The row's acceptance over the batch's, shrunk towards 1 with `pseudo` observations."""
-        if not pooled:
-            return 1.0
-        return (self.hits + self.pseudo * pooled) / (self.trials + self.pseudo) / pooled
+    def shrunk(self, pooled: float | None) -> float:
+        """The row's acceptance, shrunk towards the batch's with `pseudo` observations."""
+        prior = self.hits / self.trials if pooled is None else pooled
+        return (self.hits + self.pseudo * prior) / (self.trials + self.pseudo)
 
 
 @dataclass
@@ -149,6 +149,7 @@ class CostModelLookahead:
     prior_catch_up_ratio: draft catch-up cost per token / target prefill cost per token before it is measured
                       (the draft/target parameter ratio for a model draft, 0 for a copy such as prompt lookup).
     probe_budget:     a probe may cost at most this fraction of the target-alone time of the stretch it ends.
+    per_row_limits:   with several rows, cap at 0 the rows whose own expected gain is below 1.
     """
 
     max_k: int = 12
@@ -165,6 +166,7 @@ class CostModelLookahead:
     measure_plain_step: bool = True  # the first round is a plain one (unless its batch size was timed already)
     prior_catch_up_ratio: float | None = None
     probe_budget: float = 0.05
+    per_row_limits: bool = True  # batch > 1: rows whose drafts do not pay draft nothing while the others draft
 
     phase: Phase = field(default_factory=On, init=False)  # where the decisions stand (see the module doc)
     _alpha: list[float] = field(default_factory=list, repr=False)
@@ -334,20 +336,22 @@ class CostModelLookahead:
         if curves is None or k == 0:
             return batch * self.expected_tokens(k) / max(cost, 1e-12)
         base = self.round_time(0, batch)
-        return sum(c[k] if c[k] * base >= cost else 1.0 for c in curves) / max(cost, 1e-12)
+        trim = self.per_row_limits
+        return sum(c[k] if not trim or c[k] * base >= cost else 1.0 for c in curves) / max(cost, 1e-12)
 
     def _row_curves(self, rows: list[int] | None) -> list[list[float]] | None:
-        """Per row, E_row(k) for k = 0..max_k with alpha_j scaled by the row's acceptance relative to the batch's;
-        None for fewer than two rows (one row is the batch)."""
+        """Per row, E_row(k) for k = 0..max_k: the batch's alpha_j for a row with no record yet, else the row's own
+        acceptance at every position (its record shrunk towards the batch's); None for fewer than two rows."""
         if rows is None or len(rows) < 2:
             return None
         alpha, pooled = self.acceptance(), self._pool.rate()
         curves = []
         for row in rows:
-            scale = self._rows[row].scale(pooled) if row in self._rows else 1.0
+            record = self._rows.get(row)
+            own = None if record is None or not record.trials else record.shrunk(pooled)
             reach, curve = 1.0, [1.0]
             for a in alpha:
-                reach *= min(a * scale, 1.0)
+                reach *= a if own is None else own
                 curve.append(curve[-1] + reach)
             curves.append(curve)
         return curves
@@ -355,7 +359,7 @@ class CostModelLookahead:
     def row_limits(self, k: int, rows: list[int] | None, batch: int | None = None) -> list[int] | None:
         """Per-row drafts for a round of k: 0 for rows whose own gain E_row(k) * T_round(0) / T_round(k) is below
         1, k for the others; None when every row drafts k (or for fewer than two rows)."""
-        curves = self._row_curves(rows) if k > 0 else None
+        curves = self._row_curves(rows) if k > 0 and self.per_row_limits else None
         if curves is None:
             return None
         batch = batch or len(rows)
@@ -415,9 +419,10 @@ class CostModelLookahead:
         return self._switch_off(after_probe=isinstance(phase, ProbeDue) or phase == On(after_probe=True))
 
     def _timing_a_step(self, k: int, limit: int | None) -> int:
-        """k, but at least 2 while no draft step was timed: the first forward reads the catch-up, the second is
-        a step, so the next round is chosen with a measured step instead of the prior."""
-        if self._draft or k >= 2 or (limit is not None and limit < 2) or self.max_k < 2:
+        """k, but at least 2 in the first drafting round (no draft step timed, no draft verified yet): its first
+        forward reads the catch-up, the second is a step, so the next round is chosen with a measured step."""
+        first = not self._draft and not any(self._alpha_n)
+        if not first or k >= 2 or (limit is not None and limit < 2) or self.max_k < 2:
             return k
         return 2
 

@@ -17,7 +17,7 @@ from .checks import generate_setting, integer_at_least_one
 # num_draft_tokens=None (or "auto"): a cost model picks each round's k up to this, and 0 where drafting cannot pay
 AUTO_MAX_DRAFT_TOKENS = 12
 DEFAULT_NUM_DRAFT_TOKENS = 5  # the seed API's K
-DRAFT_QUANTIZATIONS = (None, "int8")
+DRAFT_QUANTIZATIONS = (None, "int8", "auto")
 DEFAULT_LOOKUP_TOKENS = 16  # prompt_lookup_num_tokens when suffix_cache= alone asks for prompt lookup
 
 # generate() keywords only speculoos knows: stock generate() must never see them
@@ -37,7 +37,8 @@ class SpeculativeOptions:
     draft_confidence_threshold: stop drafting a round once the draft's confidence falls below it (0..1).
     prompt_lookup_num_tokens / max_matching_ngram_size: copy continuations from the context (alone or hybrid).
     block_verification: sampling verifies each block jointly (Sun et al. 2024).
-    draft_quantization: None (the draft as given) or "int8" (a copy made once and reused).
+    draft_quantization: "auto" (default: "int8" where the draft's step is a large share of a round on CPU, see
+                       `drafters.prepared.int8_pays`), "int8" (a copy made once and reused), None (as given).
     suffix_cache:      a cache of earlier calls' text for prompt lookup (opaque here).
     tokenizer / assistant_tokenizer: the target's and the draft's tokenizers (stop strings, two vocabularies).
     """
@@ -47,8 +48,9 @@ class SpeculativeOptions:
     prompt_lookup_num_tokens: int | None = None
     max_matching_ngram_size: int | None = None
     block_verification: bool = False
-    draft_quantization: str | None = None
+    draft_quantization: str | None = "auto"
     suffix_cache: Any = None
+    lookup_only: bool = False  # no draft model: prompt lookup alone (its k is at most prompt_lookup_num_tokens)
     tokenizer: Any = field(default=None, repr=False)
     assistant_tokenizer: Any = field(default=None, repr=False)
 
@@ -82,6 +84,8 @@ class SpeculativeOptions:
     @property
     def max_draft_tokens(self) -> int:
         """K: the most drafts a round proposes (prompt lookup's copies included)."""
+        if self.auto_k and self.lookup_only:
+            return self.prompt_lookup_num_tokens
         k = AUTO_MAX_DRAFT_TOKENS if self.auto_k else self.num_draft_tokens
         return max(k, self.prompt_lookup_num_tokens or 0)
 
@@ -89,11 +93,11 @@ class SpeculativeOptions:
     def from_generate(cls, model, generation_config, draft_model, kwargs: dict) -> "SpeculativeOptions":
         """The options of a generate() call, taken out of its keyword arguments `kwargs` (in place). Prompt lookup
         comes from the keyword, else from the generation config in force, else `DEFAULT_LOOKUP_TOKENS` when a
-        suffix_cache is given; alone it drafts a fixed prompt_lookup_num_tokens per round unless num_draft_tokens
-        is given."""
+        suffix_cache is given; alone it copies up to prompt_lookup_num_tokens per round, capped by the cost model where
+        a longer pass stops paying (a fixed num_draft_tokens turns the cap off)."""
         values = {name: generate_setting(model, generation_config, kwargs, name) for name in _FROM_GENERATION_CONFIG}
         for name in SPECULOOS_OPTIONS + SHARED_OPTIONS:
-            value = kwargs.pop(name, None)
+            value = kwargs.pop(name, getattr(cls, name, None))  # not given: the field's default
             if name not in values:
                 values[name] = value
         if values["prompt_lookup_num_tokens"] is None and values["suffix_cache"] is not None:
@@ -101,9 +105,7 @@ class SpeculativeOptions:
         if draft_model is None and values["prompt_lookup_num_tokens"] is None:
             raise ValueError("Speculative generation needs draft_model=<a causal LM or a drafter> or "
                              "prompt_lookup_num_tokens=N.")
-        if draft_model is None and values["num_draft_tokens"] is None:
-            values["num_draft_tokens"] = values["prompt_lookup_num_tokens"]  # checked as prompt lookup's first
-        return cls(**values)
+        return cls(**values, lookup_only=draft_model is None)
 
 
 def wants_prompt_lookup(model, generation_config, kwargs: dict) -> bool:

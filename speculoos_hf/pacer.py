@@ -1,22 +1,28 @@
 """How many tokens each round drafts, and the timings that decide it, kept out of the decoding loop.
 
-The loop asks `pacer.choose_k(rows, remaining)` before a round (k, and per-row limits or None), runs its prefill, draft and target pass inside
-`pacer.prefilling(...)`, `pacer.drafting()` and `pacer.scoring()`, and reports the round with
-`pacer.after_round(proposal, outcome)`. With a given K (`FixedPacer`) nothing is timed; with
-`num_draft_tokens="auto"` (`CostModelPacer`) a stopwatch feeds `CostModelLookahead`.
+The loop asks `pacer.choose_k(rows, remaining)` before a round (k, and per-row limits or None), runs its prefill,
+draft and target pass inside `pacer.prefilling(...)`, `pacer.drafting()` and `pacer.scoring()`, and reports the
+round with `pacer.after_round(proposal, outcome)`. With a given K (`FixedPacer`) nothing is timed; with
+`num_draft_tokens="auto"` (`CostModelPacer`) a stopwatch feeds `CostModelLookahead`. The round's proposal comes
+from `pacer.propose(drafter, state, k)`: with prompt lookup under the cost model (`CopyPacer`) each copy is cut where
+a longer target pass stops paying, and a hybrid copies or asks its model per row by expected gain (gain.py).
 """
 
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager, nullcontext
+from dataclasses import replace
 from typing import Protocol
 
 import torch
 
-from .drafters.base import Proposal, RoundOutcome
+from .drafters.base import Drafter, Proposal, RoundOutcome
+from .gain import CopyRecord, RoundCosts, best_copy
 from .lookahead import CostModelLookahead, On
 from .options import SpeculativeOptions
 from .placement import input_device
+from .state import DecodeState
 from .timing import Stopwatch
 
 
@@ -25,6 +31,12 @@ class Pacer(Protocol):
         """(k, limits) for the next round over the live `rows` (original ids): k drafts (0: the target decodes one
         token alone) and, or None, each row's own cap (<= k; 0: the row drafts nothing); `remaining`: tokens left,
         longest row. Decided from earlier rounds' timings and acceptance only, never from this round's output."""
+
+    def propose(self, drafter: Drafter, state: DecodeState, k: int) -> Proposal:
+        """The drafter's proposal of up to k tokens per row (k > 0), copies cut by `cap`."""
+
+    def cap(self, proposal: Proposal) -> Proposal:
+        """`proposal` with each copy cut where a longer target pass stops paying (or unchanged)."""
 
     def prefilling(self, rows: int, prompt_length: int):
         """Context around the target's prompt prefill."""
@@ -50,6 +62,12 @@ class FixedPacer:
 
     def choose_k(self, rows: list[int], remaining: int) -> tuple[int, list[int] | None]:
         return min(self.k, remaining - 1), None
+
+    def propose(self, drafter: Drafter, state: DecodeState, k: int) -> Proposal:
+        return drafter.propose(state, k)
+
+    def cap(self, proposal: Proposal) -> Proposal:
+        return proposal
 
     def prefilling(self, rows: int, prompt_length: int):
         return nullcontext()
@@ -84,6 +102,12 @@ class CostModelPacer:
         self._rows = list(rows)
         k = model.choose_k(batch=B, limit=min(model.max_k, remaining - 1), remaining=remaining, rows=self._rows)
         return k, (model.row_limits(k, self._rows, B) if model.phase == On() else None)
+
+    def propose(self, drafter: Drafter, state: DecodeState, k: int) -> Proposal:
+        return drafter.propose(state, k)
+
+    def cap(self, proposal: Proposal) -> Proposal:
+        return proposal
 
     @contextmanager
     def prefilling(self, rows: int, prompt_length: int):
@@ -139,13 +163,85 @@ class CostModelPacer:
         return self.model.summary()
 
 
-def make_pacer(options: SpeculativeOptions, target, draft) -> FixedPacer | CostModelPacer:
+class CopyPacer(CostModelPacer):
+    """The cost model for prompt lookup, alone or beside a draft model (`with_model`): a copy is free to draft, so
+    every round after the first (a plain one, which times the target) may copy up to `copy_tokens` per row, each
+    row's copy cut where a longer pass stops paying (`gain.best_copy`: the matcher's confidences as its acceptance,
+    calibrated by how earlier copies fared).
+    Beside a model, the model's k comes from the cost model's phases and the hybrid asks it in the rows where it is
+    expected to give more tokens per second than the copy (`RoundCosts`). Both use earlier rounds' timings only."""
+
+    def __init__(self, model: CostModelLookahead, watch: Stopwatch, copy_tokens: int, with_model: bool):
+        super().__init__(model, watch)
+        self.copy_tokens = copy_tokens
+        self.with_model = with_model
+        self._model_k = 0  # the model's drafts this round (0: not offered)
+        self.copies = CopyRecord()  # how verified copies fared against their confidences
+
+    def choose_k(self, rows: list[int], remaining: int) -> tuple[int, list[int] | None]:
+        """Room for the copy or the model's k, whichever is longer; per row, the copy's cap and the hybrid's choice
+        decide (no limits here)."""
+        k_model, _ = super().choose_k(rows, remaining)
+        self._model_k = k_model if self.with_model else 0
+        if self.model.target_time(len(rows), len(rows)) is None:
+            return 0, None  # nothing timed yet: a plain round times the target alone
+        return max(0, min(max(k_model, self.copy_tokens), remaining - 1)), None
+
+    def propose(self, drafter: Drafter, state: DecodeState, k: int) -> Proposal:
+        if self.with_model:  # the hybrid: copy or model per row by expected gain, its copies cut as in `cap`
+            return drafter.propose(state, k, self.round_costs(state.batch_size, k))
+        return self.cap(drafter.propose(state, k))
+
+    def cap(self, proposal: Proposal) -> Proposal:
+        """Per row, the copy's first m tokens, m maximising (1 + sum_{j<m} conf[j]) / T(m+1) (0: no copy; conf
+        calibrated by `CopyRecord`)."""
+        costs = self.round_costs(proposal.tokens.shape[0], proposal.k)
+        if proposal.confidence is None or proposal.k == 0 or costs is None:
+            return proposal
+        choice = best_copy(proposal.confidence, proposal.counts(), costs.pass_time, costs.copy_ratio)
+        return proposal.limited(choice.length.tolist())
+
+    def round_costs(self, batch: int, width: int) -> RoundCosts | None:
+        """The next round's costs at `batch` rows: target passes over 1..width+1 tokens per row, and the model's
+        round with its k (None before the target was timed)."""
+        model, k = self.model, self._model_k
+        times = [model.target_time((m + 1) * batch, batch) for m in range(width + 1)]
+        if times[0] is None:
+            return None
+        cost = model.round_time(k, batch) if k else None
+        k = k if cost is not None else 0
+        return RoundCosts(torch.tensor(times, dtype=torch.float64), copy_ratio=self.copies.ratio(), model_k=k,
+                          model_tokens=model.expected_tokens(k), model_time=math.inf if cost is None else cost)
+
+    def after_round(self, proposal: Proposal, outcome: RoundOutcome) -> None:
+        """As the cost model's, but a hybrid's copied rows say nothing about the model's acceptance; the copies'
+        outcomes calibrate their confidences."""
+        if proposal.confidence is not None:
+            copied = proposal.copied if proposal.copied is not None else [True] * len(outcome.accepted)
+            self.copies.observe(proposal.confidence, proposal.counts(), outcome.accepted, copied)
+        if proposal.copied is not None:
+            proposal = replace(proposal, num_proposed=[0 if c else n for c, n in zip(proposal.copied,
+                                                                                      proposal.counts())])
+        super().after_round(proposal, outcome)
+
+    def summary(self) -> dict | None:
+        return {**(super().summary() or {}), "copy_acceptance_over_confidence": round(self.copies.ratio(), 4)}
+
+
+def make_pacer(options: SpeculativeOptions, target, draft) -> FixedPacer | CostModelPacer | CopyPacer:
     """The pacer `options` ask for; `draft` (a draft model, a drafter, or None) sets the cost model's prior."""
     K = options.max_draft_tokens
     if not options.auto_k:
         return FixedPacer(K)
-    model = CostModelLookahead(max_k=K, prior_catch_up_ratio=draft_size_ratio(target, draft))
-    return CostModelPacer(model, Stopwatch(input_device(target)))
+    ratio, copies = draft_size_ratio(target, draft), options.prompt_lookup_num_tokens
+    watch = Stopwatch(input_device(target))
+    if copies is not None and ratio == 0:  # prompt lookup alone: drafting is free, k up to its N
+        model = CostModelLookahead(max_k=copies, prior_catch_up_ratio=0.0, prior_draft_ratio=0.0)
+        return CopyPacer(model, watch, copies, with_model=False)
+    model = CostModelLookahead(max_k=K, prior_catch_up_ratio=ratio)
+    if copies is not None:  # hybrid
+        return CopyPacer(model, watch, copies, with_model=True)
+    return CostModelPacer(model, watch)
 
 
 def draft_size_ratio(target, draft) -> float:

@@ -45,14 +45,20 @@ class SuffixCache:
     def add(self, tokens) -> None:
         """Store one finished sequence (a row's prompt and output, padding excluded); its last `max_tokens` tokens
         if it is longer. The oldest sequences leave until the total fits."""
-        seq = _token_array(tokens)[-self.max_tokens :]
-        if not len(seq):
+        self.add_all([tokens])
+
+    def add_all(self, sequences) -> None:
+        """`add` for several sequences at once (one index update)."""
+        seqs = [seq for seq in (_token_array(t)[-self.max_tokens :] for t in sequences) if len(seq)]
+        if not seqs:
             return
         with self._lock:
             start = int(self._index.lengths[0])
-            self._append(np.concatenate([seq, [SEPARATOR]]))
-            self._spans.append((start, len(seq)))
-            self._num_tokens += len(seq)
+            for seq in seqs:
+                self._spans.append((start, len(seq)))
+                start += len(seq) + 1
+            self._append(np.concatenate([part for seq in seqs for part in (seq, [SEPARATOR])]))
+            self._num_tokens += sum(map(len, seqs))
             while self._num_tokens > self.max_tokens:
                 _, n = self._spans.popleft()
                 self._num_tokens -= n

@@ -130,11 +130,11 @@ def test_per_row_k_from_acceptance_greedy_equals_target(gtest_pair, monkeypatch)
     """The cost model's own per-row limits (a synthetic profile in which a row's drafts must be accepted often to
     pay) keep greedy output exact over a batch of 16 prompts, some rows drafting while others do not."""
     target, draft = gtest_pair
-    fast_draft_profile(monkeypatch, step_s=0.03)
+    fast_draft_profile(monkeypatch, step_s=0.02)
     seen = count_limited(monkeypatch)
     ids = torch.randint(0, GTEST_V, (16, 6), generator=torch.Generator().manual_seed(0))
-    ref = target.generate(ids, do_sample=False, max_new_tokens=30, pad_token_id=GTEST_PAD)
-    out = target.generate(ids, do_sample=False, max_new_tokens=30, pad_token_id=GTEST_PAD, draft_model=draft)
+    ref = target.generate(ids, do_sample=False, max_new_tokens=60, pad_token_id=GTEST_PAD)
+    out = target.generate(ids, do_sample=False, max_new_tokens=60, pad_token_id=GTEST_PAD, draft_model=draft)
     assert torch.equal(out, ref)
     assert target.speculative_stats.draft_tokens_proposed > 0
     assert any(0 in limits and max(limits) > 0 for limits in seen)
@@ -144,7 +144,7 @@ def test_auto_k_sampling_exact_with_per_row_k(gtest_pair, monkeypatch):
     """A G-test at batch N where the cost model really drafts (a synthetic profile in which drafting pays) and
     per-row limits stop some rows' drafts while others draft; power: the same run with a broken rule rejects."""
     target, draft = gtest_pair
-    fast_draft_profile(monkeypatch, step_s=0.05)
+    fast_draft_profile(monkeypatch, step_s=0.04)
     seen = count_limited(monkeypatch)
     expected = exact_distribution(target, PROMPT, _processors(temperature=0.8))
     (spec,) = _generate(target, [PROMPT], N, seed=31, draft_model=draft, temperature=0.8)

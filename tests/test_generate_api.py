@@ -530,7 +530,7 @@ def test_prompt_lookup_from_the_generation_config_in_force(fresh_pair):
     target.speculative_stats = None
     target.generation_config.prompt_lookup_num_tokens = 3
     assert torch.equal(target.generate(ids, do_sample=False, max_new_tokens=10), ref)
-    assert target.speculative_stats.num_draft_tokens == 3  # lookup alone: a fixed k of prompt_lookup_num_tokens
+    assert target.speculative_stats.num_draft_tokens == 3  # lookup alone: k up to prompt_lookup_num_tokens
     target.speculative_stats = None
     plain = target.generate(ids, do_sample=False, max_new_tokens=10, prompt_lookup_num_tokens=None)
     assert torch.equal(plain, ref) and target.speculative_stats is None  # stock generate() took the call

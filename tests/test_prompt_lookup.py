@@ -1,5 +1,6 @@
 """Prompt lookup and hybrid drafting: float32 greedy equality with the target alone (batched) and G-tests with power
-against the exact target distribution (the method of test_distribution.py, helpers in gtest.py)."""
+against the exact target distribution (the method of test_distribution.py, helpers in gtest.py). The suffix matcher
+itself, its cache and its own G-tests: test_suffix_lookup.py."""
 
 from __future__ import annotations
 
@@ -24,14 +25,6 @@ def _repetitive_prompts(batch: int, seed: int = 0) -> tuple[torch.Tensor, torch.
         phrase = torch.randint(0, 60, (4 + i,), generator=gen)
         prompts.append(torch.cat([phrase, torch.randint(0, 60, (2,), generator=gen), phrase, phrase[:2]]))
     return left_pad_batch(prompts)
-
-
-def test_find_continuation_earliest_longest_match():
-    tokens = torch.tensor([5, 6, 7, 8, 1, 5, 6, 9, 5, 6])
-    assert find_continuation(tokens, 2, 1, 3).tolist() == [7, 8, 1]  # "5 6" first seen at 0
-    assert find_continuation(tokens, 3, 3, 3).tolist() == []  # "9 5 6" never recurs
-    assert find_continuation(torch.tensor([1, 2, 3, 4]), 2, 1, 5).tolist() == []
-    assert find_continuation(torch.tensor([3, 1, 3]), 2, 1, 5).tolist() == [1, 3]  # stops at the end of the context
 
 
 @pytest.mark.parametrize("num_tokens,ngram", [(1, 1), (3, 2), (10, 3)])
@@ -95,10 +88,7 @@ def test_hybrid_rounds_use_both_sources(pair):
     assert hybrid.draft_input_tokens <= ids.shape[1] + 30 + hybrid.draft_forward_passes * 2
 
 
-LOOKUP_CASES = {
-    "lookup_plain": dict(settings={}, kw=dict(prompt_lookup_num_tokens=3, max_matching_ngram_size=2)),
-    "lookup_temperature_top_p": dict(settings=dict(temperature=0.7, top_p=0.9),
-                                     kw=dict(prompt_lookup_num_tokens=4, max_matching_ngram_size=1)),
+LOOKUP_CASES = {  # prompt lookup alone: test_suffix_lookup.py
     "hybrid_plain": dict(settings={}, kw=dict(prompt_lookup_num_tokens=3, num_draft_tokens=3), draft=True),
     "hybrid_repetition_penalty": dict(settings=dict(repetition_penalty=1.5),
                                       kw=dict(prompt_lookup_num_tokens=2, num_draft_tokens=4), draft=True),

@@ -295,11 +295,12 @@ def _lookup_cache() -> SuffixCache:
     return cache
 
 
-SAMPLING_CASES = {
-    "matcher": dict(settings={}, drafter=lambda: PromptLookupDrafter(4)),
+SAMPLING_CASES = {  # generate() keywords (a drafter object for the cache: it needs no glue)
+    "matcher": dict(settings={}, kw=lambda: dict(prompt_lookup_num_tokens=4)),
     "matcher_temperature_top_p": dict(settings=dict(temperature=0.7, top_p=0.9),
-                                      drafter=lambda: PromptLookupDrafter(3, 1)),
-    "matcher_cache": dict(settings=dict(temperature=0.9), drafter=lambda: PromptLookupDrafter(4, cache=_lookup_cache())),
+                                      kw=lambda: dict(prompt_lookup_num_tokens=3, max_matching_ngram_size=1)),
+    "matcher_cache": dict(settings=dict(temperature=0.9), kw=lambda: dict(
+        draft_model=PromptLookupDrafter(4, cache=_lookup_cache()), num_draft_tokens=4)),
 }
 
 
@@ -308,14 +309,13 @@ def test_sampling_exact(name, gtest_pair, monkeypatch):
     target, _ = gtest_pair
     case = SAMPLING_CASES[name]
     expected = exact_distribution(target, PROMPT, _processors(**case["settings"]))
-    kw = dict(draft_model=case["drafter"](), num_draft_tokens=4, **case["settings"])
-    (samples,) = _generate(target, [PROMPT], N, seed=31, **kw)
+    (samples,) = _generate(target, [PROMPT], N, seed=31, **case["kw"](), **case["settings"])
     stats = target.speculative_stats
     assert 0.05 < stats.acceptance_rate < 0.98 and stats.draft_tokens_proposed > N
     p = g_test(samples, expected)
     assert p > ALPHA, f"{name}: samples deviate from the exact target distribution (p={p:.2e})"
     monkeypatch.setattr(decoding, "speculative_verify", _always_accept)
-    (broken,) = _generate(target, [PROMPT], N, seed=32, **{**kw, "draft_model": case["drafter"]()})
+    (broken,) = _generate(target, [PROMPT], N, seed=32, **case["kw"](), **case["settings"])
     assert g_test(broken, expected) < ALPHA, f"{name}: the test cannot detect an always-accept rule"
 
 

@@ -1,9 +1,12 @@
-"""Hybrid drafting: where a row's context holds an n-gram match, copy its continuation; elsewhere ask the model.
+"""Hybrid drafting: per row and round, copy a continuation from the context or ask the draft model.
 
-The choice is made per row and per round from the committed prefix alone (does the lookup find a continuation?),
-so the output stays exact: copied tokens are proposed with a one-hot q, the model's with its own q. The proposal
-records the choice (`Proposal.copied`). When every row copies, the draft model does not run at all; its cache catches
-up on the copied tokens in one chunk the next time it is asked (see `ModelDrafter`).
+With the cost model's `RoundCosts` (num_draft_tokens not given), a row copies where its copy is expected to give at
+least the model's tokens per second (`speculoos_hf.gain`), its copy cut where a longer pass stops paying; without
+them (a given K), a row copies wherever the lookup finds a continuation. Either way the choice depends only on the
+committed prefix and earlier rounds' measurements, so the output stays exact: copied tokens are proposed with a
+one-hot q, the model's with its own q. The proposal records the choice (`Proposal.copied`). When every row copies,
+the draft model does not run at all; its cache catches up on the copied tokens in one chunk the next time it is
+asked (see `ModelDrafter`).
 """
 
 from __future__ import annotations
@@ -12,13 +15,15 @@ from dataclasses import replace
 
 import torch
 
+from ..gain import RoundCosts, best_copy, prefers_copy
 from ..state import DecodeContext, DecodeState
 from .base import Drafter, Proposal, RoundOutcome
 from .prompt_lookup import PromptLookupDrafter
 
 
 class HybridDrafter:
-    """Prompt lookup first, the draft model (up to `num_model_tokens` per round) where the lookup has nothing."""
+    """Per row, prompt lookup's copy or the draft model's drafts (up to `num_model_tokens` per round): by expected
+    gain when the pacer passes `RoundCosts`, else the copy wherever the lookup finds one."""
 
     def __init__(self, lookup: PromptLookupDrafter, model: Drafter, num_model_tokens: int):
         self.lookup = lookup
@@ -31,13 +36,19 @@ class HybridDrafter:
         self.lookup.start(ctx, state)
         self.model.start(ctx, state)
 
-    def propose(self, state: DecodeState, k: int) -> Proposal:
+    def propose(self, state: DecodeState, k: int, costs: RoundCosts | None = None) -> Proposal:
+        """Up to k tokens per row: the copy or the model's drafts (up to `costs.model_k` with costs)."""
         copied = self.lookup.propose(state, k)
-        use_copy = [n > 0 for n in copied.counts()]
+        if costs is None:
+            use_copy, k_model = [n > 0 for n in copied.counts()], min(k, self.num_model_tokens)
+        else:
+            choice = best_copy(copied.confidence, copied.counts(), costs.pass_time, costs.copy_ratio)
+            copied = copied.limited(choice.length.tolist())  # each copy cut where a longer pass stops paying
+            use_copy, k_model = prefers_copy(choice, costs).tolist(), min(k, self.num_model_tokens, costs.model_k)
         self._copied = use_copy
         if all(use_copy):
             return replace(copied, copied=use_copy)
-        drafted = self.model.propose(state, min(k, self.num_model_tokens))
+        drafted = self.model.propose(state, k_model)
         return _merge(copied, drafted, use_copy, self.ctx.vocab_size)
 
     def commit(self, state: DecodeState, outcome: RoundOutcome) -> None:
@@ -73,4 +84,10 @@ def _merge(copied: Proposal, drafted: Proposal, use_copy: list[bool], V: int) ->
         probs[:, : drafted.k] = drafted.probs
         one_hot = torch.nn.functional.one_hot(tokens, V).to(probs.dtype)  # [B, k, V]
         probs = torch.where(mask[:, :, None], one_hot, probs)
-    return Proposal(tokens, probs, counts, forwards=drafted.k, catch_up=drafted.catch_up, copied=use_copy)
+    confidence = None
+    if copied.confidence is not None:  # the copies' (0 in the model's rows)
+        confidence = torch.zeros(B, width)  # [B, k] CPU
+        confidence[:, : copied.k] = copied.confidence * torch.tensor(use_copy)[:, None]
+    forwards = drafted.k if drafted.forwards is None else drafted.forwards
+    return Proposal(tokens, probs, counts, forwards=forwards, catch_up=drafted.catch_up, copied=use_copy,
+                    confidence=confidence, catch_up_seconds=drafted.catch_up_seconds)

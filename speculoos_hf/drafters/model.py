@@ -49,7 +49,8 @@ class ModelDrafter:
         """Feed the pending committed tokens, then draft up to k tokens per row from the processed distribution."""
         catch_up = max(c - f for c, f in zip(state.lengths, self.cached_len))
         logits = self.runner.feed(*self._pending(state))  # [B, V_draft]
-        return replace(self.runner.draft(self.ctx, state, k, logits, self.vocab), catch_up=catch_up)
+        return replace(self.runner.draft(self.ctx, state, k, logits, self.vocab), catch_up=catch_up,
+                       catch_up_seconds=self.runner.feed_seconds())
 
     def commit(self, state: DecodeState, outcome: RoundOutcome, used: list[bool] | None = None) -> None:
         """Keep the drafts that were committed (at most k-1 of them were fed); the rest become holes.

@@ -42,8 +42,7 @@ class PreparedDraft:
 
 
 def int8_pays(draft: nn.Module, target: nn.Module, measured_share: float | None = None) -> bool:
-    """Whether "auto" drafts with an int8 copy: a CPU draft large enough to be bound by weight reads, whose step is
-    a large share of a target pass (measured by an earlier call's cost model, else its weight bytes over the target's)."""
+    """"auto" drafts in int8: a CPU draft bound by weight reads, its step a big share of a pass (measured or bytes)."""
     if _device_type(draft) != "cpu" or step_bytes(draft) < MIN_INT8_BYTES:
         return False
     share = measured_share if measured_share is not None else step_bytes(draft) / max(step_bytes(target), 1)

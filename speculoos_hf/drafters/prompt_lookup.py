@@ -12,12 +12,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..options import DEFAULT_LOOKUP_TOKENS
 from ..state import DecodeContext, DecodeState
 from .base import Proposal, RoundOutcome
 from .suffix_index import SuffixIndex
 from .suffix_match import MatchRule, Source, suffix_copies
 
-DEFAULT_NUM_TOKENS = 16  # prompt_lookup_num_tokens when lookup is asked for without a number (suffix_cache= alone)
 DEFAULT_MAX_MATCH = 64  # longest suffix matched when max_matching_ngram_size is not given
 DEFAULT_THRESHOLD = 0.3  # the copy goes on while at least this share of the suffix's occurrences continue it
 DEFAULT_MULTIPLE = 4.0  # the copy is at most this multiple of the match length
@@ -30,7 +30,7 @@ class PromptLookupDrafter:
     forward_passes = 0  # no model: nothing to count
     input_tokens = 0
 
-    def __init__(self, num_tokens: int = DEFAULT_NUM_TOKENS, max_ngram_size: int | None = None,
+    def __init__(self, num_tokens: int = DEFAULT_LOOKUP_TOKENS, max_ngram_size: int | None = None,
                  min_ngram_size: int = 1, *, threshold: float = DEFAULT_THRESHOLD,
                  multiple: float | None = DEFAULT_MULTIPLE, cache=None):
         max_ngram_size = DEFAULT_MAX_MATCH if max_ngram_size is None else max_ngram_size
@@ -72,11 +72,10 @@ class PromptLookupDrafter:
         self._live = list(state.rows)
         if self.cache is None:
             return
-        for i, row in enumerate(state.rows):
-            if outcome.stopped[i] and row not in self._added:
-                stop = outcome.old_lengths[i] + outcome.own[i] - state.first_valid[i]
-                self.cache.add(self._index.tokens(row)[:stop])
-                self._added.add(row)
+        finished = [(i, row) for i, row in enumerate(state.rows) if outcome.stopped[i] and row not in self._added]
+        ends = [outcome.old_lengths[i] + outcome.own[i] - state.first_valid[i] for i, _ in finished]
+        self.cache.add_all([self._index.tokens(row)[:end] for (_, row), end in zip(finished, ends)])
+        self._added.update(row for _, row in finished)
 
     def select_rows(self, alive: torch.Tensor, alive_host: list[int]) -> None:
         """Rows that left are never looked up again."""

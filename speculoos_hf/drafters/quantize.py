@@ -36,9 +36,8 @@ class Int8Linear(nn.Module):
         super().__init__()
         w = linear.weight.detach()
         dtype = dtype or (w.dtype if w.dtype in (torch.bfloat16, torch.float16, torch.float32) else torch.float32)
-        wf = w.float()
-        scale = wf.abs().amax(dim=1).clamp(min=1e-12) / 127.0  # [out]
-        q = torch.clamp(torch.round(wf / scale[:, None]), -127, 127).to(torch.int8)  # [out, in]
+        scale = w.abs().amax(dim=1).float().clamp(min=1e-12) / 127.0  # [out] (the max of bf16 values is exact)
+        q = w.to(torch.float32, copy=True).div_(scale[:, None]).round_().clamp_(-127, 127).to(torch.int8)  # [out, in]
         self.in_features, self.out_features = linear.in_features, linear.out_features
         # parameters (not buffers) so that parameter-based accounting (bytes read per step, .to(), .device) sees them
         self.weight = nn.Parameter(q, requires_grad=False)
@@ -101,7 +100,29 @@ def int8_draft(model, backend: str = "auto"):
         config = Int8WeightOnlyConfig() if backend == "torchao_weight_only" else Int8DynamicActivationInt8WeightConfig()
         quantize_(draft, config)
         return draft.eval()
-    draft = copy.deepcopy(model)
+    return _int8pack_copy(model)
+
+
+def _int8pack_copy(model):
+    """`model`'s module tree sharing its parameters and buffers (no weight copied), every nn.Linear an Int8Linear.
+    On CPU it computes in bf16, the aten kernel's fast path there (float32 activations are several times slower on
+    AVX2); elsewhere in the model's own float dtype."""
+    draft = copy.deepcopy(model, memo={id(t): t for t in (*model.parameters(), *model.buffers())})
     dtype = next(draft.parameters()).dtype
-    _replace_linears(draft, dtype if dtype in (torch.bfloat16, torch.float16, torch.float32) else torch.float32)
+    if model.device.type == "cpu" or dtype not in (torch.bfloat16, torch.float16, torch.float32):
+        dtype = torch.bfloat16 if model.device.type == "cpu" else torch.float32
+    _replace_linears(draft, dtype)
+    _recast_parameters(draft, dtype)
     return draft.eval()
+
+
+def _recast_parameters(model: nn.Module, dtype: torch.dtype) -> None:
+    """Give `model`'s floating-point parameters of another dtype new `dtype` copies (ties kept), leaving the shared
+    originals untouched (Module.to would convert them in place)."""
+    recast: dict[int, nn.Parameter] = {}
+    for module in model.modules():
+        for name, p in list(module.named_parameters(recurse=False)):
+            if p.is_floating_point() and p.dtype != dtype:
+                if id(p) not in recast:
+                    recast[id(p)] = nn.Parameter(p.detach().to(dtype), requires_grad=False)
+                setattr(module, name, recast[id(p)])

@@ -16,6 +16,7 @@ from ..logits import pad_vocab
 from ..placement import input_device
 from ..processors import apply_processors
 from ..state import DecodeContext, DecodeState
+from ..timing import Stopwatch
 from .base import Proposal
 
 
@@ -67,6 +68,8 @@ class DraftRunner:
         self.device = input_device(model)
         self.kv: KVSlots | None = None
         self._fed: FedDrafts | None = None
+        self.watch = Stopwatch(self.device)
+        self._feed_span = None
 
     @property
     def forward_passes(self) -> int:
@@ -89,9 +92,16 @@ class DraftRunner:
     def feed(self, tokens: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """One forward over a chunk of pending ids `tokens` [B, w] (`valid` [B, w] host 0/1: holes where a row has
         fewer); the drafts fed after it are recorded from here on. Returns the logits at its last slot [B, V_draft]."""
+        mark = self.watch.start()
         logits = self.kv.forward(tokens, valid, logits_to_keep=1)[:, -1]
+        self._feed_span = self.watch.stop(mark)
         self._fed = FedDrafts(first_slot=self.kv.num_slots)
         return logits
+
+    def feed_seconds(self):
+        """A callable giving the seconds of the latest `feed` (read it after the round's sync: no extra sync)."""
+        span, watch = self._feed_span, self.watch
+        return lambda: watch.seconds(span)
 
     def step(self, ids: torch.Tensor, host_ids: list[int] | None = None) -> torch.Tensor:
         """Feed one draft id per row, `ids` [B] (`host_ids`: the same on the host, recorded if given). [B, V_draft]"""

@@ -20,8 +20,9 @@ RECENT = 256  # occurrences a lookup returns from the sorted part at most (the m
 TAIL_MIN = 64  # tail length that never triggers a rebuild
 _MIX1, _MIX2 = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9)
 _ROW = np.uint64(0xD6E8FEB86659FD93)  # mixes the row into sorted keys
+_LEVEL_KEYS = (np.arange(len(LEVELS), dtype=np.uint64) * np.uint64(0x94D049BB133111EB)) >> np.uint64(1)
 _BASE = 0x100000001B3
-_POW = [np.uint64(pow(_BASE, g, 2**64)) for g in LEVELS]
+_POWERS = np.array([pow(_BASE, j, 2**64) for j in range(LEVELS[-1])], dtype=np.uint64)  # BASE^j
 _COL_BITS = np.uint64(32)
 
 
@@ -31,9 +32,9 @@ def token_hashes(tokens: np.ndarray) -> np.ndarray:
     return (x ^ (x >> np.uint64(31))) * _MIX2
 
 
-def row_keys(slots: np.ndarray, hashes: np.ndarray) -> np.ndarray:
-    """Sort keys: a g-gram hash made distinct per row. [n] uint64"""
-    return hashes ^ (slots.astype(np.uint64) * _ROW)
+def sort_keys(levels: np.ndarray, slots: np.ndarray, hashes: np.ndarray) -> np.ndarray:
+    """Sort keys: a g-gram hash made distinct per level and row (broadcasting). uint64"""
+    return hashes ^ (slots.astype(np.uint64) * _ROW) ^ _LEVEL_KEYS[levels]
 
 
 @dataclass(frozen=True)
@@ -46,44 +47,45 @@ class IndexView:
     first: np.ndarray  # [R] first live column of each row
     lengths: np.ndarray  # [R] committed length of each row
     static_end: np.ndarray  # [R] columns below are in the sorted part
-    keys: tuple[np.ndarray, ...]  # per level, sorted keys
-    flat: tuple[np.ndarray, ...]  # per level, (row << 32 | column) of each sorted key
+    keys: np.ndarray  # sorted keys of (level, row, hash), every level in one array
+    flat: np.ndarray  # (row << 32 | column) of each sorted key
 
-    def count(self, level: int, slots: np.ndarray, hashes: np.ndarray, hi: np.ndarray) -> np.ndarray:
-        """How many occurrences of `hashes[q]` (level `level`) row `slots[q]` holds ending before column `hi[q]`
-        (the sorted part counts in full). [Q]"""
-        left, right = self._ranges(level, slots, hashes)
-        cols, hit = self._tail(level, slots, hashes, hi)
-        return right - left + hit.sum(1)
+    def count(self, slots: np.ndarray, hashes: np.ndarray, hi: np.ndarray) -> np.ndarray:
+        """How many occurrences of `hashes[level, q]` row `slots[q]` holds ending before column `hi[q]` (the
+        sorted part counts in full), at every level at once. [levels, Q]"""
+        levels = np.arange(len(LEVELS))[:, None]  # [levels, 1]
+        left, right = self._ranges(levels, slots[None, :], hashes)  # [levels, Q]
+        cols, inside = self._tail_columns(slots, hi)  # [Q, T]
+        found = self.hashes[:, slots[:, None], cols] == hashes[:, :, None]  # [levels, Q, T]
+        return right - left + (found & inside[None]).sum(2)
 
-    def find(self, level: int, slots: np.ndarray, hashes: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """End columns of the occurrences `count` counts (at most `RECENT` of the sorted part's, the most recent).
-        Returns (query [M], column [M])."""
-        left, right = self._ranges(level, slots, hashes)
+    def find(self, levels: np.ndarray, slots: np.ndarray, hashes: np.ndarray,
+             hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """End columns of the occurrences of `hashes[q]` (level `levels[q]`) in row `slots[q]` before `hi[q]`: at
+        most `RECENT` of the sorted part's (the most recent) and all of the tail's. Returns (query [M], column [M])."""
+        left, right = self._ranges(levels, slots, hashes)  # [Q]
         left = np.maximum(left, right - RECENT)
         sizes = right - left  # [Q]
         query = np.repeat(np.arange(len(slots)), sizes)  # [M]
         within = np.arange(len(query)) - np.repeat(np.cumsum(sizes) - sizes, sizes)
-        flat = self.flat[level][left[query] + within]
+        flat = self.flat[left[query] + within]
         own = (flat >> _COL_BITS).astype(np.int64) == slots[query]  # a key shared by two rows: keep the asked row's
         col = (flat & np.uint64(0xFFFFFFFF)).astype(np.int64)
-        cols, hit = self._tail(level, slots, hashes, hi)
-        tq, tc = np.nonzero(hit)
+        cols, inside = self._tail_columns(slots, hi)  # [Q, T]
+        tq, tc = np.nonzero(inside & (self.hashes[levels[:, None], slots[:, None], cols] == hashes[:, None]))
         return np.concatenate([query[own], tq]), np.concatenate([col[own], cols[tq, tc]])
 
-    def _ranges(self, level: int, slots: np.ndarray, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        keys = row_keys(slots, hashes)  # [Q]
-        return np.searchsorted(self.keys[level], keys, "left"), np.searchsorted(self.keys[level], keys, "right")
+    def _ranges(self, levels: np.ndarray, slots: np.ndarray, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        keys = sort_keys(levels, slots, hashes)
+        return np.searchsorted(self.keys, keys, "left"), np.searchsorted(self.keys, keys, "right")
 
-    def _tail(self, level: int, slots: np.ndarray, hashes: np.ndarray, hi: np.ndarray):
-        """Columns of each queried row's tail [Q, T] and where they hold the hash [Q, T]."""
+    def _tail_columns(self, slots: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Columns of each queried row's tail, clipped into the arrays [Q, T], and which are real [Q, T]."""
         start = self.static_end[slots]  # [Q]
         end = np.minimum(hi, self.lengths[slots])  # [Q]
         width = int(max((end - start).max(initial=0), 0))
         cols = start[:, None] + np.arange(width)[None, :]  # [Q, T]
-        inside = cols < end[:, None]
-        found = self.hashes[level, slots[:, None], np.minimum(cols, self.hashes.shape[2] - 1)] == hashes[:, None]
-        return cols, inside & found
+        return np.minimum(cols, self.hashes.shape[2] - 1), cols < end[:, None]
 
 
 class SuffixIndex:
@@ -96,8 +98,8 @@ class SuffixIndex:
         self._lengths = self._first.copy()
         self._static_end = self._first.copy()
         self._live = np.ones(rows, dtype=bool)
-        self._keys = tuple(np.empty(0, dtype=np.uint64) for _ in LEVELS)
-        self._flat = tuple(np.empty(0, dtype=np.uint64) for _ in LEVELS)
+        self._keys = np.empty(0, dtype=np.uint64)
+        self._flat = np.empty(0, dtype=np.uint64)
 
     @property
     def lengths(self) -> np.ndarray:
@@ -133,14 +135,12 @@ class SuffixIndex:
                          self._static_end.copy(), self._keys, self._flat)
 
     def _hash(self, slots: np.ndarray, cols: np.ndarray, tokens: np.ndarray) -> None:
-        """Hashes of the new positions, level by level (a level reads the one below at two columns)."""
-        h = self._hashes
-        h[0, slots, cols] = token_hashes(tokens)
-        start = self._first[slots]  # [n]
-        for level in range(1, len(LEVELS)):
-            g, half = LEVELS[level], LEVELS[level - 1]
-            below = h[level - 1, slots, np.maximum(cols - half, 0)] * _POW[level - 1]
-            h[level, slots, cols] = np.where(cols - g + 1 >= start, h[level - 1, slots, cols] + below, INVALID)
+        """Hashes of the new positions at every level: sum_j hash(token[c - j]) * BASE^j over the g latest."""
+        back = cols[:, None] - np.arange(LEVELS[-1])[None, :]  # [n, G] the position and those before it
+        terms = token_hashes(self._tokens[slots[:, None], np.maximum(back, 0)]) * _POWERS  # [n, G]
+        sums = np.cumsum(terms, axis=1, dtype=np.uint64)[:, np.array(LEVELS) - 1].T  # [levels, n]
+        whole = cols[None, :] - np.array(LEVELS)[:, None] + 1 >= self._first[slots][None, :]  # [levels, n]
+        self._hashes[:, slots, cols] = np.where(whole, sums, INVALID)
 
     def _maybe_rebuild(self) -> None:
         live = self._live
@@ -150,20 +150,17 @@ class SuffixIndex:
             self._rebuild()
 
     def _rebuild(self) -> None:
-        """Sort every live row's positions but its last (it has no next token yet) by key, level by level."""
+        """Sort every live row's positions but its last (it has no next token yet) by key, all levels together."""
         end = np.where(self._live, np.maximum(self._lengths - 1, self._first), self._first)  # [R]
         cols = np.arange(self._tokens.shape[1])[None, :]
         rows, cols = np.nonzero((cols >= self._first[:, None]) & (cols < end[:, None]))  # row-major: flat ascending
-        flat = (rows.astype(np.uint64) << _COL_BITS) | cols.astype(np.uint64)
-        keys, flats = [], []
-        for level in range(len(LEVELS)):
-            h = self._hashes[level, rows, cols]
-            ok = h != INVALID
-            k = row_keys(rows[ok], h[ok])
-            order = np.argsort(k, kind="stable")  # stable: positions stay ascending within a key
-            keys.append(k[order])
-            flats.append(flat[ok][order])
-        self._keys, self._flat = tuple(keys), tuple(flats)
+        flat = (rows.astype(np.uint64) << _COL_BITS) | cols.astype(np.uint64)  # [n]
+        h = self._hashes[:, rows, cols]  # [levels, n]
+        ok = h != INVALID
+        levels = np.broadcast_to(np.arange(len(LEVELS))[:, None], h.shape)[ok]
+        keys = sort_keys(levels, np.broadcast_to(rows, h.shape)[ok], h[ok])
+        order = np.argsort(keys, kind="stable")  # stable: positions stay ascending within a key
+        self._keys, self._flat = keys[order], np.broadcast_to(flat, h.shape)[ok][order]
         self._static_end = end
 
     def _grow(self, capacity: int) -> None:

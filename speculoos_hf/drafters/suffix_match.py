@@ -80,6 +80,7 @@ def _pattern(own: Source, width: int) -> tuple[np.ndarray, np.ndarray]:
     """Each row's latest `width` tokens, newest first [B, W] (-2 before its first token), and how many it has [B]."""
     end = own.hi + 1  # [B] committed lengths
     size = np.minimum(end - own.view.first[own.slots], width)  # [B]
+    width = int(size.max(initial=0))
     cols = end[:, None] - 1 - np.arange(width)[None, :]  # [B, W]
     rev = own.view.tokens[own.slots[:, None], np.maximum(cols, 0)]
     return np.where(np.arange(width)[None, :] < size[:, None], rev, -2), size
@@ -90,14 +91,10 @@ def _longest_matches(own: Source, sources: list[Source], rule: MatchRule) -> _Hi
     candidate's match (up to 2g - 1, the next level having none, or `max_match` at the top level)."""
     B = len(own.slots)
     rev, size = _pattern(own, rule.max_match)
-    usable = [lv for lv, g in enumerate(LEVELS) if g <= max(1, rule.max_match // 2)]
-    top = np.full(B, -1)
-    for lv in usable:
-        top = np.where(LEVELS[lv] <= size, lv, top)  # [B] highest level each row can ask
+    usable = int(np.searchsorted(LEVELS, max(1, rule.max_match // 2), "right"))  # levels up to half the cap
+    top = np.minimum(np.searchsorted(LEVELS, size, "right"), usable) - 1  # [B] highest level each row can ask
     pattern = own.view.hashes[:, own.slots, own.hi]  # [levels, B] hash of the latest g tokens
-    found = np.zeros((len(LEVELS), B), dtype=bool)
-    for lv in usable:
-        found[lv] = sum(s.view.count(lv, s.slots, pattern[lv], s.hi) for s in sources) > 0
+    found = sum(s.view.count(s.slots, pattern, s.hi) for s in sources) > 0  # [levels, B]
     level = np.where(top >= 0, _highest(found, top), -1)  # [B]
     length = np.zeros(B, dtype=np.int64)
     hits = []
@@ -126,14 +123,13 @@ def _measure(sources, rev, size, level, top, pattern, max_match) -> _Hits:
     B = len(level)
     g = np.array(LEVELS)[np.maximum(level, 0)]
     width = np.where(level == top, np.minimum(max_match, size), np.minimum(2 * g - 1, size))  # [B]
+    ask = np.flatnonzero(level >= 0)  # [Q] rows with a level to look at
     rows, srcs, cols, lengths = [], [], [], []
     for s_i, s in enumerate(sources):
-        for lv in np.unique(level[level >= 0]):
-            ask = np.flatnonzero(level == lv)  # rows at this level
-            q, col = s.view.find(int(lv), s.slots[ask], pattern[lv, ask], s.hi[ask])
-            row = ask[q]
-            rows.append(row), srcs.append(np.full(len(row), s_i)), cols.append(col)
-            lengths.append(_match_lengths(s.view, s.slots[row], col, rev[row], width[row]))
+        q, col = s.view.find(level[ask], s.slots[ask], pattern[level[ask], ask], s.hi[ask])
+        row = ask[q]
+        rows.append(row), srcs.append(np.full(len(row), s_i)), cols.append(col)
+        lengths.append(_match_lengths(s.view, s.slots[row], col, rev[row], width[row]))
     row, src, col, n = (np.concatenate(a) for a in (rows, srcs, cols, lengths))
     best = np.zeros(B, dtype=np.int64)
     np.maximum.at(best, row, n)
@@ -143,7 +139,8 @@ def _measure(sources, rev, size, level, top, pattern, max_match) -> _Hits:
 
 def _match_lengths(view: IndexView, slots, cols, rev, width) -> np.ndarray:
     """How many tokens ending at `cols[i]` of row `slots[i]` equal `rev[i]` read backwards (at most width[i]). [M]"""
-    W = rev.shape[1]
+    W = int(width.max(initial=0))
+    rev = rev[:, :W]
     at = cols[:, None] - np.arange(W)[None, :]  # [M, W]
     inside = (at >= view.first[slots][:, None]) & (np.arange(W)[None, :] < width[:, None])
     same = inside & (view.tokens[slots[:, None], np.maximum(at, 0)] == rev)
@@ -177,13 +174,18 @@ def _follow(cont: np.ndarray, row: np.ndarray, rank: np.ndarray, caps: np.ndarra
     denom = np.bincount(row, minlength=B)  # [B] occurrences of the matched suffix
     tokens = np.zeros((B, W), dtype=np.int64)
     confidence = np.zeros((B, W), dtype=np.float32)
+    single = denom[row] == 1  # [M] a row with one occurrence copies it whole (probability 1 throughout)
+    copy = np.cumprod((cont[single] >= 0) & (np.arange(W)[None, :] < caps[row[single], None]), axis=1)  # [m, W]
+    tokens[row[single]] = np.where(copy > 0, cont[single], 0)
+    confidence[row[single]] = copy
     counts = np.zeros(B, dtype=np.int64)
-    alive = np.ones(len(row), dtype=bool)
-    for j in range(W):
+    counts[row[single]] = copy.sum(1)
+    alive = ~single
+    for j in range(W if alive.any() else 0):
         live = alive & (cont[:, j] >= 0) & (caps[row] > j)  # [M]
         if not live.any():
             break
-        best_row, best_tok, best_count = _most_frequent(row[live], cont[live, j], rank[live])
+        best_row, best_tok, best_count = _most_frequent(row[live], cont[live, j], rank[live], B)
         p = best_count / denom[best_row]
         go = p >= threshold
         best_row, best_tok = best_row[go], best_tok[go]
@@ -195,15 +197,21 @@ def _follow(cont: np.ndarray, row: np.ndarray, rank: np.ndarray, caps: np.ndarra
     return tokens[:, :width], counts, confidence[:, :width]
 
 
-def _most_frequent(row: np.ndarray, tok: np.ndarray, rank: np.ndarray):
+def _most_frequent(row: np.ndarray, tok: np.ndarray, rank: np.ndarray, B: int):
     """Per row present, the token with the most entries (ties: the highest rank): (rows, tokens, counts)."""
+    some = np.full(B, -1)
+    some[row] = tok  # one entry's token per row
+    if (tok == some[row]).all():  # every row's entries agree (the usual case): no sorting
+        counts = np.bincount(row, minlength=B)
+        present = np.flatnonzero(counts)
+        return present, some[present], counts[present]
     key = row * _STRIDE + tok
     order = np.lexsort((rank, key))  # by (row, token), then rank
     key, rank = key[order], rank[order]
-    last = np.flatnonzero(np.r_[key[1:] != key[:-1], True])  # last entry of each (row, token) group
-    size = np.diff(np.r_[-1, last])
+    last = np.flatnonzero(np.append(key[1:] != key[:-1], True))  # last entry of each (row, token) group
+    size = np.diff(last, prepend=-1)
     group_key, group_rank = key[last], rank[last]
     group_row = group_key // _STRIDE
     order = np.lexsort((group_rank, size, group_row))  # per row: by count, then recency
-    best = order[np.r_[group_row[order][1:] != group_row[order][:-1], True]]
+    best = order[np.append(group_row[order][1:] != group_row[order][:-1], True)]
     return group_row[best], group_key[best] % _STRIDE, size[best]
