@@ -269,8 +269,9 @@ class Output:
 
     def end_at_last_stop(self, rows: list[int]) -> None:
         """Stock's rule without an EOS id: rows that stopped run along until the last one stops, then all end."""
+        last = max(self._stops)
         for r in rows:
-            self._ends[r] = min(self._ends[r], max(self._stops))
+            self._ends[r] = min(self._ends[r], last)
 
     def write(self, row: int, tokens: torch.Tensor, length: int) -> None:
         self.seq[row, :length] = tokens[:length]

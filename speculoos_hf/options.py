@@ -18,7 +18,7 @@ from .checks import generate_setting, integer_at_least_one
 AUTO_MAX_DRAFT_TOKENS = 12
 DEFAULT_NUM_DRAFT_TOKENS = 5  # the seed API's K
 DRAFT_QUANTIZATIONS = (None, "int8", "auto")
-DEFAULT_LOOKUP_TOKENS = 16  # prompt_lookup_num_tokens when suffix_cache= alone asks for prompt lookup
+DEFAULT_LOOKUP_TOKENS = 32  # prompt_lookup_num_tokens when suffix_cache= alone asks for prompt lookup
 
 # generate() keywords only speculoos knows: stock generate() must never see them
 SPECULOOS_OPTIONS = ("num_draft_tokens", "draft_confidence_threshold", "block_verification", "draft_quantization",

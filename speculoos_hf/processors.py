@@ -31,6 +31,22 @@ PREFIX_FREE = tuple(
     if hasattr(lp, name)
 )
 
+# Warpers that keep the best id of a row with a finite score: with only these, a draft always has an id to propose.
+KEEP_BEST = tuple(
+    getattr(lp, name)
+    for name in (
+        "TemperatureLogitsWarper",
+        "TopKLogitsWarper",
+        "TopPLogitsWarper",
+        "MinPLogitsWarper",
+        "TypicalLogitsWarper",
+        "EpsilonLogitsWarper",
+        "EtaLogitsWarper",
+        "RepetitionPenaltyLogitsProcessor",
+    )
+    if hasattr(lp, name)
+)
+
 # Processors that keep state between calls or change the batch layout: calling them K+1 times per step is wrong.
 STATEFUL = tuple(
     getattr(lp, name)
@@ -74,6 +90,8 @@ class BatchProcessors:
     def __init__(self, processors: Sequence, batch_size: int):
         self.processors = processors
         self.prefix_free = is_prefix_free(processors)
+        # some processor may ban every id a draft can propose (suppress_tokens, bad_words_ids, a user's rule, ...)
+        self.may_ban_all = not all(isinstance(proc, KEEP_BEST) for proc in processors)
         self._row_tensors = [  # (processor, attribute, its value for every row of the batch, the original value)
             (proc, "prompt_ignore_length", proc.prompt_ignore_length, proc.prompt_ignore_length)
             for proc in processors

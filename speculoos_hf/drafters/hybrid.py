@@ -57,6 +57,7 @@ class HybridDrafter:
             accepted = [0 if c else a for a, c in zip(outcome.accepted, self._copied)]
             self.model.commit(state, replace(outcome, accepted=accepted))
         self._copied = None
+        self.lookup.commit(state, outcome)  # its index grows; finished rows go to the suffix cache
 
     @property
     def forward_passes(self) -> int:
@@ -68,6 +69,7 @@ class HybridDrafter:
 
     def select_rows(self, alive: torch.Tensor, alive_host: list[int]) -> None:
         self.model.select_rows(alive, alive_host)
+        self.lookup.select_rows(alive, alive_host)
 
 
 def _merge(copied: Proposal, drafted: Proposal, use_copy: list[bool], V: int) -> Proposal:

@@ -20,7 +20,7 @@ from .suffix_match import MatchRule, Source, suffix_copies
 
 DEFAULT_MAX_MATCH = 64  # longest suffix matched when max_matching_ngram_size is not given
 DEFAULT_THRESHOLD = 0.3  # the copy goes on while at least this share of the suffix's occurrences continue it
-DEFAULT_MULTIPLE = 4.0  # the copy is at most this multiple of the match length
+DEFAULT_MULTIPLE = 2.0  # the copy is at most this multiple of the match length
 
 
 class PromptLookupDrafter:
@@ -50,7 +50,6 @@ class PromptLookupDrafter:
 
     def start(self, ctx: DecodeContext, state: DecodeState) -> None:
         """Index every row's prompt (left padding excluded) and take the cache's snapshot."""
-        self.ctx = ctx
         B, S = state.seq_host.shape
         self._index = SuffixIndex(B, S, first=np.asarray(state.first_valid))  # row slot = original batch row
         self._live = list(state.rows)

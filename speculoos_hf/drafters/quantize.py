@@ -4,18 +4,16 @@ so a draft may be quantised freely: only acceptance and speed change.
 On CPU the decode step is bound by reading weights, and the draft's share of a round is K forwards. `int8_draft`
 returns an int8 copy of the draft (per-output-channel symmetric int8 weights). Backends:
 
-- "auto" (default): "torch.ao" on CPU while torch still provides it (the fastest eager int8 measured on our 2-core
-  CPU), else "int8pack".
-- "torch.ao": torch.ao dynamic quantisation (fbgemm, float32 activations quantised on the fly). Deprecated by
-  PyTorch in favour of torchao, still shipped in torch 2.13.
-- "int8pack": weight-only int8, activations stay in the model's dtype; every nn.Linear becomes an `Int8Linear`
-  calling `torch._weight_int8pack_mm` (the aten CPU/GPU kernel gpt-fast and torchao's weight-only int8 lower to).
-  No deprecated API, no extra dependency, keeps a bf16 draft in bf16; about bf16 speed eagerly on CPU, fast under
-  torch.compile (inductor fuses the dequantisation).
+- "int8pack" (DEFAULT_BACKEND; "auto" is an alias): weight-only int8, every nn.Linear an `Int8Linear` calling the
+  aten kernel `torch._weight_int8pack_mm` (what gpt-fast and torchao's weight-only int8 lower to). The copy shares
+  the draft's other weights and computes in bf16 on CPU (the kernel's fast path there). No deprecated API, no
+  extra dependency; acceptance within a point of the draft's own.
+- "torch.ao": torch.ao dynamic quantisation (fbgemm, activations quantised per step too). The cheapest eager step
+  on CPU but it loses acceptance, and torch.ao.quantization is deprecated: an explicit opt-in only.
 - "torchao" / "torchao_weight_only": torchao's `Int8DynamicActivationInt8WeightConfig` / `Int8WeightOnlyConfig`
-  (optional extra `torchao`). Very slow eagerly on CPU; for compiled/GPU use.
+  (optional extra `torchao`): slower than the bf16 draft eagerly on CPU; for compiled or GPU use.
 
-Measurements (ms per one-token step of Qwen2.5-Coder-0.5B on our 2-core CPU): docs/speed.md.
+Measurements per backend: docs/speed.md.
 """
 
 from __future__ import annotations
@@ -27,6 +25,7 @@ import torch
 from torch import nn
 
 BACKENDS = ("auto", "int8pack", "torch.ao", "torchao", "torchao_weight_only")
+DEFAULT_BACKEND = "int8pack"  # maintained, and the best acceptance per draft-step cost (docs/speed.md)
 
 
 class Int8Linear(nn.Module):
@@ -66,21 +65,13 @@ def _replace_linears(module: nn.Module, dtype: torch.dtype | None) -> None:
             _replace_linears(child, dtype)
 
 
-def _torch_ao_available() -> bool:
-    try:
-        from torch.ao.quantization import quantize_dynamic  # noqa: F401
-    except Exception:  # removed in a future torch
-        return False
-    return "fbgemm" in torch.backends.quantized.supported_engines or "x86" in torch.backends.quantized.supported_engines
-
-
-def int8_draft(model, backend: str = "auto"):
-    """An int8 copy of `model` for drafting (the original is left untouched). `backend`: one of BACKENDS; "auto" is
-    the fastest measured: torch.ao dynamic int8 on CPU while torch provides it, else int8pack."""
+def int8_draft(model, backend: str = DEFAULT_BACKEND):
+    """An int8 copy of `model` for drafting (the original is left untouched). `backend`: one of BACKENDS ("auto":
+    DEFAULT_BACKEND)."""
     if backend not in BACKENDS:
         raise ValueError(f"int8_draft: backend must be one of {BACKENDS}, not {backend!r}.")
     if backend == "auto":
-        backend = "torch.ao" if model.device.type == "cpu" and _torch_ao_available() else "int8pack"
+        backend = DEFAULT_BACKEND
     if backend == "torch.ao":
         if model.device.type != "cpu":
             raise ValueError(f"int8_draft(backend='torch.ao') quantises for CPU execution; the model is on {model.device}.")

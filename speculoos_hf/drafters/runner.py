@@ -117,12 +117,14 @@ class DraftRunner:
         per further token. Each is drawn from the target-id scores after the target's processors with its own prefix
         (written into `state.seq` as it goes); greedy: the argmax."""
         C = state.lengths_tensor()  # [B]
-        tokens, probs = [], []
+        tokens, probs, has_ids = [], [], []
         for j in range(k):
             if j:
                 logits = self.step(vocab.draft_ids(tokens[-1]))  # [B, V_draft]
             scores = apply_processors(ctx.processors, state.seq, [n + j for n in state.lengths],
                                       vocab.scores(logits, ctx), state.rows)  # [B, V]
+            if ctx.processors.may_ban_all:
+                has_ids.append(scores.amax(dim=-1) > float("-inf"))  # [B] the processors left the row some id
             token, q = self._choose(ctx, scores)  # [B], [B, V] or None
             state.seq.scatter_(1, (C + j)[:, None], token[:, None])  # later positions' processors see it
             tokens.append(token)
@@ -130,7 +132,7 @@ class DraftRunner:
                 probs.append(q)
             if j + 1 < k and self._unsure(q, token):
                 break
-        return _proposal(ctx, state, tokens, probs)
+        return _proposal(ctx, state, tokens, probs, _proposable(has_ids))
 
     def take_fed(self) -> FedDrafts | None:
         """The drafts fed since the last `feed` (None if nothing was fed since the last take)."""
@@ -151,7 +153,7 @@ class DraftRunner:
 
     def _choose(self, ctx: DecodeContext, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The draft token [B] and, when sampling or stopping on confidence, the q [B, V] it is drawn from. Where the
-        processors left no token, q is a one-hot on id 0: still drawn from what is reported."""
+        processors left no token, q is a one-hot on id 0 (never proposed: see `_proposable`)."""
         q = None
         if ctx.do_sample or self.confidence_threshold is not None:
             nothing_left = scores.amax(dim=-1, keepdim=True) == float("-inf")  # [B, 1]
@@ -168,9 +170,19 @@ class DraftRunner:
         return bool((confidence < self.confidence_threshold).all())
 
 
-def _proposal(ctx: DecodeContext, state: DecodeState, tokens: list, probs: list) -> Proposal:
-    """The drafted tokens [B, k] (and their q [B, k, V] when sampling) as a Proposal, k possibly 0."""
+def _proposable(has_ids: list[torch.Tensor]) -> list[int] | None:
+    """Per row, the drafts before its first position where the processors left no id at all (as suppress_tokens
+    over a reduced head's ids): host ints, the one host sync this takes; None when no processor can ban every id."""
+    if not has_ids:
+        return None
+    return torch.stack(has_ids, dim=1).long().cumprod(dim=1).sum(dim=1).tolist()  # [B, k] -> B ints
+
+
+def _proposal(ctx: DecodeContext, state: DecodeState, tokens: list, probs: list,
+              num_proposed: list[int] | None = None) -> Proposal:
+    """The drafted tokens [B, k] (and their q [B, k, V] when sampling) as a Proposal, k possibly 0; row i proposes
+    only its first num_proposed[i] (all k if None)."""
     if not tokens:
         empty_probs = torch.zeros(state.batch_size, 0, ctx.vocab_size, device=ctx.device) if ctx.do_sample else None
         return Proposal(state.seq[:, :0], empty_probs)
-    return Proposal(torch.stack(tokens, dim=1), torch.stack(probs, dim=1) if probs else None)
+    return Proposal(torch.stack(tokens, dim=1), torch.stack(probs, dim=1) if probs else None, num_proposed)

@@ -1,9 +1,9 @@
 """A growing index of token rows for suffix matching: where did a row's latest g tokens occur before?
 
 Each committed position holds a 64-bit polynomial hash of the g tokens ending there, for g in `LEVELS` (each length
-combines two halves of the one below it). Per level, positions are kept sorted by (row, hash) except each row's
-newest ones (a short tail, compared directly); the sorted part is rebuilt once a tail outgrows an eighth of it.
-Appending costs O(levels) per token plus the amortised rebuilds, a lookup O(log L + tail): no row is rescanned.
+combines two halves of the one below it). Positions are kept sorted by (level, row, hash) in one array, except each
+row's newest ones (a short tail, compared directly), merged in once a tail passes ~4 sqrt(the row's sorted size).
+Appending costs O(levels) per token plus the amortised merges, a lookup O(log L + tail): no row is rescanned.
 Hashes only nominate candidates; callers compare tokens before trusting them, so a collision costs time, never a
 wrong match. `view()` is a frozen snapshot: appending never writes where a view reads, so other threads may read.
 """
@@ -17,12 +17,12 @@ import numpy as np
 LEVELS = (1, 2, 4, 8, 16, 32)  # g-gram lengths hashed at every position
 INVALID = np.uint64(2**64 - 1)  # the hash of a position whose g tokens would start before the row's first token
 RECENT = 256  # occurrences a lookup returns from the sorted part at most (the most recent ones)
-TAIL_MIN = 64  # tail length that never triggers a rebuild
+TAIL_MIN = 64  # tail length that never triggers a merge
 _MIX1, _MIX2 = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9)
 _ROW = np.uint64(0xD6E8FEB86659FD93)  # mixes the row into sorted keys
 _LEVEL_KEYS = (np.arange(len(LEVELS), dtype=np.uint64) * np.uint64(0x94D049BB133111EB)) >> np.uint64(1)
 _BASE = 0x100000001B3
-_POWERS = np.array([pow(_BASE, j, 2**64) for j in range(LEVELS[-1])], dtype=np.uint64)  # BASE^j
+_POWERS = {g: np.uint64(pow(_BASE, g, 2**64)) for g in LEVELS}  # BASE^g
 _COL_BITS = np.uint64(32)
 
 
@@ -120,10 +120,10 @@ class SuffixIndex:
         self._tokens[slots, cols] = tokens
         self._hash(slots, cols, tokens)
         np.maximum.at(self._lengths, slots, cols + 1)
-        self._maybe_rebuild()
+        self._maybe_merge()
 
     def drop_rows(self, slots) -> None:
-        """Rows never asked about again: the next rebuild leaves them out."""
+        """Rows never asked about again: their tails are no longer sorted in."""
         self._live[list(slots)] = False
 
     def move_first(self, slot: int, col: int) -> None:
@@ -135,32 +135,41 @@ class SuffixIndex:
                          self._static_end.copy(), self._keys, self._flat)
 
     def _hash(self, slots: np.ndarray, cols: np.ndarray, tokens: np.ndarray) -> None:
-        """Hashes of the new positions at every level: sum_j hash(token[c - j]) * BASE^j over the g latest."""
-        back = cols[:, None] - np.arange(LEVELS[-1])[None, :]  # [n, G] the position and those before it
-        terms = token_hashes(self._tokens[slots[:, None], np.maximum(back, 0)]) * _POWERS  # [n, G]
-        sums = np.cumsum(terms, axis=1, dtype=np.uint64)[:, np.array(LEVELS) - 1].T  # [levels, n]
-        whole = cols[None, :] - np.array(LEVELS)[:, None] + 1 >= self._first[slots][None, :]  # [levels, n]
-        self._hashes[:, slots, cols] = np.where(whole, sums, INVALID)
+        """Hashes of the new positions, level by level: a g-gram's is its two halves', sum_j h(token[c - j]) * BASE^j
+        (a level reads the one below at two columns, both written already)."""
+        h = self._hashes
+        h[0, slots, cols] = token_hashes(tokens)
+        start = self._first[slots]  # [n]
+        for level in range(1, len(LEVELS)):
+            half = LEVELS[level - 1]
+            below = h[level - 1, slots, np.maximum(cols - half, 0)] * _POWERS[half]  # [n]
+            whole = cols - LEVELS[level] + 1 >= start
+            h[level, slots, cols] = np.where(whole, h[level - 1, slots, cols] + below, INVALID)
 
-    def _maybe_rebuild(self) -> None:
+    def _maybe_merge(self) -> None:
         live = self._live
         tail = (self._lengths - self._static_end)[live]
-        sorted_size = (self._static_end - self._first)[live]
-        if tail.size and tail.max() > max(TAIL_MIN, int(sorted_size.max()) // 8):
-            self._rebuild()
+        sorted_size = np.maximum(self._static_end - self._first, 0)[live]
+        if tail.size and tail.max() > max(TAIL_MIN, 4 * int(np.sqrt(sorted_size.max()))):
+            self._merge_tails()
 
-    def _rebuild(self) -> None:
-        """Sort every live row's positions but its last (it has no next token yet) by key, all levels together."""
-        end = np.where(self._live, np.maximum(self._lengths - 1, self._first), self._first)  # [R]
-        cols = np.arange(self._tokens.shape[1])[None, :]
-        rows, cols = np.nonzero((cols >= self._first[:, None]) & (cols < end[:, None]))  # row-major: flat ascending
+    def _merge_tails(self) -> None:
+        """Sort every live row's tail but its last position (it has no next token yet) into the sorted part: the
+        tail's keys sorted, then inserted after equal keys (positions stay ascending within a key)."""
+        start = np.maximum(self._static_end, self._first)  # [R] (a row's forgotten tokens are never sorted in)
+        end = np.where(self._live, np.maximum(self._lengths - 1, start), start)  # [R]
+        size = end - start  # [R]
+        rows = np.repeat(np.arange(len(size)), size)  # [n]
+        cols = np.repeat(start - np.cumsum(size) + size, size) + np.arange(len(rows))  # [n]
         flat = (rows.astype(np.uint64) << _COL_BITS) | cols.astype(np.uint64)  # [n]
         h = self._hashes[:, rows, cols]  # [levels, n]
         ok = h != INVALID
         levels = np.broadcast_to(np.arange(len(LEVELS))[:, None], h.shape)[ok]
         keys = sort_keys(levels, np.broadcast_to(rows, h.shape)[ok], h[ok])
-        order = np.argsort(keys, kind="stable")  # stable: positions stay ascending within a key
-        self._keys, self._flat = keys[order], np.broadcast_to(flat, h.shape)[ok][order]
+        order = np.argsort(keys, kind="stable")
+        keys, flat = keys[order], np.broadcast_to(flat, h.shape)[ok][order]
+        at = np.searchsorted(self._keys, keys, "right")
+        self._keys, self._flat = np.insert(self._keys, at, keys), np.insert(self._flat, at, flat)  # new arrays
         self._static_end = end
 
     def _grow(self, capacity: int) -> None:

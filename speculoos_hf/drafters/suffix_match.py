@@ -3,8 +3,8 @@
 Per row: the longest suffix of its committed tokens (at most `max_match`) that occurred before, in its own context
 or in a cache of earlier sequences; then, token by token, the continuation that followed it most often (ties: the
 most recent), while that continuation's empirical probability (its occurrences / the matched suffix's) stays at
-least `threshold` and its length at most `multiple` x the match length. Python loops run over index levels and
-draft positions only, never over rows or the context.
+least `threshold` and its length at most `multiple` x the match length (unless the match reached `max_match`: it
+may be longer). Python loops run over index levels and draft positions only, never over rows or the context.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ class MatchRule:
     max_match: int = 64  # longest suffix compared (max_matching_ngram_size)
     min_match: int = 1  # shorter matches propose nothing
     threshold: float = 0.0  # a continuation is followed while count(suffix + copy) / count(suffix) >= threshold
-    multiple: float | None = None  # the copy is at most multiple x the match length (None: no such cap)
+    multiple: float | None = None  # the copy is at most multiple x a match shorter than max_match (None: no cap)
 
 
 @dataclass(frozen=True)
@@ -67,8 +67,9 @@ def suffix_copies(own: Source, sources: list[Source], rule: MatchRule, max_token
     hits = _keep(hits, hits.length[hits.row] >= rule.min_match)
     length = np.where(hits.length >= rule.min_match, hits.length, 0)
     caps = np.full(B, max_tokens)
-    if rule.multiple is not None:
-        caps = np.minimum(caps, np.maximum(1, np.floor(rule.multiple * length).astype(np.int64)))
+    if rule.multiple is not None:  # a match as long as max_match may be longer: the cap stops measuring there
+        capped = np.maximum(1, np.floor(rule.multiple * length).astype(np.int64))
+        caps = np.where(length < rule.max_match, np.minimum(caps, capped), caps)
     caps = np.where(length > 0, caps, 0)
     width = int(caps.max(initial=0))
     cont, rank = _continuations(sources, hits, width)
