@@ -18,6 +18,9 @@ import torch
 
 from .dataset import DatasetJob, DatasetRun, ForeignOutputError, distributed_state
 from .placement import placement_kwargs, placement_summary
+from .drafters import int8_draft
+from .generation import enable_speculative
+from .models import load_model, load_tokenizer, resolve_alias
 
 PROG = "speculoos-generate"
 
@@ -120,8 +123,6 @@ def job_from_args(args) -> DatasetJob:
 def _dtype(choice: str, name: str):
     """`--dtype` for one model: "auto" is from_pretrained's own (the checkpoint's dtype); the offline aliases are
     converted from GGUF into a cache kept in a concrete dtype, bfloat16 (their original checkpoints' dtype)."""
-    from .models import resolve_alias
-
     if choice != "auto":
         return getattr(torch, choice)
     return torch.bfloat16 if resolve_alias(name) else "auto"
@@ -129,9 +130,6 @@ def _dtype(choice: str, name: str):
 
 def _load_models(args, state):
     """(target, draft or None, tokenizer), placed as the options say."""
-    from .generation import enable_speculative
-    from .models import load_model, load_tokenizer
-
     device = args.device or str(state.device)
     offload = placement_kwargs(device_map=args.target_device_map, max_memory=args.target_max_memory)
     if offload:  # what fits nowhere goes to disk; each process offloads to its own folder
@@ -144,8 +142,6 @@ def _load_models(args, state):
         draft_device = "cpu" if args.draft_int8 else device
         draft = load_model(args.draft, dtype=_dtype(args.dtype, args.draft), **placement_kwargs(device=draft_device))
         if args.draft_int8:
-            from .drafters import int8_draft
-
             draft = int8_draft(draft)
     if state.is_main_process and offload:
         shares = ", ".join(f"{k} {v:.0%}" for k, v in placement_summary(target).items())

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from .generation import DEFAULT_NUM_DRAFT_TOKENS, enable_speculative
+from .models import load_model, load_tokenizer
 
 _PLAIN_SAMPLING = {"temperature": 1.0, "top_k": 0, "top_p": 1.0}
 
@@ -77,7 +78,6 @@ def auto_regressive_sampling(
 
 class SpeculativeSampler:
     """Draft + target pair with the seed README's methods. Models may be hub ids, local paths or loaded models."""
-
     def __init__(
         self,
         draft_model_name,
@@ -91,8 +91,6 @@ class SpeculativeSampler:
         top_k: int | None = None,
         top_p: float | None = None,
     ):
-        from .models import load_model, load_tokenizer
-
         if isinstance(K, bool) or not isinstance(K, int) or K < 1:
             raise ValueError(f"K (draft tokens per round) must be an integer >= 1, got {K!r}.")
         load_kwargs = {} if dtype is None else {"dtype": dtype}

@@ -12,7 +12,14 @@ import speculoos_hf.drafters.prepared as prepared
 from gtest import ALPHA, N, PROMPT, _always_accept, _generate, _processors, exact_distribution, g_test
 from speculoos_hf import enable_speculative
 from speculoos_hf.drafters import int8_draft
-from speculoos_hf.drafters.prepared import PreparedDraft, int8_pays, note_draft_step, prepare_draft, step_bytes
+from speculoos_hf.drafters.prepared import (
+    PreparedDraft,
+    float_linear_bytes,
+    int8_pays,
+    note_draft_step,
+    prepare_draft,
+    step_bytes,
+)
 from speculoos_hf.drafters.quantize import DEFAULT_BACKEND, Int8Linear
 from speculoos_hf.lookahead import CostModelLookahead
 from speculoos_hf.options import SpeculativeOptions
@@ -42,7 +49,7 @@ def test_default_int8_backend_is_present():
 
 def test_int8_pays_by_bytes_measurement_and_device():
     large = _large_llama("cpu")
-    assert step_bytes(large) >= prepared.MIN_INT8_BYTES
+    assert float_linear_bytes(large) >= prepared.MIN_INT8_BYTES
     assert int8_pays(large, large)  # share 1 by bytes
     assert not int8_pays(large, large, measured_share=prepared.MIN_DRAFT_SHARE / 2)  # a measurement overrules bytes
     assert int8_pays(large, large, measured_share=prepared.MIN_DRAFT_SHARE)
@@ -50,8 +57,17 @@ def test_int8_pays_by_bytes_measurement_and_device():
     assert step_bytes(big_target) == step_bytes(large)
     assert not int8_pays(_large_llama("meta"), big_target)  # not on CPU: as given
     _, tiny, _ = toy_pair()
-    assert step_bytes(tiny) < prepared.MIN_INT8_BYTES
+    assert float_linear_bytes(tiny) < prepared.MIN_INT8_BYTES
     assert not int8_pays(tiny, tiny) and not int8_pays(tiny, tiny, measured_share=1.0)
+
+
+def test_auto_never_requantises_a_quantised_draft(monkeypatch):
+    monkeypatch.setattr(prepared, "MIN_INT8_BYTES", 1)  # every float Linear counts
+    target, draft, _ = toy_pair()
+    assert int8_pays(draft, target, measured_share=1.0)
+    for backend in ("int8pack", "torch.ao"):
+        quantised = int8_draft(draft, backend=backend)
+        assert float_linear_bytes(quantised) == 0 and not int8_pays(quantised, target, measured_share=1.0)
 
 
 def test_auto_keeps_tiny_drafts_as_given():
@@ -77,9 +93,9 @@ def test_options_default_is_auto_and_none_means_as_given():
 
 
 def test_auto_makes_the_int8_copy_once_reports_it_and_stays_exact(monkeypatch):
-    """With the size floor lowered to 0, the toy draft is "large": "auto" drafts with an int8 copy made by the first
+    """With the size floor lowered to one byte, the toy draft is "large": "auto" drafts with an int8 copy made by the first
     call (its seconds in the stats) and reused by the next; draft_quantization=None still drafts as given."""
-    monkeypatch.setattr(prepared, "MIN_INT8_BYTES", 0)
+    monkeypatch.setattr(prepared, "MIN_INT8_BYTES", 1)
     target, draft, tok = toy_pair()
     enable_speculative(target)
     ids, mask = tok(["w01 w02 w03", "w10"], return_tensors="pt", padding=True).values()
@@ -101,7 +117,7 @@ def test_auto_makes_the_int8_copy_once_reports_it_and_stays_exact(monkeypatch):
 
 def test_auto_follows_the_draft_step_a_call_measured(monkeypatch):
     """A call's cost model measures the draft as given; later "auto" calls decide by that share, not by bytes."""
-    monkeypatch.setattr(prepared, "MIN_INT8_BYTES", 0)
+    monkeypatch.setattr(prepared, "MIN_INT8_BYTES", 1)
     target, draft, _ = toy_pair()
     enable_speculative(target)
     assert int8_pays(draft, target)  # by bytes

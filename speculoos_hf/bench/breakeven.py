@@ -9,6 +9,7 @@ The cost model is used through its public API only: `CostModelLookahead(prior_ac
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from ..lookahead import CostModelLookahead
 
 
 def pass_time(times: dict, m: int) -> float | None:
@@ -55,7 +56,6 @@ def alpha_needed(k: int, times: dict, draft_s: float) -> float | None:
 @dataclass(frozen=True)
 class Verdict:
     """What the profile says at one batch size."""
-
     batch_size: int
     target_pass_s: dict  # {m: seconds}
     cost_ratio: dict  # {m: T(m) / T(1)}
@@ -72,8 +72,6 @@ class Verdict:
 
 def cost_model_choice(times: dict, draft_s: float, batch: int, alpha: float, prefill: tuple[float, int] | None):
     """(k, predicted speedup) of speculoos' cost model fed these measurements; `prefill`: (seconds, tokens)."""
-    from ..lookahead import CostModelLookahead
-
     policy = CostModelLookahead(prior_acceptance=alpha)
     if prefill is not None:
         policy.observe_prefill(prefill[0], prefill[1], unfed=prefill[1])

@@ -8,6 +8,7 @@ import platform
 import time
 
 import torch
+from .pass_profile import CachedPrompt
 
 
 def memory_bandwidth(size_mb: int = 512, repeats: int = 5) -> float:
@@ -109,8 +110,6 @@ def weight_bytes(model) -> int:
 def forward_cost(model, input_ids: torch.Tensor, new_tokens: int = 1, repeats: int = 5) -> float:
     """Median seconds of one forward of `new_tokens` tokens over a cache holding `input_ids` (read once; each
     timed forward is cropped off again)."""
-    from .pass_profile import CachedPrompt
-
     cached, _ = CachedPrompt.prefilled(model, input_ids)
     times = [cached.pass_seconds(new_tokens) for _ in range(repeats)]
     return sorted(times)[len(times) // 2]

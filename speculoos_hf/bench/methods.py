@@ -15,6 +15,8 @@ import copy
 import json
 from dataclasses import dataclass, field, replace
 from typing import Callable
+from ..generation import SpeculativeGenerationMixin
+from ..drafters.prepared import prepared_draft
 
 MODES = ("greedy", "sample")
 DEFAULT_LOOKUP_TOKENS = 10  # prompt_lookup_num_tokens of --hybrid when --prompt-lookup is not given
@@ -133,7 +135,6 @@ def with_extra(method: Method, label: str, kwargs: dict) -> Method:
 class Variant:
     """A flag that adds, next to every speculoos draft-model method, a twin named `name + " " + label(args)`
     with `kwargs(args)` added to its generate() call."""
-
     flag: str
     help: str
     label: Callable
@@ -205,8 +206,6 @@ def batch_methods(args, mode: str, best: Method | None = None) -> list[Method]:
 
 def stock_generate(model):
     """The model's stock generate(), bypassing speculoos (which now also serves prompt lookup)."""
-    from ..generation import SpeculativeGenerationMixin
-
     if isinstance(model, SpeculativeGenerationMixin):
         return super(SpeculativeGenerationMixin, model).generate
     return model.generate
@@ -225,8 +224,6 @@ def generate(method: Method, target, draft, input_ids, draft_config, suffix_cach
     if method.kind != "speculoos":
         if method.draft:
             if method.draft_quantization:
-                from ..drafters.prepared import prepared_draft
-
                 draft = prepared_draft(draft, method.draft_quantization)  # the copy speculoos drafts with
             draft.generation_config = copy.deepcopy(draft_config)  # its heuristics persist across calls otherwise
             for name, value in method.assistant_config.items():

@@ -6,13 +6,11 @@ from __future__ import annotations
 
 from typing import Callable
 
+from ..suffix_cache import SuffixCache
+
 
 def suffix_cache_class():
-    """`speculoos_hf.SuffixCache`, imported when first needed; a clear exit where this version lacks it."""
-    try:
-        from ..suffix_cache import SuffixCache
-    except ImportError as err:
-        raise SystemExit(f"--suffix-cache needs speculoos_hf.suffix_cache.SuffixCache, not in this version ({err})")
+    """`speculoos_hf.SuffixCache`."""
     return SuffixCache
 
 

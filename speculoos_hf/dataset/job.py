@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass, fields
 from types import MappingProxyType
 from typing import Any, Mapping
+from ..suffix_cache import SuffixCache
 
 
 @dataclass(frozen=True)
@@ -148,9 +149,5 @@ def _check_suffix_cache(value) -> None:
 
 
 def suffix_cache_class():
-    """`speculoos_hf.suffix_cache.SuffixCache`, imported when first asked for."""
-    try:
-        from ..suffix_cache import SuffixCache
-    except ImportError as e:
-        raise ValueError(f"suffix_cache needs speculoos_hf.suffix_cache, which cannot be imported here ({e})") from e
+    """`speculoos_hf.suffix_cache.SuffixCache`."""
     return SuffixCache

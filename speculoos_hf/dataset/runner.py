@@ -8,12 +8,12 @@ import torch
 
 from ..placement import input_device
 from .inputs import InputRecord
+from ..generation import speculative_generate
 
 
 class BatchRunner:
     """Generates batches for a job with the target alone (plain generate()) or through speculoos (a draft model,
     prompt lookup or a suffix cache, as the job asks)."""
-
     def __init__(self, target, draft, tokenizer, job, suffix_cache=None):
         self.target, self.draft, self.tokenizer = target, draft, tokenizer
         self.max_new_tokens = job.max_new_tokens
@@ -38,7 +38,6 @@ class BatchRunner:
         if self.speculative_kwargs is None:
             out = self.target.generate(ids, attention_mask=mask, **self.generate_kwargs)
             return getattr(out, "sequences", out), None
-        from ..generation import speculative_generate
 
         out = speculative_generate(self.target, ids, attention_mask=mask, draft_model=self.draft,
                                    **self.speculative_kwargs, **self.generate_kwargs)

@@ -14,6 +14,7 @@ import weakref
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import nn
 from transformers import PreTrainedModel
 
@@ -21,7 +22,8 @@ from .quantize import int8_draft
 
 logger = logging.getLogger("speculoos_hf")
 
-# below this, a step is dominated by per-operation overheads rather than weight reads, which int8 halves
+# float nn.Linear weights below this: a step is bound by per-operation overheads, not by the weight reads int8
+# halves (an already quantised draft has none)
 MIN_INT8_BYTES = 64 * 2**20
 # draft step / target pass from which k drafts are a large share of a round (k = 5 at 0.1: a third of it)
 MIN_DRAFT_SHARE = 0.1
@@ -43,7 +45,7 @@ class PreparedDraft:
 
 def int8_pays(draft: nn.Module, target: nn.Module, measured_share: float | None = None) -> bool:
     """"auto" drafts in int8: a CPU draft bound by weight reads, its step a big share of a pass (measured or bytes)."""
-    if _device_type(draft) != "cpu" or step_bytes(draft) < MIN_INT8_BYTES:
+    if _device_type(draft) != "cpu" or float_linear_bytes(draft) < MIN_INT8_BYTES:
         return False
     share = measured_share if measured_share is not None else step_bytes(draft) / max(step_bytes(target), 1)
     return share >= MIN_DRAFT_SHARE
@@ -93,6 +95,13 @@ def step_bytes(model: nn.Module) -> int:
     tied = embedding is None or (output is not None and getattr(output, "weight", None) is embedding.weight)
     skip = set() if tied else {id(p) for p in embedding.parameters()}
     return sum(p.numel() * p.element_size() for p in model.parameters() if id(p) not in skip)
+
+
+def float_linear_bytes(model: nn.Module) -> int:
+    """Bytes of the plain floating-point nn.Linear weights of `model`: what an int8 copy would shrink."""
+    weights = [m.weight for m in model.modules() if type(m) is nn.Linear]
+    return sum(w.numel() * w.element_size() for w in weights
+               if type(w.detach()) is torch.Tensor and w.is_floating_point())
 
 
 def _device_type(model: nn.Module) -> str:

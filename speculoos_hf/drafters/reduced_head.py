@@ -24,11 +24,11 @@ from collections.abc import Iterable, Sequence
 
 import torch
 from torch import nn
+from .quantize import Int8Linear
 
 
 class ReducedLMHead(nn.Module):
     """A linear head over `keep_ids` only; returns [..., vocab_size] logits with -inf outside them."""
-
     def __init__(self, weight: torch.Tensor, keep_ids: torch.Tensor, vocab_size: int, bias: torch.Tensor | None = None):
         super().__init__()
         keep_ids = torch.as_tensor(keep_ids, dtype=torch.long).to(weight.device)
@@ -115,7 +115,6 @@ def reduced_head_draft(
         head = getattr(model, "lm_head", None)
     if head is None or not hasattr(head, "weight"):
         raise ValueError(f"reduced_head_draft needs a model with a linear lm_head; {type(model).__name__} has none.")
-    from .quantize import Int8Linear
 
     if isinstance(head, Int8Linear):  # int8pack head: dequantised here, re-quantised exactly below (same rows)
         weight = head.weight.float() * head.scales.float()[:, None]
