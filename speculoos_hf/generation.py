@@ -22,7 +22,7 @@ from .checks import (
     pop_stop_strings,
 )
 from .decoding import speculative_decode
-from .drafters.prepared import prepared_draft
+from .drafters.prepared import PreparedDraft, note_draft_step, prepare_draft
 from .drafters.select import make_drafter
 from .options import (
     DEFAULT_NUM_DRAFT_TOKENS,
@@ -69,13 +69,14 @@ def speculative_generate(model, inputs=None, generation_config=None, *, draft_mo
     `draft_model` is a causal LM or a drafter object; `prompt_lookup_num_tokens` copies n-gram continuations from
     the context, alone (no draft_model) or together with a draft model (hybrid). `block_verification=True` verifies
     sampled blocks jointly (Sun et al. 2024): still exact, never fewer accepted tokens on average.
-    `draft_quantization="int8"` drafts with an int8 copy of the draft, made once and reused. Every other keyword
+    `draft_quantization` ("auto" by default, "int8", None) drafts with an int8 copy of the draft, made once and reused,
+    where `drafters.prepared.int8_pays` (auto) or always (int8). Every other keyword
     goes to stock generate(), which prepares the call and runs our loop as its `custom_generate`."""
     options = SpeculativeOptions.from_generate(model, generation_config, draft_model, kwargs)
     check_models(model, draft_model)
     _refuse_other_drafting(kwargs)
-    draft = prepared_draft(draft_model, options.draft_quantization)
-    decode = _SpeculativeDecode(options, draft, streamer=kwargs.pop("streamer", None))
+    prepared = prepare_draft(draft_model, options.draft_quantization, model)
+    decode = _SpeculativeDecode(options, prepared, streamer=kwargs.pop("streamer", None))
     generation_config = _stock_arguments(model, generation_config, options, kwargs)
     return GenerationMixin.generate(model, inputs, generation_config, custom_generate=decode, **kwargs)
 
@@ -106,17 +107,17 @@ class _SpeculativeDecode:
     """The `custom_generate` callable: stock generate() calls it with what it prepared; it builds the drafter and
     the pacer, runs the loop and shapes the output as stock would."""
 
-    def __init__(self, options: SpeculativeOptions, draft, streamer=None):
+    def __init__(self, options: SpeculativeOptions, prepared: PreparedDraft, streamer=None):
         self.options = options
-        self.draft = draft  # a draft model (prepared), a drafter object, or None (prompt lookup alone)
+        self.prepared = prepared  # .model: a draft model (maybe its int8 copy), a drafter object, or None
         self.streamer = streamer
 
     def __call__(self, model, input_ids, logits_processor, stopping_criteria, generation_config, **model_kwargs):
         config = generation_config
         _check_prepared(model, input_ids, logits_processor, config, model_kwargs, self.streamer)
         cache = checked_cache(model, model_kwargs.get("cache"))
-        drafter, V = make_drafter(model, self.draft, self.options)
-        pacer = make_pacer(self.options, model, self.draft)
+        drafter, V = make_drafter(model, self.prepared.model, self.options)
+        pacer = make_pacer(self.options, model, self.prepared.model)
         if self.streamer is not None:
             self.streamer.put(input_ids.cpu())
         request = DecodeRequest(
@@ -130,6 +131,8 @@ class _SpeculativeDecode:
         )
         user = UserObjects(logits_processor, stopping_criteria, self.streamer, cache)
         sequences, stats = speculative_decode(model, drafter, request, self.options, user, pacer)
+        stats.record_draft(self.prepared.quantization, self.prepared.prepare_s)
+        note_draft_step(self.prepared, model, stats.cost_model)
         model.speculative_stats = stats
         if config.return_dict_in_generate:
             return SpeculativeGenerateOutput(sequences=sequences, speculative_stats=stats)

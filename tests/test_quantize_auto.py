@@ -36,10 +36,21 @@ def _large_llama(device: str):
     return model if device == "meta" else model.to_empty(device=device)
 
 
+def _huge_target_by_bytes(draft):
+    """A meta model reading more than 1 / MIN_DRAFT_SHARE times the draft's bytes per step (never run)."""
+    config = LlamaConfig(vocab_size=32768, hidden_size=2048, intermediate_size=8192, num_hidden_layers=3,
+                         num_attention_heads=16, num_key_value_heads=16)
+    with torch.device("meta"):
+        target = LlamaForCausalLM(config)
+    assert step_bytes(draft) < prepared.MIN_DRAFT_SHARE * step_bytes(target)
+    return target
+
+
 def test_default_int8_backend_is_present():
     """Fails, not skips, when the kernel the default int8 backend calls leaves torch."""
     assert DEFAULT_BACKEND == "int8pack"
     assert callable(getattr(torch.ops.aten, "_weight_int8pack_mm", None)), "torch lost aten._weight_int8pack_mm"
+    assert callable(getattr(torch, "_weight_int8pack_mm", None)), "torch lost torch._weight_int8pack_mm"
     _, draft, _ = toy_pair()
     q = int8_draft(draft)
     assert any(isinstance(m, Int8Linear) for m in q.modules())
@@ -50,15 +61,15 @@ def test_default_int8_backend_is_present():
 def test_int8_pays_by_bytes_measurement_and_device():
     large = _large_llama("cpu")
     assert float_linear_bytes(large) >= prepared.MIN_INT8_BYTES
-    assert int8_pays(large, large)  # share 1 by bytes
+    assert int8_pays(large, large)  # by bytes: the draft reads as much per step as the target
     assert not int8_pays(large, large, measured_share=prepared.MIN_DRAFT_SHARE / 2)  # a measurement overrules bytes
     assert int8_pays(large, large, measured_share=prepared.MIN_DRAFT_SHARE)
-    big_target = _large_llama("meta")  # bytes are counted on meta too: 1 / share of the draft's
-    assert step_bytes(big_target) == step_bytes(large)
-    assert not int8_pays(_large_llama("meta"), big_target)  # not on CPU: as given
+    on_meta = _large_llama("meta")  # the same sizes, not on CPU: as given
+    assert step_bytes(on_meta) == step_bytes(large) and not int8_pays(on_meta, large)
     _, tiny, _ = toy_pair()
     assert float_linear_bytes(tiny) < prepared.MIN_INT8_BYTES
     assert not int8_pays(tiny, tiny) and not int8_pays(tiny, tiny, measured_share=1.0)
+    assert not int8_pays(large, _huge_target_by_bytes(large))  # a draft of under a tenth of the target's bytes
 
 
 def test_auto_never_requantises_a_quantised_draft(monkeypatch):
@@ -93,8 +104,8 @@ def test_options_default_is_auto_and_none_means_as_given():
 
 
 def test_auto_makes_the_int8_copy_once_reports_it_and_stays_exact(monkeypatch):
-    """With the size floor lowered to one byte, the toy draft is "large": "auto" drafts with an int8 copy made by the first
-    call (its seconds in the stats) and reused by the next; draft_quantization=None still drafts as given."""
+    """With the size floor lowered to one byte, the toy draft is "large": "auto" drafts with an int8 copy made by
+    the first call (its seconds in the stats) and reused by the next; draft_quantization=None still drafts as given."""
     monkeypatch.setattr(prepared, "MIN_INT8_BYTES", 1)
     target, draft, tok = toy_pair()
     enable_speculative(target)
