@@ -12,40 +12,18 @@ from collections.abc import Sequence
 import torch
 from transformers.generation import logits_process as lp
 
-# Processors whose output depends only on the scores, never on input_ids.
-PREFIX_FREE = tuple(
-    getattr(lp, name)
-    for name in (
-        "TemperatureLogitsWarper",
-        "TopKLogitsWarper",
-        "TopPLogitsWarper",
-        "MinPLogitsWarper",
-        "TypicalLogitsWarper",
-        "EpsilonLogitsWarper",
-        "EtaLogitsWarper",
-        "TopHLogitsWarper",
-        "SuppressTokensLogitsProcessor",
-        "InfNanRemoveLogitsProcessor",
-        "LogitNormalization",
-    )
-    if hasattr(lp, name)
-)
+def _present(*names: str) -> tuple:
+    """The transformers processor classes of these names that this transformers version has."""
+    return tuple(getattr(lp, name) for name in names if hasattr(lp, name))
 
+
+_WARPERS = ("TemperatureLogitsWarper", "TopKLogitsWarper", "TopPLogitsWarper", "MinPLogitsWarper",
+            "TypicalLogitsWarper", "EpsilonLogitsWarper", "EtaLogitsWarper")
+# Processors whose output depends only on the scores, never on input_ids.
+PREFIX_FREE = _present(*_WARPERS, "TopHLogitsWarper", "SuppressTokensLogitsProcessor", "InfNanRemoveLogitsProcessor",
+                       "LogitNormalization")
 # Warpers that keep the best id of a row with a finite score: with only these, a draft always has an id to propose.
-KEEP_BEST = tuple(
-    getattr(lp, name)
-    for name in (
-        "TemperatureLogitsWarper",
-        "TopKLogitsWarper",
-        "TopPLogitsWarper",
-        "MinPLogitsWarper",
-        "TypicalLogitsWarper",
-        "EpsilonLogitsWarper",
-        "EtaLogitsWarper",
-        "RepetitionPenaltyLogitsProcessor",
-    )
-    if hasattr(lp, name)
-)
+KEEP_BEST = _present(*_WARPERS, "RepetitionPenaltyLogitsProcessor")
 
 # Processors that keep state between calls or change the batch layout: calling them K+1 times per step is wrong.
 STATEFUL = tuple(
