@@ -18,6 +18,7 @@ import speculoos_hf.decoding as decoding
 from conftest import EOS_ID, left_pad_batch, tiny_model
 from gtest import ALPHA, N, PROMPT, _always_accept, _generate, _processors, exact_distribution, g_test
 from speculoos_hf import SuffixCache, enable_speculative
+from speculoos_hf.bench.lookup_replay import by_match_length, replay_lookup
 from speculoos_hf.drafters.prompt_lookup import PromptLookupDrafter
 from speculoos_hf.drafters.suffix_index import SuffixIndex
 from speculoos_hf.drafters.suffix_match import MatchRule, Source, suffix_copies
@@ -488,3 +489,21 @@ def test_generate_second_similar_call_drafts_from_the_cache(pair, glue_wired):
     assert torch.equal(first, target.generate(ids, **{**kw, "prompt_lookup_num_tokens": None,
                                                           "num_draft_tokens": None}))
     assert target.speculative_stats.target_forward_passes < min(passes_first, 10)
+
+
+@pytest.mark.parametrize("num_tokens", [1, 4, 8])
+def test_replay_makes_the_rounds_of_a_real_greedy_call(num_tokens):
+    """`bench.lookup_replay` (the notebook's plot, the defaults' tuning) replays exactly the rounds a greedy call with
+    whole copies makes: as many target passes, copied and accepted tokens."""
+    target = enable_speculative(tiny_model("llama", seed=0, logit_scale=2.0))
+    ids = torch.tensor([[7, 3, 9, 11, 7, 3, 5, 8, 7, 3, 9]])
+    out = target.generate(ids, do_sample=False, max_new_tokens=40, prompt_lookup_num_tokens=num_tokens,
+                          num_draft_tokens=num_tokens)
+    stats = target.speculative_stats
+    replay = replay_lookup(ids[0].tolist(), out[0, ids.shape[1]:].tolist(), PromptLookupDrafter(num_tokens))
+    assert len(replay.rounds) == stats.target_forward_passes
+    assert sum(r.copied for r in replay.rounds) == stats.draft_tokens_proposed > 0
+    assert sum(r.accepted for r in replay.rounds) == stats.draft_tokens_accepted > 0
+    assert sum(r.new_tokens for r in replay.rounds) == 40
+    bins = by_match_length([replay])
+    assert sum(b["rounds"] for b in bins) == len(replay.rounds)
