@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from importlib.metadata import entry_points
 import sys
 
 import pytest
@@ -175,6 +176,23 @@ def test_cli_entry_point_help():
     assert "--prompt-class" in out.stdout and "--prompt-lookup" in out.stdout and "--hybrid" in out.stdout
     for flag in ("--profile", "--table", "--suffix-cache", "--draft-dtype", "--batch-max-new-tokens"):
         assert flag in out.stdout
+
+
+def test_cli_exits_0_after_a_run(pair_dirs, tmp_path):
+    """The console command reports success (the result dict is returned by `main`, never passed to sys.exit)."""
+    root, prompts = pair_dirs
+    out = subprocess.run([sys.executable, "-m", "speculoos_hf.bench", "--target", str(root / "target"), "--draft",
+                          str(root / "draft"), "--prompts", str(prompts), "--dtype", "float32", "--raw", "--quiet",
+                          "--out", str(tmp_path), "--profile", "--profile-m", "1", "2", "--profile-batch-sizes", "1",
+                          "--profile-repeats", "1", "--profile-acceptance-tokens", "0"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert (tmp_path / "profile.json").exists()
+    script = entry_points(group="console_scripts", name="speculoos-bench")
+    for ep in script:
+        assert ep.load()(["--target", str(root / "target"), "--draft", str(root / "draft"),
+                          "--prompts", str(prompts), "--dtype", "float32", "--raw", "--quiet", "--out",
+                          str(tmp_path / "script"), "--profile", "--profile-m", "1", "--profile-batch-sizes", "1",
+                          "--profile-repeats", "1", "--profile-acceptance-tokens", "0"]) in (0, None)
 
 
 def test_assisted_int8_twin_uses_the_prepared_copy():

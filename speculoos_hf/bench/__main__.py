@@ -1,5 +1,7 @@
 """`python -m speculoos_hf.bench`: the `speculoos-bench` command."""
 
-from .cli import main
+import sys
 
-main()
+from .cli import command
+
+sys.exit(command())

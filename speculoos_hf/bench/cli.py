@@ -302,3 +302,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> dict:
     return run(parse_args(argv))
+
+
+def command(argv=None) -> int:
+    """The `speculoos-bench` console script: exit status 0 after a run (the result dict is `main`'s, for callers)."""
+    main(argv)
+    return 0
