@@ -21,7 +21,7 @@ from speculoos_hf import SuffixCache, enable_speculative
 from speculoos_hf.bench.lookup_replay import by_match_length, replay_lookup
 from speculoos_hf.drafters.prompt_lookup import PromptLookupDrafter
 from speculoos_hf.drafters.suffix_index import SuffixIndex
-from speculoos_hf.drafters.suffix_match import MatchRule, Source, suffix_copies
+from speculoos_hf.drafters.suffix_match import MatchRule, Source, acceptance_estimate, suffix_copies
 
 PAIR = dict(logit_scale=2.0)
 
@@ -507,3 +507,21 @@ def test_replay_makes_the_rounds_of_a_real_greedy_call(num_tokens):
     assert sum(r.new_tokens for r in replay.rounds) == 40
     bins = by_match_length([replay])
     assert sum(b["rounds"] for b in bins) == len(replay.rounds)
+
+
+def test_acceptance_estimate_discounts_short_matches():
+    """A copy after a 1-token match is worth less than one after a long match with the same share of occurrences;
+    each estimate is at most the share and falls along the copy."""
+    short = copy_of([5, 9, 1, 2, 3, 4, 8, 5], n=4)  # "5" seen once: share 1 throughout
+    long = copy_of([5, 6, 7, 9, 1, 2, 3, 8, 5, 6, 7], n=4)  # "5 6 7" seen once
+    assert short[2] == 1 and long[2] == 3 and short[1] == long[1] == [1.0] * 4
+    index = SuffixIndex(2, 16)
+    rows = [[5, 9, 1, 2, 3, 4, 8, 5], [5, 6, 7, 9, 1, 2, 3, 8, 5, 6, 7]]
+    for b, row in enumerate(rows):
+        index.append(np.full(len(row), b), np.arange(len(row)), np.array(row))
+    lengths = np.array([len(r) for r in rows])
+    own = Source(index.view(), np.arange(2), lengths - 1, 0)
+    copies = suffix_copies(own, [own], MatchRule(), 4)
+    estimate = acceptance_estimate(copies)
+    assert estimate[0, 0] == pytest.approx(1 / 3) and estimate[1, 0] == pytest.approx(3 / 5)
+    assert (np.diff(estimate, axis=1) <= 0).all() and (estimate <= copies.confidence).all()

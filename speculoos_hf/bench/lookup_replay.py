@@ -56,8 +56,10 @@ def replay_lookup(prompt: list[int], output: list[int], drafter: PromptLookupDra
     replay, end = Replay(), full.shape[1]
     while state.lengths[0] < end:
         drafter._ingest(state)
-        copies = suffix_copies(*drafter._sources(state), rule, drafter.num_tokens)
-        n, at = int(copies.counts[0]), state.lengths[0]
+        at = state.lengths[0]
+        k = min(drafter.num_tokens, end - at - 1)  # as a real call: the round's last token is the target's own
+        copies = suffix_copies(*drafter._sources(state), rule, max(k, 1))
+        n = int(copies.counts[0]) if k > 0 else 0
         truth = full[0, at:at + n].numpy()
         accepted = int(np.cumprod(copies.tokens[0, :len(truth)] == truth).sum())
         new = min(accepted + 1, end - at)

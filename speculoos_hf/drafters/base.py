@@ -34,7 +34,8 @@ class Proposal:
     copied:       host bools [B]: True where the row's tokens were copied from the context instead of drafted by
                   the model (a hybrid's choice, per row), or None when the proposal does not mix the two.
     confidence:   [B, k] CPU float, a copy's estimated chance that its first j+1 tokens are right (the share of the
-                  matched suffix's occurrences that continued so), or None (prompt lookup sets it).
+                  matched suffix's occurrences that continued so, discounted for a short match:
+                  `suffix_match.acceptance_estimate`), or None (prompt lookup sets it).
     catch_up_seconds: None, or a callable giving the seconds of the proposal's first forward (the one that read
                   the pending committed tokens), called by the cost model after the round's host sync, so the
                   catch-up is timed apart from the draft's per-token steps.

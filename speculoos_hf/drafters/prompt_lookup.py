@@ -16,11 +16,11 @@ from ..options import DEFAULT_LOOKUP_TOKENS
 from ..state import DecodeContext, DecodeState
 from .base import Proposal, RoundOutcome
 from .suffix_index import SuffixIndex
-from .suffix_match import MatchRule, Source, suffix_copies
+from .suffix_match import MatchRule, Source, acceptance_estimate, suffix_copies
 
 DEFAULT_MAX_MATCH = 64  # longest suffix matched when max_matching_ngram_size is not given
-DEFAULT_THRESHOLD = 0.3  # the copy goes on while at least this share of the suffix's occurrences continue it
-DEFAULT_MULTIPLE = 2.0  # the copy is at most this multiple of the match length
+DEFAULT_THRESHOLD = 0.1  # the copy goes on while at least this share of the suffix's occurrences continue it
+DEFAULT_MULTIPLE = 4.0  # the copy is at most this multiple of the match length
 
 
 class PromptLookupDrafter:
@@ -63,7 +63,7 @@ class PromptLookupDrafter:
         rule = MatchRule(self.max_ngram_size, self.min_ngram_size, self.threshold, self.multiple)
         copies = suffix_copies(*self._sources(state), rule, min(k, self.num_tokens))
         return Proposal(torch.from_numpy(copies.tokens).to(state.seq.device), None, copies.counts.tolist(),
-                        forwards=0, confidence=torch.from_numpy(copies.confidence))
+                        forwards=0, confidence=torch.from_numpy(acceptance_estimate(copies)))
 
     def commit(self, state: DecodeState, outcome: RoundOutcome) -> None:
         """Index the round's committed tokens; rows that finished go to the cache (prompt and own output)."""
