@@ -20,7 +20,7 @@ from .suffix_match import MatchRule, Source, acceptance_estimate, suffix_copies
 
 DEFAULT_MAX_MATCH = 64  # longest suffix matched when max_matching_ngram_size is not given
 DEFAULT_THRESHOLD = 0.1  # the copy goes on while at least this share of the suffix's occurrences continue it
-DEFAULT_MULTIPLE = 4.0  # the copy is at most this multiple of the match length
+DEFAULT_MULTIPLE = 8.0  # the copy is at most this multiple of the match length
 
 
 class PromptLookupDrafter:
