@@ -22,7 +22,9 @@ The model:
   on the mean time per observed m, for the breakpoint n0 among the prior's and the observed m's that fits best;
   a ridge term pulls b towards the prior slope until measurements beyond n0 exist. Each batch size B gets its own
   fit from its own passes once one was timed; before that the fit over all batch sizes (m = B * tokens per row)
-  is its prior.
+  is its prior. A width timed at least `MEASURED_PASSES` times is predicted by its own mean instead: on a CPU the
+  one-token pass runs a cheaper kernel than any wider one (float32 on an AVX2-only EPYC: T(2) = 2.0 T(1), then
+  nearly flat to 12 tokens), a step no two-piece line fits.
 - Draft cost per step (one token per row): a moving average per batch size (nearest measured batch size
   otherwise); the first measured step replaces the prior outright. The catch-up forward (the prompt read) is timed
   apart and never counts as a step; the first speculative round drafts at least 2 tokens so a step is timed at once.
@@ -62,6 +64,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+
+MEASURED_PASSES = 2  # a pass width timed this often is predicted by its own mean, not the fit
 
 
 @dataclass(frozen=True)
@@ -271,6 +275,9 @@ class CostModelLookahead:
         explains the data clearly better."""
         if not passes:
             return None
+        narrowest = min(passes)
+        if len(passes) >= 3 and passes[narrowest].count >= MEASURED_PASSES:  # predicted by its own mean: the line
+            passes = {m: s for m, s in passes.items() if m != narrowest}  # fits the wider passes only
         pts = sorted((m, s.value, float(min(s.count, 20))) for m, s in passes.items())
         scale = sum(w * t * t for _, t, w in pts)
 
@@ -309,8 +316,17 @@ class CostModelLookahead:
         fit = self._fit_target(batch)
         if fit is None:
             return None
+        seen = self._measured(tokens, batch)
+        if seen is not None:  # a width timed often enough: its own mean (on CPU a one-token pass is a cheaper kernel)
+            return seen
         a, b, n0 = fit
         return a + b * max(0, tokens - n0)
+
+    def _measured(self, tokens: int, batch: int | None) -> float | None:
+        """The mean seconds of passes over exactly `tokens` tokens at `batch` rows, once timed `MEASURED_PASSES` times."""
+        passes = self._by_batch.get(batch) if batch is not None else None
+        seen = (passes or self._target).get(tokens)
+        return seen.value if seen is not None and seen.count >= MEASURED_PASSES else None
 
     def draft_time(self, batch: int) -> float | None:
         """Predicted seconds of one draft step over `batch` rows: measured (nearest batch size), else the prior."""

@@ -329,3 +329,18 @@ def test_a_batch_of_four_speculates_where_its_passes_are_flat():
                         alpha=lambda j, r: 0.85, batch=4)
     assert min(ks[5:]) >= 2
     assert rate > 1.8 * 4 / 0.12
+
+
+def test_a_width_timed_often_is_predicted_by_its_own_mean():
+    """A CPU's one-token pass runs a cheaper kernel than any wider one (a step at m = 2, then flat): no two-piece line
+    fits that, so widths timed at least twice are predicted by their own means, and the step makes short drafts lose."""
+    model = CostModelLookahead(max_k=8, prior_acceptance=0.3, prior_draft_ratio=0.0, prior_catch_up_ratio=0.0)
+    model.observe_prefill(4.0, 40, unfed=0)
+    for _ in range(3):
+        model.observe_target(0.4, 1)
+        for m in (2, 3, 5, 9):
+            model.observe_target(0.8 + 0.01 * m, m)
+    assert model.target_time(1, 1) == pytest.approx(0.4)
+    assert model.target_time(2, 1) == pytest.approx(0.82) and model.target_time(9, 1) == pytest.approx(0.89)
+    assert 0.8 < model.target_time(4, 1) < 0.9  # not timed: the fit
+    assert model.best_k(1) == 0  # at 30% acceptance no copy repays a pass that costs twice the plain one
