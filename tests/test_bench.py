@@ -266,6 +266,9 @@ def test_breakeven_on_synthetic_profiles():
     v = breakeven.verdict(1, compute, draft_s=0.0875, alpha=0.9, prefill=(0.155 * 50, 50))
     assert v.best_k == 0 and v.break_even_k == 0 and v.cost_model_k == 0
     assert all(s < 1.0 for s in v.speedup_by_k.values()) and set(v.alpha_needed_by_k.values()) == {None}
+    step = {m: 0.4 if m == 1 else 0.8 + 0.01 * m for m in (1, 2, 3, 4, 6, 8, 12, 16)}  # float32 on AVX2: T(2) = 2 T(1)
+    v = breakeven.verdict(1, step, draft_s=0.2, alpha=0.92, prefill=(1.6, 47))
+    assert v.cost_model_k == v.best_k > 0 and v.cost_model_speedup == pytest.approx(v.best_speedup, rel=0.01)
     assert breakeven.pass_time(compute, 6) == pytest.approx(0.080 + 0.155 * 6)  # interpolated
     assert breakeven.pass_time(compute, 9) is None
     for k in (1, 3, 6):

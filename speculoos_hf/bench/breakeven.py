@@ -9,7 +9,7 @@ The cost model is used through its public API only: `CostModelLookahead(prior_ac
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from ..lookahead import CostModelLookahead
+from ..lookahead import MEASURED_PASSES, CostModelLookahead
 
 
 def pass_time(times: dict, m: int) -> float | None:
@@ -76,7 +76,8 @@ def cost_model_choice(times: dict, draft_s: float, batch: int, alpha: float, pre
     if prefill is not None:
         policy.observe_prefill(prefill[0], prefill[1], unfed=prefill[1])
     for m, seconds in sorted(times.items()):
-        policy.observe_target(seconds, tokens_per_row=m, batch=batch)
+        for _ in range(MEASURED_PASSES):  # a median of repeats: trusted as that width's own time
+            policy.observe_target(seconds, tokens_per_row=m, batch=batch)
     policy.observe_draft(draft_s, batch=batch)
     k = policy.best_k(batch=batch)
     r0, rk = policy.rate(0, batch=batch), policy.rate(k, batch=batch)
