@@ -264,11 +264,15 @@ class CostModelLookahead:
     def _fit_target(self, batch: int | None = None) -> tuple[float, float, int] | None:
         """(a, b, n0) of T(m) = a + b * max(0, m - n0) for passes over `batch` rows (from that batch size's own
         passes once one was timed, else from all), or None before any target pass was timed."""
-        own = self._by_batch.get(batch) if batch is not None else None
-        key = batch if own else None
+        key, passes = self._passes(batch)
         if key not in self._fit_cache:
-            self._fit_cache[key] = self._fit(own or self._target)
+            self._fit_cache[key] = self._fit(passes)
         return self._fit_cache[key]
+
+    def _passes(self, batch: int | None) -> tuple[int | None, dict[int, _Mean]]:
+        """(batch, its own timed passes) once one was timed at `batch`, else (None, the passes of every batch size)."""
+        own = self._by_batch.get(batch) if batch is not None else None
+        return (batch, own) if own else (None, self._target)
 
     def _fit(self, passes: dict[int, _Mean]) -> tuple[float, float, int] | None:
         """(a, b, n0) fitted to mean seconds by tokens per pass, the breakpoint kept at the prior's unless another
@@ -324,8 +328,7 @@ class CostModelLookahead:
 
     def _measured(self, tokens: int, batch: int | None) -> float | None:
         """The mean seconds of passes over exactly `tokens` tokens at `batch` rows, once timed `MEASURED_PASSES` times."""
-        passes = self._by_batch.get(batch) if batch is not None else None
-        seen = (passes or self._target).get(tokens)
+        seen = self._passes(batch)[1].get(tokens)
         return seen.value if seen is not None and seen.count >= MEASURED_PASSES else None
 
     def draft_time(self, batch: int) -> float | None:

@@ -16,7 +16,6 @@ import numpy as np
 import torch
 
 from ..drafters.prompt_lookup import PromptLookupDrafter
-from ..drafters.suffix_match import MatchRule, suffix_copies
 
 
 @dataclass
@@ -52,20 +51,17 @@ def replay_lookup(prompt: list[int], output: list[int], drafter: PromptLookupDra
     state = SimpleNamespace(seq=full, seq_host=full, lengths=[len(prompt)], rows=[0], first_valid=[0],
                             batch_size=1)
     drafter.start(None, state)
-    rule = MatchRule(drafter.max_ngram_size, drafter.min_ngram_size, drafter.threshold, drafter.multiple)
     replay, end = Replay(), full.shape[1]
     while state.lengths[0] < end:
-        drafter._ingest(state)
         at = state.lengths[0]
         k = min(drafter.num_tokens, end - at - 1)  # as a real call: the round's last token is the target's own
-        copies = suffix_copies(*drafter._sources(state), rule, max(k, 1))
+        copies = drafter.copies(state, max(k, 1))
         n = int(copies.counts[0]) if k > 0 else 0
         truth = full[0, at:at + n].numpy()
         accepted = int(np.cumprod(copies.tokens[0, :len(truth)] == truth).sum())
         new = min(accepted + 1, end - at)
         replay.rounds.append(ReplayRound(int(copies.match[0]), n, min(accepted, new), new))
         state.lengths = [at + new]
-    drafter._ingest(state)
     if drafter.cache is not None:
         drafter.cache.add_all([full[0].numpy()])
     return replay

@@ -16,7 +16,7 @@ from ..options import DEFAULT_LOOKUP_TOKENS
 from ..state import DecodeContext, DecodeState
 from .base import Proposal, RoundOutcome
 from .suffix_index import SuffixIndex
-from .suffix_match import MatchRule, Source, acceptance_estimate, suffix_copies
+from .suffix_match import Copies, MatchRule, Source, acceptance_estimate, suffix_copies
 
 DEFAULT_MAX_MATCH = 64  # longest suffix matched when max_matching_ngram_size is not given
 DEFAULT_THRESHOLD = 0.1  # the copy goes on while at least this share of the suffix's occurrences continue it
@@ -59,11 +59,15 @@ class PromptLookupDrafter:
 
     def propose(self, state: DecodeState, k: int) -> Proposal:
         """Per row, a copy of up to min(k, num_tokens) tokens (rows without a match propose none). [B, k']"""
-        self._ingest(state)  # a no-op after `commit`; keeps the index right for callers that skip it
-        rule = MatchRule(self.max_ngram_size, self.min_ngram_size, self.threshold, self.multiple)
-        copies = suffix_copies(*self._sources(state), rule, min(k, self.num_tokens))
+        copies = self.copies(state, k)
         return Proposal(torch.from_numpy(copies.tokens).to(state.seq.device), None, copies.counts.tolist(),
                         forwards=0, confidence=torch.from_numpy(acceptance_estimate(copies)))
+
+    def copies(self, state: DecodeState, k: int) -> Copies:
+        """Each row's copy of up to min(k, num_tokens) tokens and its matched suffix's length (what `propose` offers)."""
+        self._ingest(state)  # a no-op after `commit`; keeps the index right for callers that skip it
+        rule = MatchRule(self.max_ngram_size, self.min_ngram_size, self.threshold, self.multiple)
+        return suffix_copies(*self._sources(state), rule, min(k, self.num_tokens))
 
     def commit(self, state: DecodeState, outcome: RoundOutcome) -> None:
         """Index the round's committed tokens; rows that finished go to the cache (prompt and own output)."""
