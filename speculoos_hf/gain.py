@@ -27,6 +27,7 @@ class RoundCosts:
     model_k:      drafts the model would propose this round (0: the model is not offered).
     model_tokens: E_model(model_k), expected new tokens per row of a model round.
     model_time:   seconds of that round: model_k draft steps and the pass over model_k + 1 tokens per row.
+    model_reach:  the chance that all model_k drafts of a row are accepted (what a copy after them needs).
     """
 
     pass_time: torch.Tensor
@@ -34,6 +35,7 @@ class RoundCosts:
     model_k: int = 0
     model_tokens: float = 1.0
     model_time: float = math.inf
+    model_reach: float = 0.0
 
     def model_rate(self) -> float:
         """Expected tokens per second of a row that asks the model (-inf when the model is not offered)."""
@@ -109,7 +111,30 @@ def best_copy(confidence: torch.Tensor, counts: list[int], pass_time: torch.Tens
     return CopyChoice(best, rate.gather(1, best[:, None]).squeeze(1))
 
 
-def prefers_copy(choice: CopyChoice, costs: RoundCosts) -> torch.Tensor:
-    """[B] bool: the row's best copy is expected to give at least the model's tokens per second (a free copy wins
-    ties; a row without a copy then proposes nothing)."""
-    return choice.rate >= costs.model_rate()
+def best_extension(confidence: torch.Tensor, counts: list[int], costs: RoundCosts) -> CopyChoice:
+    """Per row, how many of its copy's tokens past the model's `costs.model_k` drafts to append to them (a model
+    row's extension), maximising (E_model + reach * sum_{k<=j<m} conf[j]) / (k draft steps + T(m+1)) over m, and
+    that rate (the model's own, `model_rate`, for no extension): copy token j is accepted where the model's k drafts
+    all were (`model_reach`) and the copy's first j+1 tokens are right (conf[j], calibrated). A copied token is a
+    function of the committed prefix, so appending it keeps the output exact whatever the model drafted.
+    confidence [B, W] CPU, counts host ints [B]."""
+    k, B = costs.model_k, confidence.shape[0]
+    W = min(confidence.shape[1], costs.pass_time.shape[0] - 1)
+    if k <= 0 or W <= k or costs.model_reach <= 0:
+        return CopyChoice(torch.zeros(B, dtype=torch.long), torch.full((B,), costs.model_rate(), dtype=torch.float64))
+    conf = calibrated(confidence[:, :W], costs.copy_ratio)  # [B, W]
+    extra = costs.model_reach * torch.cat([torch.zeros(B, 1, dtype=torch.float64), conf[:, k:].cumsum(dim=1)], 1)
+    steps = costs.model_time - float(costs.pass_time[k])  # the model's k draft steps
+    rate = (costs.model_tokens + extra) / (steps + costs.pass_time[None, k: W + 1])  # [B, W-k+1]
+    offered = (torch.tensor(counts, dtype=torch.long) - k).clamp(min=0)[:, None]  # [B, 1]
+    rate = rate.masked_fill(torch.arange(W - k + 1)[None, :] > offered, -math.inf)  # [B, W-k+1]
+    top = rate.max(dim=1, keepdim=True).values  # [B, 1]
+    best = (rate >= top - _TIE * top.abs()).to(torch.uint8).argmax(dim=1)  # [B] ties go to the shorter
+    return CopyChoice(best, rate.gather(1, best[:, None]).squeeze(1))
+
+
+def prefers_copy(choice: CopyChoice, costs: RoundCosts, model: CopyChoice | None = None) -> torch.Tensor:
+    """[B] bool: the row's best copy is expected to give at least the model's tokens per second (`model`: per row,
+    the model's drafts with their best extension, `best_extension`; a free copy wins ties; a row without a copy then
+    proposes nothing)."""
+    return choice.rate >= (costs.model_rate() if model is None else model.rate)

@@ -253,6 +253,10 @@ class CostModelLookahead:
             out.append(min(max(a, 0.0), 1.0))
         return out
 
+    def all_accepted(self, k: int) -> float:
+        """The chance that all k drafts of a row's round are accepted (the product of alpha_j, j < k)."""
+        return math.prod(self.acceptance()[:k])
+
     def expected_tokens(self, k: int) -> float:
         """Expected new tokens per row in a round with k drafts (accepted + the target's own token)."""
         alpha, total, reach = self.acceptance(), 1.0, 1.0

@@ -211,17 +211,19 @@ class CopyPacer(CostModelPacer):
         cost = model.round_time(k, batch) if k else None
         k = k if cost is not None else 0
         return RoundCosts(torch.tensor(times, dtype=torch.float64), copy_ratio=self.copies.ratio(), model_k=k,
-                          model_tokens=model.expected_tokens(k), model_time=math.inf if cost is None else cost)
+                          model_tokens=model.expected_tokens(k), model_time=math.inf if cost is None else cost,
+                          model_reach=model.all_accepted(k) if k else 0.0)
 
     def after_round(self, proposal: Proposal, outcome: RoundOutcome) -> None:
-        """As the cost model's, but a hybrid's copied rows say nothing about the model's acceptance; the copies'
-        outcomes calibrate their confidences."""
+        """As the cost model's, but only the model's own drafts tell its acceptance (a hybrid's copied rows and
+        extensions do not); the copied rows' outcomes calibrate the copies' confidences."""
         if proposal.confidence is not None:
             copied = proposal.copied if proposal.copied is not None else [True] * len(outcome.accepted)
             self.copies.observe(proposal.confidence, proposal.counts(), outcome.accepted, copied)
         if proposal.copied is not None:
-            proposal = replace(proposal, num_proposed=[0 if c else n for c, n in zip(proposal.copied,
-                                                                                      proposal.counts())])
+            drafted = proposal.model_counts()
+            proposal = replace(proposal, num_proposed=drafted)
+            outcome = replace(outcome, accepted=[min(a, d) for a, d in zip(outcome.accepted, drafted)])
         super().after_round(proposal, outcome)
 
     def summary(self) -> dict | None:

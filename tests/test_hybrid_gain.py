@@ -14,7 +14,8 @@ from conftest import left_pad_batch, make_prompt
 from gtest import ALPHA, N, PROMPT, _always_accept, _generate, _processors, exact_distribution, g_test
 from speculoos_hf.drafters.base import Proposal
 from speculoos_hf.drafters.hybrid import HybridDrafter
-from speculoos_hf.gain import CopyRecord, RoundCosts, best_copy, calibrated, copy_tokens, prefers_copy
+from speculoos_hf.gain import (CopyRecord, RoundCosts, best_copy, best_extension, calibrated, copy_tokens,
+                               prefers_copy)
 from speculoos_hf.lookahead import CostModelLookahead
 from speculoos_hf.options import SpeculativeOptions
 from speculoos_hf.pacer import CopyPacer, make_pacer
@@ -91,6 +92,32 @@ def test_copies_that_fail_calibrate_their_confidences_down():
     knee = torch.tensor([0.1, 0.1, 0.1, 0.12, 0.14, 0.16, 0.18], dtype=torch.float64)
     assert best_copy(sure, [6, 6], knee).length.tolist() == [6, 6]
     assert best_copy(sure, [6, 6], knee, record.ratio()).length.tolist() == [2, 2]
+
+
+def test_a_model_row_carries_its_copy_past_the_drafts_where_the_pass_stays_cheap():
+    """After the model's 2 drafts (1.8 tokens expected, all accepted with chance 0.64), the copy's tokens 2.. add
+    reach x their confidences: a flat pass takes all that is offered, a pass growing with its width the first token
+    at reach 0.64 and none at 0.5, a knee up to where it turns; nothing where the copy is no longer than the drafts
+    or the model cannot be all right."""
+    conf = torch.tensor([[1.0, 1.0, 0.9, 0.8, 0.7, 0.6], [1.0, 0.9, 0.8, 0.0, 0.0, 0.0], [1.0] * 6])
+    costs = lambda times, reach=0.64: RoundCosts(times, model_k=2, model_tokens=1.8,  # noqa: E731
+                                                 model_time=0.02 + float(times[2]), model_reach=reach)
+    assert best_extension(conf, [6, 3, 2], costs(flat(6))).length.tolist() == [4, 1, 0]
+    assert best_extension(conf, [6, 3, 2], costs(linear(6))).length.tolist() == [1, 0, 0]  # 0.576 tokens for 0.1 s
+    assert best_extension(conf, [6, 3, 2], costs(linear(6), reach=0.5)).length.tolist() == [0, 0, 0]
+    knee = torch.tensor([0.1, 0.1, 0.1, 0.1, 0.1, 0.3, 0.5], dtype=torch.float64)  # flat up to 5 tokens per row
+    assert best_extension(conf, [6, 6, 6], costs(knee)).length.tolist() == [2, 1, 2]
+    assert best_extension(conf, [6, 6, 6], costs(flat(6), reach=0.0)).length.tolist() == [0, 0, 0]
+    assert best_extension(conf[:1], [6], RoundCosts(flat(6))).length.tolist() == [0]  # the model not offered
+    rates = best_extension(conf, [6, 3, 2], costs(flat(6))).rate  # with no extension: the model's own rate
+    assert torch.allclose(rates, torch.tensor([1.8 + 0.64 * 3.0, 1.8 + 0.64 * 0.8, 1.8], dtype=torch.float64) / 0.12)
+
+
+def test_only_the_models_own_drafts_count_as_its_proposals():
+    proposal = Proposal(torch.zeros(3, 6, dtype=torch.long), num_proposed=[6, 4, 2], copied=[False, True, False],
+                        extension=[4, 0, 0])
+    assert proposal.model_counts() == [2, 0, 2]
+    assert Proposal(torch.zeros(2, 3, dtype=torch.long)).model_counts() == [3, 3]
 
 
 # ----------------------------------------------------------------------------------------------- the pacer
@@ -202,6 +229,21 @@ def test_hybrid_with_a_model_that_cannot_pay_only_copies(pair, monkeypatch):
     assert seen and all(p.copied is not None and all(p.copied) for p in seen)
 
 
+def test_hybrid_greedy_equals_stock_with_model_rows_extended_by_their_copy(pair, monkeypatch):
+    """A cheap draft step and a flat pass: the model drafts in most rows and carries the row's copy past its drafts;
+    the output is stock's, and the model's acceptance counts its own drafts only."""
+    target, draft = pair
+    profile(monkeypatch, lambda m: 0.1, step_s=0.001)
+    seen = record_hybrid(monkeypatch)
+    ids, mask = mixed_prompts(seed=3)
+    ref, out = generate_both(target, ids, mask, draft_model=draft, prompt_lookup_num_tokens=16)
+    assert torch.equal(out, ref)
+    extended = [p for p in seen if p.extension is not None]
+    assert extended and all(n > e > 0 or e == 0 for p in extended for n, e in zip(p.counts(), p.extension))
+    model = target.speculative_stats.cost_model
+    assert model is not None and target.speculative_stats.draft_tokens_accepted > 0
+
+
 # ----------------------------------------------------------------------------------------------- exact, sampling
 
 
@@ -221,4 +263,24 @@ def test_hybrid_gain_sampling_exact(gtest_pair, monkeypatch):
 
     monkeypatch.setattr(decoding, "speculative_verify", _always_accept)
     (broken,) = _generate(target, [PROMPT], N, seed=42, **kw)
+    assert g_test(broken, expected) < ALPHA
+
+
+def test_hybrid_extension_sampling_exact(gtest_pair, monkeypatch):
+    """A G-test at batch N with model rows extended by their copy (cheap draft step, flat pass, the model's k held
+    at 1 so that copies reach past its drafts): the copied tokens after the model's sampled drafts are verified with
+    one-hot q; power: a broken rule rejects."""
+    target, draft = gtest_pair
+    profile(monkeypatch, lambda m: 0.1, step_s=0.001)
+    choose_k = CostModelLookahead.choose_k
+    monkeypatch.setattr(CostModelLookahead, "choose_k", lambda self, **kw: min(1, choose_k(self, **kw)))
+    seen = record_hybrid(monkeypatch)
+    kw = dict(draft_model=draft, prompt_lookup_num_tokens=4, temperature=0.8)
+    expected = exact_distribution(target, PROMPT, _processors(temperature=0.8))
+    (spec,) = _generate(target, [PROMPT], N, seed=43, **kw)
+    assert any(p.extension is not None and p.probs is not None for p in seen)
+    assert g_test(spec, expected) > ALPHA
+
+    monkeypatch.setattr(decoding, "speculative_verify", _always_accept)
+    (broken,) = _generate(target, [PROMPT], N, seed=44, **kw)
     assert g_test(broken, expected) < ALPHA

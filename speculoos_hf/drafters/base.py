@@ -39,6 +39,8 @@ class Proposal:
     catch_up_seconds: None, or a callable giving the seconds of the proposal's first forward (the one that read
                   the pending committed tokens), called by the cost model after the round's host sync, so the
                   catch-up is timed apart from the draft's per-token steps.
+    extension:    host ints [B]: how many of a model row's last tokens were copied after the model's drafts (a
+                  hybrid's extension; 0 in rows without one), or None.
     """
 
     tokens: torch.Tensor
@@ -49,6 +51,7 @@ class Proposal:
     copied: list[bool] | None = None
     confidence: torch.Tensor | None = None
     catch_up_seconds: Callable[[], float] | None = field(default=None, repr=False)
+    extension: list[int] | None = None
 
     @property
     def k(self) -> int:
@@ -56,6 +59,12 @@ class Proposal:
 
     def counts(self) -> list[int]:
         return self.num_proposed if self.num_proposed is not None else [self.k] * self.tokens.shape[0]
+
+    def model_counts(self) -> list[int]:
+        """Per row, the tokens the draft model proposed (0 in copied rows; a model row's extension left out)."""
+        copied = self.copied or [False] * self.tokens.shape[0]
+        extension = self.extension or [0] * self.tokens.shape[0]
+        return [0 if c else n - e for n, c, e in zip(self.counts(), copied, extension)]
 
     def limited(self, per_row: list[int]) -> "Proposal":
         """Row i keeps at most `per_row[i]` of its drafts (the first ones); columns no row keeps are dropped. The

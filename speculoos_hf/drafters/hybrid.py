@@ -4,9 +4,11 @@ With the cost model's `RoundCosts` (num_draft_tokens not given), a row copies wh
 least the model's tokens per second (`speculoos_hf.gain`), its copy cut where a longer pass stops paying; without
 them (a given K), a row copies wherever the lookup finds a continuation. Either way the choice depends only on the
 committed prefix and earlier rounds' measurements, so the output stays exact: copied tokens are proposed with a
-one-hot q, the model's with its own q. The proposal records the choice (`Proposal.copied`). When every row copies,
-the draft model does not run at all; its cache catches up on the copied tokens in one chunk the next time it is
-asked (see `ModelDrafter`).
+one-hot q, the model's with its own q. The proposal records the choice (`Proposal.copied`). A model row may also
+carry its copy's tokens past the model's drafts (`Proposal.extension`): free to draft, accepted where the model's
+drafts and the copy agree, exact either way (a copied token is a function of the committed prefix). When every row
+copies, the draft model does not run at all; its cache catches up on the copied tokens in one chunk the next time it
+is asked (see `ModelDrafter`).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from dataclasses import replace
 
 import torch
 
-from ..gain import RoundCosts, best_copy, prefers_copy
+from ..gain import RoundCosts, best_copy, best_extension, prefers_copy
 from ..state import DecodeContext, DecodeState
 from .base import Drafter, Proposal, RoundOutcome
 from .prompt_lookup import PromptLookupDrafter
@@ -37,19 +39,25 @@ class HybridDrafter:
         self.model.start(ctx, state)
 
     def propose(self, state: DecodeState, k: int, costs: RoundCosts | None = None) -> Proposal:
-        """Up to k tokens per row: the copy or the model's drafts (up to `costs.model_k` with costs)."""
-        copied = self.lookup.propose(state, k)
+        """Up to k tokens per row: the copy or the model's drafts (up to `costs.model_k` with costs, each model row
+        then extended by its copy's tokens past the drafts where that is expected to pay)."""
+        offered = self.lookup.propose(state, k)
+        extension = None
         if costs is None:
-            use_copy, k_model = [n > 0 for n in copied.counts()], min(k, self.num_model_tokens)
+            copied, use_copy, k_model = offered, [n > 0 for n in offered.counts()], min(k, self.num_model_tokens)
         else:
-            choice = best_copy(copied.confidence, copied.counts(), costs.pass_time, costs.copy_ratio)
-            copied = copied.limited(choice.length.tolist())  # each copy cut where a longer pass stops paying
-            use_copy, k_model = prefers_copy(choice, costs).tolist(), min(k, self.num_model_tokens, costs.model_k)
+            choice = best_copy(offered.confidence, offered.counts(), costs.pass_time, costs.copy_ratio)
+            copied = offered.limited(choice.length.tolist())  # each copy cut where a longer pass stops paying
+            extension = best_extension(offered.confidence, offered.counts(), costs)
+            use_copy = prefers_copy(choice, costs, extension).tolist()
+            k_model = min(k, self.num_model_tokens, costs.model_k)
         self._copied = use_copy
         if all(use_copy):
             return replace(copied, copied=use_copy)
         drafted = self.model.propose(state, k_model)
-        return _merge(copied, drafted, use_copy, self.ctx.vocab_size)
+        appended = None if extension is None or drafted.k != costs.model_k else [
+            0 if c or d < drafted.k else e for e, c, d in zip(extension.length.tolist(), use_copy, drafted.counts())]
+        return _merge(copied, drafted, use_copy, self.ctx.vocab_size, offered, appended)
 
     def commit(self, state: DecodeState, outcome: RoundOutcome) -> None:
         if self._copied is not None:  # the model still reads the committed tokens when it did not draft
@@ -72,24 +80,34 @@ class HybridDrafter:
         self.lookup.select_rows(alive, alive_host)
 
 
-def _merge(copied: Proposal, drafted: Proposal, use_copy: list[bool], V: int) -> Proposal:
-    """One proposal: the copy in rows `use_copy`, the model's drafts elsewhere (sampling: one-hot q for copies)."""
-    B, width, device = len(use_copy), max(copied.k, drafted.k), drafted.tokens.device
-    tokens = torch.zeros(B, width, dtype=torch.long, device=device)  # [B, k]
-    mask = torch.tensor(use_copy, device=device)[:, None]  # [B, 1]
-    tokens[:, : drafted.k] = drafted.tokens
-    tokens[:, : copied.k] = torch.where(mask, copied.tokens, tokens[:, : copied.k])
-    counts = [c if u else d for u, c, d in zip(use_copy, copied.counts(), drafted.counts())]
+def _merge(copied: Proposal, drafted: Proposal, use_copy: list[bool], V: int, offered: Proposal | None = None,
+           extension: list[int] | None = None) -> Proposal:
+    """One proposal: the copy in rows `use_copy`, the model's drafts elsewhere, followed in model row b by the
+    `extension[b]` tokens of its `offered` copy past the drafts (sampling: one-hot q for every copied token)."""
+    B, k, device = len(use_copy), drafted.k, drafted.tokens.device
+    extension = extension or [0] * B
+    offered = offered if offered is not None else copied  # copied is a prefix of it
+    width = max(copied.k, k + max(extension, default=0))
+    positions = torch.arange(width)[None, :]  # [1, w]
+    ext_end = k + torch.tensor(extension)[:, None]  # [B, 1]
+    from_copy = (torch.tensor(use_copy)[:, None] | ((positions >= k) & (positions < ext_end))).to(device)  # [B, w]
+    tokens = torch.zeros(B, width, dtype=torch.long, device=device)  # [B, w]
+    tokens[:, :k] = drafted.tokens
+    copy = torch.zeros(B, width, dtype=torch.long, device=device)  # [B, w]
+    copy[:, : min(offered.k, width)] = offered.tokens[:, :width]
+    tokens = torch.where(from_copy, copy, tokens)
+    counts = [c if u else d + e for u, c, d, e in zip(use_copy, copied.counts(), drafted.counts(), extension)]
     probs = None
-    if drafted.probs is not None:  # sampling: model rows keep their q, copied rows get one-hot q
-        probs = torch.zeros(B, width, V, device=device, dtype=drafted.probs.dtype)  # [B, k, V]
-        probs[:, : drafted.k] = drafted.probs
-        one_hot = torch.nn.functional.one_hot(tokens, V).to(probs.dtype)  # [B, k, V]
-        probs = torch.where(mask[:, :, None], one_hot, probs)
+    if drafted.probs is not None:  # sampling: drafted tokens keep their q, copied ones get one-hot q
+        probs = torch.zeros(B, width, V, device=device, dtype=drafted.probs.dtype)  # [B, w, V]
+        probs[:, :k] = drafted.probs
+        one_hot = torch.nn.functional.one_hot(tokens, V).to(probs.dtype)  # [B, w, V]
+        probs = torch.where(from_copy[:, :, None], one_hot, probs)
     confidence = None
-    if copied.confidence is not None:  # the copies' (0 in the model's rows)
-        confidence = torch.zeros(B, width)  # [B, k] CPU
+    if copied.confidence is not None:  # the copied rows' (0 in the model's rows)
+        confidence = torch.zeros(B, width)  # [B, w] CPU
         confidence[:, : copied.k] = copied.confidence * torch.tensor(use_copy)[:, None]
     forwards = drafted.k if drafted.forwards is None else drafted.forwards
     return Proposal(tokens, probs, counts, forwards=forwards, catch_up=drafted.catch_up, copied=use_copy,
-                    confidence=confidence, catch_up_seconds=drafted.catch_up_seconds)
+                    confidence=confidence, catch_up_seconds=drafted.catch_up_seconds,
+                    extension=extension if any(extension) else None)
