@@ -325,10 +325,15 @@ class CostModelLookahead:
         if fit is None:
             return None
         seen = self._measured(tokens, batch)
-        if seen is not None:  # a width timed often enough: its own mean (on CPU a one-token pass is a cheaper kernel)
-            return seen
         a, b, n0 = fit
-        return a + b * max(0, tokens - n0)
+        # a width timed often enough: its own mean (on CPU a one-token pass is a cheaper kernel); else the line
+        own = seen if seen is not None else a + b * max(0, tokens - n0)
+        return max(own, self._narrower(tokens, batch))
+
+    def _narrower(self, tokens: int, batch: int | None) -> float:
+        """The dearest mean of the passes timed over fewer tokens: a wider pass is never predicted cheaper (over
+        noisy timings a line can run below them)."""
+        return max((s.value for m, s in self._passes(batch)[1].items() if m < tokens), default=0.0)
 
     def _measured(self, tokens: int, batch: int | None) -> float | None:
         """The mean seconds of passes over exactly `tokens` tokens at `batch` rows, once timed `MEASURED_PASSES` times."""
