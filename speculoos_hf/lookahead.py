@@ -325,14 +325,15 @@ class CostModelLookahead:
         if fit is None:
             return None
         seen = self._measured(tokens, batch)
+        if seen is not None:  # a width timed often enough: its own mean (on CPU a one-token pass is a cheaper kernel)
+            return seen
         a, b, n0 = fit
-        # a width timed often enough: its own mean (on CPU a one-token pass is a cheaper kernel); else the line
-        own = seen if seen is not None else a + b * max(0, tokens - n0)
-        return max(own, self._narrower(tokens, batch))
+        return max(a + b * max(0, tokens - n0), self._narrower(tokens, batch))
 
     def _narrower(self, tokens: int, batch: int | None) -> float:
-        """The dearest mean of the passes timed over fewer tokens: a wider pass is never predicted cheaper (over
-        noisy timings a line can run below them)."""
+        """The dearest mean of the passes timed over fewer tokens: a width not timed is never predicted cheaper
+        (over noisy timings the line can run below them; a width timed often keeps its own mean, since kernels'
+        speed does depend on the shape)."""
         return max((s.value for m, s in self._passes(batch)[1].items() if m < tokens), default=0.0)
 
     def _measured(self, tokens: int, batch: int | None) -> float | None:
