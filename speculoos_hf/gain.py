@@ -104,10 +104,15 @@ def best_copy(confidence: torch.Tensor, counts: list[int], pass_time: torch.Tens
     W = min(confidence.shape[1], pass_time.shape[0] - 1)
     conf = confidence[:, :W] if ratio == 1.0 else calibrated(confidence[:, :W], ratio)  # [B, W]
     rate = copy_tokens(conf) / pass_time[None, : W + 1].to(torch.float64)  # [B, W+1]
-    offered = torch.tensor(counts, dtype=torch.long)[:, None]  # [B, 1]
-    rate = rate.masked_fill(torch.arange(W + 1)[None, :] > offered, -math.inf)  # [B, W+1]
+    return _best(rate, torch.tensor(counts, dtype=torch.long))
+
+
+def _best(rate: torch.Tensor, offered: torch.Tensor) -> CopyChoice:
+    """Per row, the length (column) of the highest rate among the first offered[b] + 1 [B, L] (ties, within
+    rounding, go to the shorter) and that rate."""
+    rate = rate.masked_fill(torch.arange(rate.shape[1])[None, :] > offered[:, None], -math.inf)  # [B, L]
     top = rate.max(dim=1, keepdim=True).values  # [B, 1]
-    best = (rate >= top - _TIE * top.abs()).to(torch.uint8).argmax(dim=1)  # [B] the shortest copy of equal rate
+    best = (rate >= top - _TIE * top.abs()).to(torch.uint8).argmax(dim=1)  # [B]
     return CopyChoice(best, rate.gather(1, best[:, None]).squeeze(1))
 
 
@@ -126,11 +131,7 @@ def best_extension(confidence: torch.Tensor, counts: list[int], costs: RoundCost
     extra = costs.model_reach * torch.cat([torch.zeros(B, 1, dtype=torch.float64), conf[:, k:].cumsum(dim=1)], 1)
     steps = costs.model_time - float(costs.pass_time[k])  # the model's k draft steps
     rate = (costs.model_tokens + extra) / (steps + costs.pass_time[None, k: W + 1])  # [B, W-k+1]
-    offered = (torch.tensor(counts, dtype=torch.long) - k).clamp(min=0)[:, None]  # [B, 1]
-    rate = rate.masked_fill(torch.arange(W - k + 1)[None, :] > offered, -math.inf)  # [B, W-k+1]
-    top = rate.max(dim=1, keepdim=True).values  # [B, 1]
-    best = (rate >= top - _TIE * top.abs()).to(torch.uint8).argmax(dim=1)  # [B] ties go to the shorter
-    return CopyChoice(best, rate.gather(1, best[:, None]).squeeze(1))
+    return _best(rate, (torch.tensor(counts, dtype=torch.long) - k).clamp(min=0))
 
 
 def prefers_copy(choice: CopyChoice, costs: RoundCosts, model: CopyChoice | None = None) -> torch.Tensor:

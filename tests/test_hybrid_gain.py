@@ -12,13 +12,13 @@ import torch
 import speculoos_hf.decoding as decoding
 from conftest import left_pad_batch, make_prompt
 from gtest import ALPHA, N, PROMPT, _always_accept, _generate, _processors, exact_distribution, g_test
-from speculoos_hf.drafters.base import Proposal
+from speculoos_hf.drafters.base import Proposal, RoundOutcome
 from speculoos_hf.drafters.hybrid import HybridDrafter
 from speculoos_hf.gain import (CopyRecord, RoundCosts, best_copy, best_extension, calibrated, copy_tokens,
                                prefers_copy)
 from speculoos_hf.lookahead import CostModelLookahead
 from speculoos_hf.options import SpeculativeOptions
-from speculoos_hf.pacer import CopyPacer, make_pacer
+from speculoos_hf.pacer import CopyPacer, CostModelPacer, make_pacer
 from speculoos_hf.timing import Stopwatch
 
 PAIR = dict(logit_scale=2.0)  # the `pair` fixture: a Llama with less peaked logits, and its perturbed copy
@@ -157,6 +157,21 @@ def test_cap_cuts_each_row_where_a_longer_pass_stops_paying(monkeypatch):
     assert torch.equal(capped.tokens, tokens[:, :3]) and torch.equal(capped.confidence, conf[:, :3])
 
 
+def test_the_model_hears_only_of_its_own_drafts(monkeypatch):
+    """A hybrid round: a model row of 2 drafts extended by 4 copied tokens (5 accepted), a copied row, a plain model
+    row: the cost model is told 2 drafted / 2 accepted, 0 / 0, 2 / 1; the copied row calibrates the copies."""
+    heard = []
+    monkeypatch.setattr(CostModelPacer, "after_round", lambda self, p, o: heard.append((p.counts(), o.accepted)))
+    pacer = CopyPacer(CostModelLookahead(max_k=6), Stopwatch(torch.device("cpu")), 6, with_model=True)
+    proposal = Proposal(torch.zeros(3, 6, dtype=torch.long), num_proposed=[6, 4, 2], copied=[False, True, False],
+                        confidence=torch.tensor([[0.0] * 6, [1.0] * 6, [0.0] * 6]), extension=[4, 0, 0])
+    outcome = RoundOutcome(accepted=[5, 3, 1], committed=[6, 4, 2], own=[6, 4, 2], stopped=[False] * 3,
+                           tokens=torch.zeros(3, 7, dtype=torch.long), old_lengths=[10, 10, 10])
+    pacer.after_round(proposal, outcome)
+    assert heard == [([2, 0, 2], [2, 0, 1])]
+    assert pacer.copies.hits > 0
+
+
 # ----------------------------------------------------------------------------------------------- exact, greedy
 
 def mixed_prompts(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -204,13 +219,21 @@ def test_lookup_alone_greedy_equals_stock(pair, monkeypatch, shape):
         assert stats.draft_tokens_proposed == 0
 
 
-def test_hybrid_greedy_equals_stock_with_copy_and_model_rows(pair, monkeypatch):
+def hybrid_equals_stock(pair, monkeypatch, step_s: float, seed: int, lookup: int) -> list[Proposal]:
+    """A greedy hybrid call on `mixed_prompts(seed)` under a flat pass and a draft step of `step_s`, checked equal
+    to stock generate(); returns the hybrid's proposals."""
     target, draft = pair
-    profile(monkeypatch, lambda m: 0.1, step_s=0.01)  # a step dear enough that sure copies win
+    profile(monkeypatch, lambda m: 0.1, step_s=step_s)
     seen = record_hybrid(monkeypatch)
-    ids, mask = mixed_prompts(seed=1)
-    ref, out = generate_both(target, ids, mask, draft_model=draft, prompt_lookup_num_tokens=6)
+    ids, mask = mixed_prompts(seed=seed)
+    ref, out = generate_both(target, ids, mask, draft_model=draft, prompt_lookup_num_tokens=lookup)
     assert torch.equal(out, ref)
+    return seen
+
+
+def test_hybrid_greedy_equals_stock_with_copy_and_model_rows(pair, monkeypatch):
+    target, _ = pair
+    seen = hybrid_equals_stock(pair, monkeypatch, step_s=0.01, seed=1, lookup=6)  # sure copies win at this step
     assert any(p.copied is not None and any(p.copied) and not all(p.copied) for p in seen)  # both in one round
     stats = target.speculative_stats
     assert stats.draft_forward_passes > 0 and stats.draft_tokens_accepted > 0
@@ -218,12 +241,8 @@ def test_hybrid_greedy_equals_stock_with_copy_and_model_rows(pair, monkeypatch):
 
 def test_hybrid_with_a_model_that_cannot_pay_only_copies(pair, monkeypatch):
     """A draft step dearer than the pass: the model is never asked (it does not even run); copies still are."""
-    target, draft = pair
-    profile(monkeypatch, lambda m: 0.1, step_s=1.0)
-    seen = record_hybrid(monkeypatch)
-    ids, mask = mixed_prompts(seed=2)
-    ref, out = generate_both(target, ids, mask, draft_model=draft, prompt_lookup_num_tokens=6)
-    assert torch.equal(out, ref)
+    target, _ = pair
+    seen = hybrid_equals_stock(pair, monkeypatch, step_s=1.0, seed=2, lookup=6)
     stats = target.speculative_stats
     assert stats.draft_forward_passes == 0 and stats.draft_tokens_proposed > 0
     assert seen and all(p.copied is not None and all(p.copied) for p in seen)
@@ -231,15 +250,21 @@ def test_hybrid_with_a_model_that_cannot_pay_only_copies(pair, monkeypatch):
 
 def test_hybrid_greedy_equals_stock_with_model_rows_extended_by_their_copy(pair, monkeypatch):
     """A cheap draft step and a flat pass: the model drafts in most rows and carries the row's copy past its drafts;
-    the output is stock's, and the model's acceptance counts its own drafts only."""
-    target, draft = pair
-    profile(monkeypatch, lambda m: 0.1, step_s=0.001)
-    seen = record_hybrid(monkeypatch)
-    ids, mask = mixed_prompts(seed=3)
-    ref, out = generate_both(target, ids, mask, draft_model=draft, prompt_lookup_num_tokens=16)
-    assert torch.equal(out, ref)
+    the output is stock's, and the cost model hears of the model's own drafts only (never more accepted than drafted,
+    never an extension counted as a draft)."""
+    target, _ = pair
+    heard, observe_round = [], CostModelLookahead.observe_round
+
+    def record(self, proposed, accepted, rows=None):
+        heard.append((list(proposed), list(accepted)))
+        return observe_round(self, proposed, accepted, rows)
+
+    monkeypatch.setattr(CostModelLookahead, "observe_round", record)
+    seen = hybrid_equals_stock(pair, monkeypatch, step_s=0.001, seed=3, lookup=16)
     extended = [p for p in seen if p.extension is not None]
     assert extended and all(n > e > 0 or e == 0 for p in extended for n, e in zip(p.counts(), p.extension))
+    assert heard and all(a <= n for proposed, accepted in heard for n, a in zip(proposed, accepted))
+    assert max(n for proposed, _ in heard for n in proposed) <= CostModelLookahead().max_k  # the model's k at most
     model = target.speculative_stats.cost_model
     assert model is not None and target.speculative_stats.draft_tokens_accepted > 0
 

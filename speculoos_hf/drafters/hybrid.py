@@ -80,13 +80,13 @@ class HybridDrafter:
         self.lookup.select_rows(alive, alive_host)
 
 
-def _merge(copied: Proposal, drafted: Proposal, use_copy: list[bool], V: int, offered: Proposal | None = None,
+def _merge(copied: Proposal, drafted: Proposal, use_copy: list[bool], V: int, offered: Proposal,
            extension: list[int] | None = None) -> Proposal:
     """One proposal: the copy in rows `use_copy`, the model's drafts elsewhere, followed in model row b by the
-    `extension[b]` tokens of its `offered` copy past the drafts (sampling: one-hot q for every copied token)."""
+    `extension[b]` tokens of its `offered` copy past the drafts (`copied` is a prefix of `offered`; sampling: one-hot
+    q for every copied token)."""
     B, k, device = len(use_copy), drafted.k, drafted.tokens.device
     extension = extension or [0] * B
-    offered = offered if offered is not None else copied  # copied is a prefix of it
     width = max(copied.k, k + max(extension, default=0))
     positions = torch.arange(width)[None, :]  # [1, w]
     ext_end = k + torch.tensor(extension)[:, None]  # [B, 1]
