@@ -1,7 +1,7 @@
 """The README's table of prompt lookup's defaults: the rule replayed (`speculoos_hf.bench.lookup_replay`) over the
 reference target's saved greedy answers, whole copies of up to N=32 tokens, for several thresholds and multiples.
 
-    python benchmarks/replay_lookup_defaults.py [benchmarks/lookup_replay_answers_bf16.json]
+    python benchmarks/replay_lookup_defaults.py [benchmarks/epyc-avx2/lookup_replay_answers_bf16.json]
 """
 
 import json
@@ -49,4 +49,4 @@ def first_token_by_match(answers) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else str(Path(__file__).with_name("lookup_replay_answers_bf16.json")))
+    main(sys.argv[1] if len(sys.argv) > 1 else str(Path(__file__).parent / "epyc-avx2" / "lookup_replay_answers_bf16.json"))
