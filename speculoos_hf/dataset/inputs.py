@@ -1,12 +1,17 @@
 """The input of a dataset run: records read from a JSONL file, a `datasets.Dataset` or an iterable, then tokenised.
 
 A record that cannot be generated (bad JSON, text that is not UTF-8 or holds a lone surrogate, no prompt, a prompt
-too long for the context) keeps the reason in `error` and becomes an error record; it never stops the run."""
+too long for the context) keeps the reason in `error` and becomes an error record; it never stops the run. A missing
+id (absent, null, or a non-finite number such as a float column's NaN, which is not standard JSON) is the index."""
 
 from __future__ import annotations
 
+import codecs
 import json
+import math
+import numbers
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,17 +49,41 @@ class InputRecord:
 
 
 def read_records(data, prompt_field: str = "prompt", id_field: str = "id") -> list[InputRecord]:
-    """Input records, in input order. `data`: a JSONL path, a `datasets.Dataset`, or an iterable of mappings or
-    strings; blank lines of a file are not records."""
+    """Input records, in input order. `data`: a JSONL path, a `datasets.Dataset`, a pandas DataFrame, a dict of
+    equal-length columns, or an iterable of mappings or strings; blank lines of a file are not records. A
+    `datasets.DatasetDict` (splits) or any other mapping is refused with a ValueError saying what to pass."""
     if isinstance(data, (str, os.PathLike)):
         return _read_jsonl(data, prompt_field, id_field)
-    return [_record_from(obj, i, prompt_field, id_field, where=f"record {i}") for i, obj in enumerate(data)]
+    return [_record_from(obj, i, prompt_field, id_field, where=f"record {i}") for i, obj in enumerate(_rows(data))]
+
+
+def _rows(data):
+    """The rows of an in-memory input (tables and columns turned into rows of mappings)."""
+    kind = type(data).__name__
+    if kind in ("DatasetDict", "IterableDatasetDict"):
+        splits = list(data)
+        raise ValueError(f"data is a datasets.{kind} with splits {splits}: pass one split, e.g. "
+                         f"data[{splits[0] if splits else 'train'!r}] (or load_dataset(..., split=...))")
+    if kind == "DataFrame" and hasattr(data, "to_dict"):
+        return data.to_dict("records")
+    if isinstance(data, Mapping):
+        columns = {k: v for k, v in data.items() if not isinstance(v, (str, bytes)) and hasattr(v, "__len__")}
+        lengths = {len(v) for v in columns.values()}
+        if not data or len(columns) < len(data) or len(lengths) != 1:
+            raise ValueError("data is a mapping but not a dict of equal-length columns: pass a list of records "
+                             "(mappings or strings), a dict of columns, a DataFrame, a datasets.Dataset or a JSONL "
+                             "path")
+        n = lengths.pop()
+        return [{k: v[i] for k, v in columns.items()} for i in range(n)]
+    return data
 
 
 def _read_jsonl(path, prompt_field: str, id_field: str) -> list[InputRecord]:
     records: list[InputRecord] = []
     with open(path, "rb") as f:
         for line_no, raw in enumerate(f, start=1):
+            if line_no == 1 and raw.startswith(codecs.BOM_UTF8):  # Windows editors start UTF-8 files with one
+                raw = raw[len(codecs.BOM_UTF8):]
             if not raw.strip():
                 continue
             index, where = len(records), f"line {line_no}"
@@ -84,7 +113,7 @@ def _record_from(obj, index: int, prompt_field: str, id_field: str, where: str) 
             return InputRecord(index, index, error=f"{where}: expected a JSON object with a {prompt_field!r} field, "
                                                    f"got {type(obj).__name__}")
     rid = obj.get(id_field)
-    rid = index if rid is None else rid
+    rid = index if rid is None or _non_finite(rid) else rid
     if prompt_field not in obj:
         return InputRecord(index, rid, error=f"{where}: no {prompt_field!r} field (fields: {sorted(obj)})")
     prompt = obj[prompt_field]
@@ -94,17 +123,26 @@ def _record_from(obj, index: int, prompt_field: str, id_field: str, where: str) 
     return InputRecord(index, rid, prompt=prompt, error=None if problem is None else f"{where}: {problem}")
 
 
+def _non_finite(value) -> bool:
+    """NaN or an infinity (a float column's missing value; not standard JSON)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral) and not math.isfinite(value)
+
+
 def _prompt_problem(prompt, prompt_field: str) -> str | None:
     """Why this prompt cannot be generated, or None."""
+    if _non_finite(prompt):
+        return f"no prompt ({prompt_field!r} is {prompt!r})"
     if not isinstance(prompt, str) and not _is_messages(prompt):
         return (f"{prompt_field!r} must be a string or a list of chat messages ({{'role', 'content'}}), got "
                 f"{type(prompt).__name__}")
     if prompt == "":
         return "empty prompt"
     try:
-        json.dumps(prompt, ensure_ascii=False, default=str).encode("utf-8")
+        json.dumps(prompt, ensure_ascii=False, default=str, allow_nan=False).encode("utf-8")
     except UnicodeEncodeError as e:
         return f"the prompt is not valid Unicode text (it holds the lone surrogate U+{ord(e.object[e.start]):04X})"
+    except ValueError:
+        return "the prompt holds a non-finite number (NaN or Infinity), which is not standard JSON"
     return None
 
 

@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass, fields
-from types import MappingProxyType
 from typing import Any, Mapping
+
 from ..suffix_cache import SuffixCache
+from . import option_checks as checks
 
 
 @dataclass(frozen=True)
 class DatasetJob:
-    """What a dataset run is asked to do, checked once when built: a bad option is a ValueError naming it.
+    """What a dataset run is asked to do, checked once when built: a bad option is an `OptionError` (a ValueError)
+    naming it.
 
     Greedy unless `do_sample`; `temperature`, `top_p`, `top_k` as in generate(), used when sampling (top-k off
     unless given). `num_draft_tokens` (>= 1 or "auto"), `draft_confidence_threshold` and `prompt_lookup_num_tokens`
     go to speculoos' generate(); `suffix_cache` is None, True (one cache for the run), a path (loaded if the file
-    exists, saved at the end) or a `speculoos_hf.SuffixCache`. `generation_kwargs` go to generate() as they are."""
+    exists, saved at the end) or a `speculoos_hf.SuffixCache`. `generation_kwargs` go to generate() as they are,
+    those the job owns refused. `model` names what generates the records (the command: its --target, --tokenizer
+    and --dtype); it is stored with the options that shape a record (`record_options`)."""
 
     max_new_tokens: int = 128
     do_sample: bool = False
@@ -37,26 +40,29 @@ class DatasetJob:
     retry_errors: bool = False
     progress: bool = True
     generation_kwargs: Mapping[str, Any] | None = None
+    model: str | None = None
 
     def __post_init__(self):
-        _integer("max_new_tokens", self.max_new_tokens, 1)
-        _integer("batch_size", self.batch_size, 1)
-        _integer("seed", self.seed, None)
+        checks.integer("max_new_tokens", self.max_new_tokens, 1)
+        checks.integer("batch_size", self.batch_size, 1)
+        checks.integer("seed", self.seed, None)
         if self.num_draft_tokens is not None and self.num_draft_tokens != "auto":
-            _integer("num_draft_tokens", self.num_draft_tokens, 1, also="or 'auto'")
+            checks.integer("num_draft_tokens", self.num_draft_tokens, 1, also="or 'auto'")
         if self.prompt_lookup_num_tokens is not None:
-            _integer("prompt_lookup_num_tokens", self.prompt_lookup_num_tokens, 1)
+            checks.integer("prompt_lookup_num_tokens", self.prompt_lookup_num_tokens, 1)
         if self.top_k is not None:
-            _integer("top_k", self.top_k, 0)
-        _number("temperature", self.temperature, lambda t: t > 0, "> 0 (for greedy decoding leave out do_sample)")
-        _number("top_p", self.top_p, lambda p: 0 < p <= 1, "in (0, 1]")
-        _number("draft_confidence_threshold", self.draft_confidence_threshold, lambda c: 0 <= c < 1,
-                "a probability in [0, 1)")
+            checks.integer("top_k", self.top_k, 0)
+        checks.number("temperature", self.temperature, lambda t: t > 0, "> 0")
+        checks.number("top_p", self.top_p, lambda p: 0 < p <= 1, "in (0, 1]")
+        checks.number("draft_confidence_threshold", self.draft_confidence_threshold, lambda c: 0 <= c < 1,
+                      "a probability in [0, 1)")
+        checks.sampling_only(self)
         for name in ("prompt_field", "id_field"):
-            if not isinstance(getattr(self, name), str):
-                raise ValueError(f"{name} must be a string, got {getattr(self, name)!r}")
-        object.__setattr__(self, "stop_strings", _stop_strings(self.stop_strings))
-        object.__setattr__(self, "generation_kwargs", _mapping(self.generation_kwargs))
+            checks.text(name, getattr(self, name))
+        if self.model is not None:
+            checks.text("model", self.model)
+        object.__setattr__(self, "stop_strings", checks.stop_strings(self.stop_strings))
+        object.__setattr__(self, "generation_kwargs", checks.generation_kwargs(self.generation_kwargs))
         _check_suffix_cache(self.suffix_cache)
 
     @classmethod
@@ -103,39 +109,24 @@ class DatasetJob:
         }
         return {k: v for k, v in kwargs.items() if v is not None}
 
+    def record_options(self) -> dict:
+        """The options that shape a record's content, written in every record: a resume under others is refused.
+        Drafting options (draft, K, lookup, cache) are left out: they change speed, never the distribution."""
+        options: dict = dict(max_new_tokens=self.max_new_tokens, do_sample=bool(self.do_sample),
+                             stop_strings=list(self.stop_strings) if self.stop_strings else None,
+                             chat_template=bool(self.chat_template))
+        if self.do_sample:  # as generate() gets them
+            options.update(temperature=1.0 if self.temperature is None else self.temperature,
+                           top_p=1.0 if self.top_p is None else self.top_p, top_k=self.top_k or 0, seed=self.seed)
+        if self.generation_kwargs:
+            options["generation_kwargs"] = dict(self.generation_kwargs)
+        if self.model is not None:
+            options["model"] = self.model
+        return options
+
     def batch_seed(self, first_index: int) -> int:
         """The seed of the batch whose first record has this index: the same on any number of processes."""
         return (self.seed * 1_000_003 + first_index) % (2**63)
-
-
-def _integer(name: str, value, minimum: int | None, also: str = "") -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum):
-        bound = "" if minimum is None else f" >= {minimum}"
-        raise ValueError(f"{name} must be an integer{bound}{' ' + also if also else ''}, got {value!r}")
-
-
-def _number(name: str, value, ok, what: str) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not ok(value):
-        raise ValueError(f"{name} must be {what}, got {value!r}")
-
-
-def _stop_strings(value) -> tuple[str, ...] | None:
-    if not value:
-        return None
-    strings = (value,) if isinstance(value, str) else tuple(value)
-    if not all(isinstance(s, str) and s for s in strings):
-        raise ValueError(f"stop_strings must be non-empty strings, got {value!r}")
-    return strings
-
-
-def _mapping(value) -> Mapping[str, Any] | None:
-    if value is None:
-        return None
-    if not isinstance(value, Mapping):
-        raise ValueError(f"generation_kwargs must be a mapping of generate() arguments, got {type(value).__name__}")
-    return MappingProxyType(dict(value))
 
 
 def _check_suffix_cache(value) -> None:
@@ -145,7 +136,7 @@ def _check_suffix_cache(value) -> None:
     cache_class = suffix_cache_class()
     if value is True or isinstance(value, (str, os.PathLike)) or isinstance(value, cache_class):
         return
-    raise ValueError(f"suffix_cache must be True, a file path or a SuffixCache, got {type(value).__name__}")
+    raise checks.OptionError("suffix_cache", f"must be True, a file path or a SuffixCache, got {type(value).__name__}")
 
 
 def suffix_cache_class():

@@ -1,14 +1,13 @@
 """What a run has to do: the input, the records already written for it (each checked to be this input's record,
-by index, id and prompt), and the batches left, longest prompts first."""
+by index, id and prompt, made with this job's options), and the batches left, longest prompts first."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 from .distributed import broadcast, gather
 from .inputs import InputRecord, read_records
-from .store import ForeignOutputError, OutputStore
+from .store import ForeignOutputError, OtherOptionsError, OutputStore, as_written
 
 
 @dataclass
@@ -28,12 +27,13 @@ class Resume:
         items = read_records(data, job.prompt_field, job.id_field)
         known, problem = {}, None
         try:
-            known = owned_records(store.read(), items, job.retry_errors)
+            known = owned_records(store.read(), items, job.retry_errors, job.record_options())
         except ForeignOutputError as e:
-            problem = str(e)
+            problem = (isinstance(e, OtherOptionsError), str(e))
         problems = [p for p in gather(state, problem) if p]
         if problems:
-            raise ForeignOutputError(problems[0])
+            other_options, message = problems[0]
+            raise (OtherOptionsError if other_options else ForeignOutputError)(message)
         done = set().union(*gather(state, sorted(known)))
         main_known = set(broadcast(state, sorted(known)))
         return cls(items, known, done, main_known)
@@ -42,33 +42,52 @@ class Resume:
         return [item for item in self.items if item.index not in self.done]
 
 
-def owned_records(found: list[tuple], items: list[InputRecord], retry_errors: bool) -> dict[int, dict]:
-    """Written records by index (error records left out under `retry_errors`); ForeignOutputError, naming the file,
-    at the first record that is not this input's record at its index."""
+def owned_records(found: list[tuple], items: list[InputRecord], retry_errors: bool,
+                  options: dict) -> dict[int, dict]:
+    """Written records by index; ForeignOutputError, naming the file, at the first record that is not this input's
+    record at its index, OtherOptionsError at the first made with other `options`. Under `retry_errors` error
+    records are left out, checked for their index only: they are redone (their input line may have been fixed)."""
     known: dict[int, dict] = {}
+    options = as_written(options)
     for path, rec in found:
-        problem = _mismatch(rec, items)
+        retried = retry_errors and "error" in rec
+        problem = _out_of_range(rec, items) if retried else _mismatch(rec, items)
         if problem is not None:
             raise ForeignOutputError(f"{path} holds records of another input ({problem}); write to another output "
                                      "file, or delete this one to start over")
-        if not (retry_errors and "error" in rec):
-            known[rec["index"]] = rec
+        if retried:
+            continue
+        if rec.get("options") != options:
+            raise OtherOptionsError(f"{path} holds records made with other options ({_option_changes(rec, options)}): "
+                                    "rerun with the options it was made with, or write to another output file")
+        known[rec["index"]] = rec
     return known
 
 
-def _mismatch(rec: dict, items: list[InputRecord]) -> str | None:
+def _out_of_range(rec: dict, items: list[InputRecord]) -> str | None:
     i = rec["index"]
-    if i >= len(items):
-        return f"a record with index {i}, but the input has {len(items)} records"
+    return f"a record with index {i}, but the input has {len(items)} records" if i >= len(items) else None
+
+
+def _mismatch(rec: dict, items: list[InputRecord]) -> str | None:
+    problem = _out_of_range(rec, items)
+    if problem is not None:
+        return problem
+    i = rec["index"]
     for name, value in (("id", items[i].id), ("prompt", items[i].prompt)):
-        if name not in rec or rec[name] != _as_written(value):
-            return f"record {i} has {name} {_show(rec.get(name, '<none>'))} where the input has {_show(value)}"
+        if name not in rec or rec[name] != as_written(value):
+            hint = " (an error record: --retry-errors / retry_errors=True redoes it)" if "error" in rec else ""
+            return f"record {i} has {name} {_show(rec.get(name, '<none>'))} where the input has {_show(value)}{hint}"
     return None
 
 
-def _as_written(value):
-    """`value` as it reads back from a record."""
-    return json.loads(json.dumps(value, ensure_ascii=False, default=str))
+def _option_changes(rec: dict, options: dict) -> str:
+    """The options that differ, as `name: written -> asked`."""
+    written = rec.get("options")
+    if not isinstance(written, dict):
+        return f"record {rec['index']} states none: written before speculoos-generate kept them"
+    names = [k for k in dict.fromkeys([*written, *options]) if written.get(k) != options.get(k)]
+    return ", ".join(f"{k}: {_show(written.get(k))} there, {_show(options.get(k))} now" for k in names)
 
 
 def _show(value, n: int = 60) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from .distributed import distributed_state
 from .inputs import context_length
 from .job import DatasetJob
+from .lock import OutputLock
 from .merge import GenerationSummary, merge
 from .plan import Plan, Resume
 from .runner import BatchRunner
@@ -14,26 +15,51 @@ from .suffix import RunSuffixCache
 
 
 class DatasetRun:
-    """One job over one input into one output file. Opening it reads the input and what the output already holds,
-    and refuses an output written for another input (ForeignOutputError) before any model is needed."""
+    """One job over one input into one output file. Opening it takes the output's lock (one writer per output),
+    opens the run's suffix cache, reads the input and what the output already holds, and refuses an output written
+    for another input or with other options, all before any model is needed. The lock is held until the run has
+    generated, or until `close()` (a `with` block closes it)."""
 
     def __init__(self, data, output, job: DatasetJob, state=None):
         self.job = job
         self.state = distributed_state() if state is None else state
         self.store = OutputStore(output)
-        self.resume = Resume.read(data, self.store, job, self.state)
+        self.store.check_writable()
+        self.lock = OutputLock.take(self.store.output, self.state)
+        try:
+            self.cache = RunSuffixCache.open(job.suffix_cache)
+            self.resume = Resume.read(data, self.store, job, self.state)
+        except BaseException:
+            self.close()
+            raise
         self.finished = False
+
+    def __enter__(self) -> DatasetRun:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Let go of the output (a run that has generated has already)."""
+        self.lock.release()
 
     def generate(self, target, draft, tokenizer) -> GenerationSummary:
         """Generate what is missing with `target` (and `draft`, None for the target alone), once; returns the
         summary on every process (counts over all processes)."""
         if self.finished:
             raise RuntimeError("a DatasetRun generates once; open a new one to resume")
-        self.finished, state = True, self.state
+        self.finished = True
+        try:
+            return self._generate(target, draft, tokenizer)
+        finally:
+            self.close()
+
+    def _generate(self, target, draft, tokenizer) -> GenerationSummary:
+        state, cache = self.state, self.cache
         plan = Plan.make(self.resume, tokenizer, context_length(target, draft), self.job, state.num_processes)
-        cache = RunSuffixCache.open(self.job.suffix_cache)
         runner = BatchRunner(target, draft, tokenizer, self.job, None if cache is None else cache.cache)
-        errors = [it.error_record() for it in plan.input_errors] if state.is_main_process else []
+        errors = [runner.error_record(it) for it in plan.input_errors] if state.is_main_process else []
         with state.split_between_processes(plan.batches) as mine:
             mine = list(mine)
         writer = self.store.writer(state.process_index)

@@ -6,9 +6,10 @@ import time
 
 import torch
 
-from ..placement import input_device
-from .inputs import InputRecord
 from ..generation import speculative_generate
+from ..placement import input_device
+from .ends import RowEnds
+from .inputs import InputRecord
 
 
 class BatchRunner:
@@ -17,9 +18,10 @@ class BatchRunner:
     def __init__(self, target, draft, tokenizer, job, suffix_cache=None):
         self.target, self.draft, self.tokenizer = target, draft, tokenizer
         self.max_new_tokens = job.max_new_tokens
+        self.options = job.record_options()  # written in every record
         self.pad_id = _pad_id(tokenizer)
-        self.eos_ids = _eos_ids(target, tokenizer)
         self.generate_kwargs = job.generate_kwargs(tokenizer, self.pad_id)
+        self.ends = RowEnds.build(tokenizer, _eos_ids(target, tokenizer, self.generate_kwargs), job.stop_strings)
         self.speculative_kwargs = job.speculative_kwargs(suffix_cache) if job.speculative(draft) else None
 
     def run(self, batch: list[InputRecord], seed: int) -> list[dict]:
@@ -29,8 +31,10 @@ class BatchRunner:
         started = time.perf_counter()
         sequences, per_row = self._generate(ids, mask)
         seconds = (time.perf_counter() - started) / len(batch)
-        new = sequences[:, ids.shape[1] :].tolist()  # [B, new]; the one host copy of the batch
-        return [self._record(item, new[r], None if per_row is None else per_row[r], seconds)
+        new = sequences[:, ids.shape[1] :]  # [B, N]
+        stops = self.ends.first_stops(ids, new)  # [B]
+        new, stops = new.tolist(), stops.tolist()  # the host copies of the batch
+        return [self._record(item, new[r], stops[r], None if per_row is None else per_row[r], seconds)
                 for r, item in enumerate(batch)]
 
     def _generate(self, ids, mask):
@@ -43,16 +47,16 @@ class BatchRunner:
                                    **self.speculative_kwargs, **self.generate_kwargs)
         return getattr(out, "sequences", out), self.target.speculative_stats.per_row
 
-    def _record(self, item: InputRecord, tokens: list[int], row, seconds: float) -> dict:
-        n = row.new_tokens if row is not None else self._plain_length(tokens)
-        tokens = tokens[:n]
-        ended_on_eos = bool(tokens) and tokens[-1] in self.eos_ids
+    def _record(self, item: InputRecord, tokens: list[int], stop: int, row, seconds: float) -> dict:
+        """The record of one row; `stop` counts its tokens up to its first EOS or stop string (more: none). Plain
+        generate() pads (or goes on generating for) a row that has stopped; speculoos reports the row's length."""
+        n = row.new_tokens if row is not None else min(stop, len(tokens))
         rec = {
             "id": item.id,
             "index": item.index,
             "prompt": item.prompt,
-            "completion": self.tokenizer.decode(tokens, skip_special_tokens=True),
-            "finish_reason": "stop" if ended_on_eos or n < self.max_new_tokens else "length",
+            "completion": self.tokenizer.decode(tokens[:n], skip_special_tokens=True),
+            "finish_reason": "stop" if stop <= n or n < self.max_new_tokens else "length",
             "prompt_tokens": len(item.input_ids),
             "new_tokens": n,
         }
@@ -63,15 +67,12 @@ class BatchRunner:
                 acceptance_rate=row.acceptance_rate if row.draft_tokens_proposed else None,
                 target_passes=row.target_forward_passes,
             )
-        rec["seconds"] = seconds
+        rec.update(seconds=seconds, options=self.options)
         return rec
 
-    def _plain_length(self, tokens: list[int]) -> int:
-        """Plain generate(): the row ends after its first EOS (what follows is padding)."""
-        n = next((j + 1 for j, t in enumerate(tokens) if t in self.eos_ids), len(tokens))
-        while n > 0 and n == len(tokens) and not self.eos_ids and tokens[n - 1] == self.pad_id:
-            n -= 1
-        return n
+    def error_record(self, item: InputRecord, error: str | None = None) -> dict:
+        """The record of an input that cannot be generated (its own error, or `error`)."""
+        return {**item.error_record(error), "options": self.options}
 
 
 def _pad_left(batch: list[InputRecord], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,8 +93,9 @@ def _pad_id(tokenizer) -> int:
     return tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
 
 
-def _eos_ids(target, tokenizer) -> set[int]:
-    eos = target.generation_config.eos_token_id
+def _eos_ids(target, tokenizer, generate_kwargs: dict) -> set[int]:
+    """The EOS ids generate() stops on: the call's, else the target's generation config's, else the tokenizer's."""
+    eos = generate_kwargs.get("eos_token_id", target.generation_config.eos_token_id)
     if eos is None:
         eos = tokenizer.eos_token_id
     if eos is None:

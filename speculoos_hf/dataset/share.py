@@ -81,7 +81,7 @@ def _run_or_retry(runner: BatchRunner, batch: list[InputRecord], job) -> list[di
         raise
     except Exception as batch_error:  # noqa: BLE001 - retry row by row so one bad row fails alone
         if len(batch) == 1:
-            return [batch[0].error_record(_failure(batch_error))]
+            return [runner.error_record(batch[0], _failure(batch_error))]
     records = []
     for item in batch:
         try:
@@ -89,7 +89,7 @@ def _run_or_retry(runner: BatchRunner, batch: list[InputRecord], job) -> list[di
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as e:  # noqa: BLE001
-            records.append(item.error_record(_failure(e)))
+            records.append(runner.error_record(item, _failure(e)))
     return records
 
 

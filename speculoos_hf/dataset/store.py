@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -12,15 +13,54 @@ class ForeignOutputError(ValueError):
     """The output (or a parts file) holds something other than this input's records: resuming would mix them."""
 
 
+class OtherOptionsError(ForeignOutputError):
+    """The output holds this input's records made with other options (those that shape a record)."""
+
+
+class OutputPathError(ValueError):
+    """The output cannot be written where it is asked for (a directory, a path under a file, no permission)."""
+
+
 def dumps(record: dict) -> str:
-    """One JSON line; text that is not valid Unicode (a lone surrogate) is written as \\u escapes, still valid JSON
-    that reads back to the same string."""
-    line = json.dumps(record, ensure_ascii=False, default=str)
+    """One line of standard JSON: text that is not valid Unicode (a lone surrogate) is written as \\u escapes, still
+    valid JSON that reads back to the same string; a non-finite number (NaN, Infinity: not JSON) as null."""
+    try:
+        line = json.dumps(record, ensure_ascii=False, default=str, allow_nan=False)
+    except ValueError:
+        record = _finite(record)
+        line = json.dumps(record, ensure_ascii=False, default=str, allow_nan=False)
     try:
         line.encode("utf-8")
     except UnicodeEncodeError:
-        line = json.dumps(record, ensure_ascii=True, default=str)
+        line = json.dumps(record, ensure_ascii=True, default=str, allow_nan=False)
     return line
+
+
+def as_written(value):
+    """`value` as it reads back from a record."""
+    return json.loads(dumps(value))
+
+
+def _finite(value):
+    """`value` with every non-finite float replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def unwritable(path: Path) -> str | None:
+    """Why a file cannot be created at `path` (its folders made as needed), or None."""
+    path = Path(path)
+    folder = next(p for p in [path.parent, *path.parent.parents] if p.exists() or p == Path(p.anchor))
+    if not folder.is_dir():
+        return f"cannot write {path}: {folder} is not a directory"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"cannot write {path}: no permission to write in {folder}"
+    return None
 
 
 def is_record(obj) -> bool:
@@ -59,6 +99,19 @@ class OutputStore:
     def __init__(self, output):
         self.output = Path(output)
         self.parts = self.output.with_name(self.output.name + ".parts")
+
+    def check_writable(self) -> None:
+        """OutputPathError unless the output (and its parts folder) can be written where they are asked for."""
+        out = self.output
+        if out.is_dir():
+            raise OutputPathError(f"{out} is a directory: give the path of a file")
+        if out.exists() and not out.is_file():
+            raise OutputPathError(f"{out} is not a regular file (it is replaced atomically at the end)")
+        if self.parts.exists() and not self.parts.is_dir():
+            raise OutputPathError(f"{self.parts} (the parts folder) is not a directory")
+        problem = unwritable(out)
+        if problem is not None:
+            raise OutputPathError(problem)
 
     def read(self) -> list[tuple[Path, dict]]:
         """(file, record) for every record written so far, the output's first, then each parts file's (a later

@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 
 from .job import suffix_cache_class
+from .option_checks import OptionError
+from .store import unwritable
 
 
 class RunSuffixCache:
@@ -25,8 +27,7 @@ class RunSuffixCache:
         if option is True:
             return cls(cache_class())
         if isinstance(option, (str, os.PathLike)):
-            path = Path(option)
-            return cls(cache_class.load(path) if path.exists() else cache_class(), path)
+            return cls(_load(cache_class, Path(option)), Path(option))
         return cls(option)
 
     def save(self) -> None:
@@ -34,3 +35,18 @@ class RunSuffixCache:
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.cache.save(self.path)
+
+
+def _load(cache_class, path: Path):
+    """The cache kept in `path`, or a new one where there is no file yet (OptionError: not a cache file)."""
+    if not path.exists():
+        problem = unwritable(path)  # it is saved there at the end
+        if problem is not None:
+            raise OptionError("suffix_cache", problem)
+        return cache_class()
+    if path.is_dir():
+        raise OptionError("suffix_cache", f"{path} is a directory, not a suffix cache file")
+    try:
+        return cache_class.load(path)
+    except ValueError as e:
+        raise OptionError("suffix_cache", f"cannot be loaded: {e}") from None
