@@ -77,6 +77,9 @@ def test_bench_reports_every_method(pair_dirs, tmp_path):
     assert all(r["ratio"] > 0 and r["target_tokens_per_s"] > 0 and 0 <= r["acceptance_rate"] <= 1 for r in batch)
     assert (tmp_path / "bench.json").exists() and (tmp_path / "speedup_vs_k.png").stat().st_size > 1000
     assert json.loads((tmp_path / "bench.json").read_text())["results"] == json.loads(json.dumps(result["results"]))
+    saved = json.loads((tmp_path / "bench.json").read_text())  # how the run was made, for benchmarks/
+    assert saved["command"].startswith("speculoos-bench --target ") and "--k 1 3" in saved["command"]
+    assert saved["commit"] and saved["date"][:2] == "20" and saved["machine"]["cpu_count"] > 0
     assert "speculoos greedy K=1" in (tmp_path / "bench.md").read_text()
     assert json.loads((tmp_path / "partial.json").read_text())["prompts_done"] == 2  # saved after every prompt
 
@@ -242,6 +245,8 @@ def test_profile_measures_passes_and_writes_plot_and_json(pair_dirs, tmp_path):
         pytest.approx(result["acceptance"])
     assert result["acceptance_source"].startswith("measured") and 0.0 <= result["acceptance"] <= 1.0
     assert "cores" in result["machine"] and torch.__version__ in result["machine"] and "float32" in result["machine"]
+    assert result["command"].startswith("speculoos-bench ") and "--profile" in result["command"] and result["date"]
+    assert result["machine_info"]["torch"] == torch.__version__ and result["machine_info"]["cpu_count"] > 0
     by_batch = {b["batch_size"]: b for b in result["batches"]}
     assert list(by_batch[1]["target_pass_s"]) == [1, 2, 3, 4, 6] and list(by_batch[2]["target_pass_s"]) == [1, 2, 3, 4]
     for b in result["batches"]:

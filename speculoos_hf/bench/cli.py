@@ -20,8 +20,9 @@ from .methods import VARIANTS, build_methods, is_hand_set
 from .pass_profile import DEFAULT_M, ProfileOptions
 from .profile_report import run_profile
 from .prompts import CLASS_CHOICES, encode, select_prompts
-from .report import format_batches, format_table, plot, summarise, write_json
+from .report import command_line, format_batches, format_table, plot, run_record, summarise, write_json
 from .suffix import CacheBook
+from .summarize import summarize
 from .table import best_hand_set, comparison_table, format_comparison
 from .timing import alternate
 
@@ -59,13 +60,15 @@ def load(args) -> Pair:
 
 
 def run(args) -> dict:
+    if args.summarize:  # tables from saved result JSONs: no model is loaded
+        return summarize(Path(args.summarize))
     torch.manual_seed(args.seed)
     if args.profile:
         options = ProfileOptions.from_args(args)  # validated before the models load
         pair = load(args)
         prompt = encode(pair.tokenizer, select_prompts(args.prompts, args.prompt_class, 1)[0].text, not args.raw)[0]
-        names = dict(target=str(args.target), draft=str(args.draft), dtype=pair.dtype, draft_dtype=pair.draft_dtype,
-                     draft_int8=bool(args.draft_int8))
+        names = dict(**run_record(args.command), target=str(args.target), draft=str(args.draft), dtype=pair.dtype,
+                     draft_dtype=pair.draft_dtype, draft_int8=bool(args.draft_int8))
         return run_profile(pair.target, pair.draft, prompt, options, names, args.quiet)
     methods = build_methods(args)
     if args.batch_sizes and args.batch_k == "best" and not any(is_hand_set(m) and not m.suffix_cache for m in methods):
@@ -107,6 +110,7 @@ def run_bench(args, pair: Pair, methods, caches) -> dict:
     machine = machine_info(bandwidth, pair.dtype, pair.draft_dtype)
     table = comparison_table(methods, tallies, batch_rows)
     result = {
+        **run_record(args.command),  # command, commit, date
         "target": str(args.target),
         "draft": str(args.draft),
         "dtype": pair.dtype,
@@ -269,6 +273,8 @@ def parser() -> argparse.ArgumentParser:
                    "batch 1 and 4; presets " + ", ".join(f"{k}={v}" for k, v in TABLE_PRESET.items()) +
                    " (flags given override them)")
     add_profile_arguments(p)
+    p.add_argument("--summarize", default=None, metavar="DIR", help="no run: write DIR/SUMMARY.md and the generated "
+                   "tables of README.md and docs/ from the result JSONs under DIR (e.g. benchmarks/)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="bench-results")
     p.add_argument("--quiet", action="store_true")
@@ -297,6 +303,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.table:
         p.set_defaults(**TABLE_PRESET)
         args = p.parse_args(argv)
+    args.command = command_line(argv)  # recorded in every result JSON
     return args
 
 

@@ -75,7 +75,8 @@ def machine_name(dtype: str | None = None, draft_dtype: str | None = None) -> st
     return ", ".join(parts)
 
 
-def machine_info(bandwidth: float, dtype: str | None = None, draft_dtype: str | None = None) -> dict:
+def machine_info(bandwidth: float | None, dtype: str | None = None, draft_dtype: str | None = None) -> dict:
+    """The machine as a result JSON records it (`bandwidth` in bytes/s, None where not measured)."""
     return {
         "name": machine_name(dtype, draft_dtype),
         "cpu_model": cpu_model(),
@@ -87,7 +88,7 @@ def machine_info(bandwidth: float, dtype: str | None = None, draft_dtype: str | 
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "cuda_device": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-        "memory_bandwidth_GBps": bandwidth / 1e9,
+        "memory_bandwidth_GBps": bandwidth / 1e9 if bandwidth else None,
     }
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 from .breakeven import verdicts
-from .machine import machine_name
+from .machine import machine_info, machine_name
 from .pass_profile import ProfileOptions, draft_acceptance, measure_passes
 
 
@@ -17,6 +17,7 @@ def run_profile(target, draft, prompt, options: ProfileOptions, names: dict, qui
     result = {
         **names,
         "machine": machine_name(names.get("dtype"), names.get("draft_dtype")),
+        "machine_info": machine_info(None, names.get("dtype"), names.get("draft_dtype")),  # CPU flags, cores, torch
         "context_tokens": passes.context,
         "repeats": passes.repeats,
         "prefill_s": passes.prefill_s,

@@ -1,12 +1,46 @@
 """Reporting: one row of figures per (prompt class, method), a terminal or markdown table per prompt class,
-the JSON file and the plot of speedup vs K."""
+the JSON file and the plot of speedup vs K; and what every result JSON records about its run (command, commit,
+date)."""
 
 from __future__ import annotations
 
 import json
+import shlex
+import subprocess
+import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
+from .. import __version__
 from .machine import theoretical_speedup
+
+
+def command_line(argv: list[str] | None) -> str:
+    """The `speculoos-bench` command as typed (`argv` None: this process's own arguments)."""
+    return shlex.join(["speculoos-bench", *(sys.argv[1:] if argv is None else argv)])
+
+
+def run_record(command: str) -> dict:
+    """The fields every result JSON starts with: the command that made it, the code's commit and the date (UTC)."""
+    return {"command": command, "commit": source_commit(),
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
+def source_commit() -> str:
+    """The git commit of the speculoos source that runs, with " + uncommitted changes" when its tracked files differ;
+    "speculoos <version> (not a git checkout)" where git cannot tell."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        head = _git(root, "rev-parse", "HEAD")
+        dirty = _git(root, "status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError):
+        return f"speculoos {__version__} (not a git checkout)"
+    return head + (" + uncommitted changes" if dirty else "")
+
+
+def _git(root: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10,
+                          check=True).stdout.strip()
 
 
 def summarise(methods, classes, tallies, c: float, target_bytes: int, draft_bytes: int, bandwidth: float) -> list[dict]:
