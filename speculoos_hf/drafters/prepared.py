@@ -2,12 +2,15 @@
 
 `draft_quantization`: "int8" drafts with `int8_draft(draft)`; "auto" (the default) does so where `int8_pays`: on
 CPU, for a draft whose step is a large share of a round; None keeps the draft as given. A copy is made by the first
-call that needs it and kept for later calls with the same draft object; the output never depends on the draft, only
-speed does. Costs measured per backend: docs/speed.md.
+call that needs it and kept for later calls with the same draft object while the draft's weights stay as they were
+(`weights_state`: a change in place, a new dtype or device, a swapped module makes a new copy); the output never
+depends on the draft, only speed does. A draft with offloaded ("meta") weights is never copied: "auto" keeps it as
+given, "int8" is refused; an already quantised draft is kept as given. Costs measured per backend: docs/speed.md.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 import weakref
@@ -18,7 +21,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from .quantize import int8_draft
+from .quantize import float_linear_bytes, int8_draft, offloaded_tensors
 
 logger = logging.getLogger("speculoos_hf")
 
@@ -28,9 +31,28 @@ MIN_INT8_BYTES = 64 * 2**20
 # draft step / target pass from which k drafts are a large share of a round (k = 5 at 0.1: a third of it)
 MIN_DRAFT_SHARE = 0.1
 
-_COPIES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # draft -> {quantization: copy}
-_MEASURED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # draft -> {target: measured step share}
+SAMPLES_PER_TENSOR = 16  # elements of each weight read into `weights_state` (changes through `.data` bump no version)
+
+_COPIES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # draft -> {quantization: _Copy}
+_MEASURED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # draft -> {target: _Share}
+_TOLD: "weakref.WeakSet" = weakref.WeakSet()  # offloaded drafts "auto" kept as given, said once per draft
 _MAKERS = {"int8": int8_draft}  # one per quantization a copy is made for
+
+
+@dataclass(frozen=True)
+class _Copy:
+    """A cached copy and the `weights_state` of the draft it was made from."""
+
+    model: Any
+    source: tuple
+
+
+@dataclass(frozen=True)
+class _Share:
+    """A measured draft step over a target pass, and the `layout` of both models when it was measured."""
+
+    share: float
+    layouts: tuple
 
 
 @dataclass(frozen=True)
@@ -53,24 +75,81 @@ def int8_pays(draft: nn.Module, target: nn.Module, measured_share: float | None 
 
 def prepare_draft(draft, quantization: str | None, target=None) -> PreparedDraft:
     """`draft`, or its cached cheaper copy for `quantization` (None, "int8" or "auto"; "auto" needs the `target` and
-    keeps the draft as given without it). Values are checked by `SpeculativeOptions`."""
+    keeps the draft as given without it). Values are checked by `SpeculativeOptions`; "int8" on a draft with
+    offloaded weights raises ValueError (before any work)."""
     if quantization is None or not isinstance(draft, PreTrainedModel):
+        return PreparedDraft(draft)
+    if offloaded_tensors(draft):
+        return _keep_offloaded(draft, quantization)
+    if not float_linear_bytes(draft):  # already quantised (int8_draft, torch.ao, torchao): nothing left to shrink
         return PreparedDraft(draft)
     label = quantization
     if quantization == "auto":
-        measured = _MEASURED.get(draft, {}).get(target) if target is not None else None
-        if target is None or not int8_pays(draft, target, measured):
+        if target is None or not int8_pays(draft, target, _measured_share(draft, target)):
             return PreparedDraft(draft)
         quantization, label = "int8", "int8 (auto)"
+    return _cached_copy(draft, quantization, label)
+
+
+def _keep_offloaded(draft, quantization: str) -> PreparedDraft:
+    """A draft whose weights are offloaded ("meta") drafts as given: an int8 copy of empty weights computes garbage."""
+    reason = (f"{offloaded_tensors(draft)} weights of the draft {type(draft).__name__} are offloaded (on the 'meta' "
+              "device, e.g. by accelerate's device_map), and an int8 copy needs them in memory")
+    if quantization == "int8":
+        raise ValueError(f"draft_quantization='int8': {reason}. Pass draft_quantization=None to draft with it as "
+                         "given, or load the draft without offloading.")
+    if draft not in _TOLD:
+        _TOLD.add(draft)
+        logger.warning("speculoos: draft_quantization='auto' keeps the draft as given: %s.", reason)
+    return PreparedDraft(draft)
+
+
+def _cached_copy(draft, quantization: str, label: str) -> PreparedDraft:
+    """The copy made for `quantization`, made again when the draft's weights changed since (`weights_state`)."""
     copies = _COPIES.setdefault(draft, {})
-    if quantization in copies:
-        return PreparedDraft(copies[quantization], label)
+    state = weights_state(draft)
+    cached = copies.get(quantization)
+    if cached is not None and cached.source == state:
+        return PreparedDraft(cached.model, label)
     started = time.perf_counter()
-    copies[quantization] = _MAKERS[quantization](draft)
+    copies[quantization] = _Copy(_MAKERS[quantization](draft), state)
     seconds = time.perf_counter() - started
-    logger.warning("speculoos: drafting with an %s copy of %s, made in %.1f s (once per draft; the output is "
-                   "unchanged; draft_quantization=None keeps the draft as given)", label, type(draft).__name__, seconds)
-    return PreparedDraft(copies[quantization], label, seconds)
+    logger.warning("speculoos: drafting with an %s copy of %s, %s in %.1f s (once per draft and weights; the output "
+                   "is unchanged; draft_quantization=None keeps the draft as given)", label, type(draft).__name__,
+                   "made" if cached is None else "made again (the draft's weights changed)", seconds)
+    return PreparedDraft(copies[quantization].model, label, seconds)
+
+
+def weights_state(model: nn.Module) -> tuple:
+    """What a copy of `model` depends on: per parameter and buffer its identity, storage, version counter (bumped by
+    in-place changes: optimiser steps, load_state_dict), dtype, device and shape, plus the bytes of a few elements of
+    each (writes through `.data`, as adapter merges do, bump no version). Cheap: no weight is read whole."""
+    tensors = [t for t in (*model.parameters(), *model.buffers())]
+    books = tuple((id(t), _storage(t), t._version, t.dtype, t.device, tuple(t.shape)) for t in tensors)
+    by_device: dict = {}
+    for t in tensors:
+        if t.device.type != "meta" and t.numel() and type(t.detach()) is torch.Tensor:
+            by_device.setdefault(t.device, []).append(_sample_bytes(t))
+    sampled = b"".join(torch.cat(parts).cpu().numpy().tobytes() for parts in by_device.values())  # a read per device
+    return books, hashlib.blake2b(sampled).digest()
+
+
+def _storage(t: torch.Tensor) -> int:
+    try:
+        return t.data_ptr()
+    except RuntimeError:  # a tensor subclass without one storage (torchao's quantised weights)
+        return 0
+
+
+def _sample_bytes(t: torch.Tensor) -> torch.Tensor:
+    """The bytes of up to SAMPLES_PER_TENSOR elements spread over `t`. [n] uint8"""
+    flat = t.detach().reshape(-1)
+    return flat[:: max(flat.numel() // SAMPLES_PER_TENSOR, 1)][:SAMPLES_PER_TENSOR].contiguous().view(torch.uint8)
+
+
+def layout(model: nn.Module) -> tuple:
+    """Which tensors `model` computes with, their dtypes and devices: what its speed depends on."""
+    return tuple((id(p), p.dtype, p.device) for p in model.parameters())
 
 
 def prepared_draft(draft, quantization: str | None, target=None):
@@ -80,12 +159,22 @@ def prepared_draft(draft, quantization: str | None, target=None):
 
 def note_draft_step(prepared: PreparedDraft, target, cost_model: dict | None) -> None:
     """Keep what a call's cost model measured of the draft as given (its step over a one-token-per-row target pass),
-    for the "auto" decision of later calls with the same draft and target."""
+    for the "auto" decision of later calls with the same draft and target (while neither changes dtype, device or
+    modules: `layout`)."""
     if prepared.quantization is not None or not isinstance(prepared.model, PreTrainedModel) or not cost_model:
         return
     step, passes = cost_model.get("draft_step_s"), cost_model.get("target_pass_s_predicted") or {}
     if step and passes and passes[min(passes)] > 0:  # the smallest m scored is one token per row
-        _MEASURED.setdefault(prepared.model, weakref.WeakKeyDictionary())[target] = step / passes[min(passes)]
+        share = _Share(step / passes[min(passes)], (layout(prepared.model), layout(target)))
+        _MEASURED.setdefault(prepared.model, weakref.WeakKeyDictionary())[target] = share
+
+
+def _measured_share(draft, target) -> float | None:
+    """The draft's step share measured with `target`, unless either model changed layout since."""
+    measured = _MEASURED.get(draft, {}).get(target) if target is not None else None
+    if measured is None or measured.layouts != (layout(draft), layout(target)):
+        return None
+    return measured.share
 
 
 def step_bytes(model: nn.Module) -> int:
@@ -95,13 +184,6 @@ def step_bytes(model: nn.Module) -> int:
     tied = embedding is None or (output is not None and getattr(output, "weight", None) is embedding.weight)
     skip = set() if tied else {id(p) for p in embedding.parameters()}
     return sum(p.numel() * p.element_size() for p in model.parameters() if id(p) not in skip)
-
-
-def float_linear_bytes(model: nn.Module) -> int:
-    """Bytes of the plain floating-point nn.Linear weights of `model`: what an int8 copy would shrink."""
-    weights = [m.weight for m in model.modules() if type(m) is nn.Linear]
-    return sum(w.numel() * w.element_size() for w in weights
-               if type(w.detach()) is torch.Tensor and w.is_floating_point())
 
 
 def _device_type(model: nn.Module) -> str:

@@ -65,11 +65,31 @@ def _replace_linears(module: nn.Module, dtype: torch.dtype | None) -> None:
             _replace_linears(child, dtype)
 
 
+def float_linear_bytes(model: nn.Module) -> int:
+    """Bytes of the plain floating-point nn.Linear weights of `model`: what an int8 copy would shrink."""
+    weights = [m.weight for m in model.modules() if type(m) is nn.Linear]
+    return sum(w.numel() * w.element_size() for w in weights
+               if type(w.detach()) is torch.Tensor and w.is_floating_point())
+
+
+def offloaded_tensors(model: nn.Module) -> int:
+    """How many of `model`'s parameters and buffers hold no data here ("meta": offloaded by accelerate, or not
+    loaded): a copy made from them would compute garbage."""
+    return sum(t.device.type == "meta" for t in (*model.parameters(), *model.buffers()))
+
+
 def int8_draft(model, backend: str = DEFAULT_BACKEND):
     """An int8 copy of `model` for drafting (the original is left untouched). `backend`: one of BACKENDS ("auto":
-    DEFAULT_BACKEND)."""
+    DEFAULT_BACKEND). Refuses a model with offloaded ("meta") weights or none left to quantise."""
     if backend not in BACKENDS:
         raise ValueError(f"int8_draft: backend must be one of {BACKENDS}, not {backend!r}.")
+    if offloaded_tensors(model):
+        raise ValueError(f"int8_draft: {offloaded_tensors(model)} weights of {type(model).__name__} are offloaded "
+                         "(on the 'meta' device, e.g. by accelerate's device_map): an int8 copy needs them in memory. "
+                         "Load the draft without offloading, or draft with it as given.")
+    if not float_linear_bytes(model):
+        raise ValueError(f"int8_draft: {type(model).__name__} has no floating-point nn.Linear weights to quantise "
+                         "(already quantised?): draft with it as given.")
     if backend == "auto":
         backend = DEFAULT_BACKEND
     if backend == "torch.ao":
@@ -95,10 +115,14 @@ def int8_draft(model, backend: str = DEFAULT_BACKEND):
 
 
 def _int8pack_copy(model):
-    """`model`'s module tree sharing its parameters and buffers (no weight copied), every nn.Linear an Int8Linear.
-    On CPU it computes in bf16, the aten kernel's fast path there (float32 activations are several times slower on
-    AVX2); elsewhere in the model's own float dtype."""
-    draft = copy.deepcopy(model, memo={id(t): t for t in (*model.parameters(), *model.buffers())})
+    """`model`'s module tree sharing its parameters' storage and its buffers (no weight copied), every nn.Linear an
+    Int8Linear. The copy's parameters are Parameter objects of its own (ties kept), so that `model.float()` or
+    `.to()`, which swap a parameter's data in place, never change the copy under it. On CPU it computes in bf16, the
+    aten kernel's fast path there (float32 activations are several times slower on AVX2); elsewhere in the model's
+    own float dtype."""
+    memo = {id(t): t for t in model.buffers()}
+    memo.update({id(p): nn.Parameter(p.detach(), requires_grad=False) for p in model.parameters()})
+    draft = copy.deepcopy(model, memo=memo)
     dtype = next(draft.parameters()).dtype
     if model.device.type == "cpu" or dtype not in (torch.bfloat16, torch.float16, torch.float32):
         dtype = torch.bfloat16 if model.device.type == "cpu" else torch.float32
