@@ -11,7 +11,12 @@ transformers derives the mask offsets.
 from __future__ import annotations
 
 import torch
-from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
+from transformers.cache_utils import (
+    DynamicIndexedLayer,
+    DynamicLayer,
+    DynamicSlidingWindowLayer,
+    LinearAttentionCacheLayerMixin,
+)
 
 # Models whose attention depends on slot distances (not on position_ids or on the attention mask's cumsum):
 #   mpt:     ALiBi bias built from slot indices (arange over the key length), no position_ids at all;
@@ -38,31 +43,61 @@ def slot_distance_reason(model, cache) -> str | None:
     return None
 
 
+def _movable(layer) -> bool:
+    """Dynamic full or sliding layers, hybrid ones holding such a part beside recurrent state, and indexed ones."""
+    return isinstance(layer, DynamicLayer)
+
+
 def _attention_layers(cache):
-    """(layer, is_sliding) for every layer that stores keys/values; refuses layer kinds we cannot move."""
+    """(layer, is_sliding) for every layer that stores keys/values; refuses layer kinds we cannot move. Recurrent
+    state beside the keys/values (hybrid layers) is not slot-indexed: `RecurrentStates` keeps it."""
     out = []
     for layer in cache.layers:
         if getattr(layer, "keys", None) is None or not getattr(layer, "is_initialized", False):
-            continue  # dummy / shared / not yet written
-        if type(layer) not in (DynamicLayer, DynamicSlidingWindowLayer):
-            raise ValueError(
-                f"Cache layer {type(layer).__name__} cannot be rearranged per row; speculative generation with "
-                "batch size > 1 supports this model only with plain dynamic (full or sliding-window) cache layers."
-            )
+            continue  # dummy / shared / purely recurrent / not yet written
+        if not _movable(layer):
+            raise ValueError(_not_movable(layer))
         if layer.keys.numel() == 0:
             continue
         out.append((layer, isinstance(layer, DynamicSlidingWindowLayer)))
     return out
 
 
+def _not_movable(layer) -> str:
+    return (f"Cache layer {type(layer).__name__} cannot be rearranged per row, which a batch of rows that accept "
+            "different numbers of drafts needs for this model (its attention counts slots); speculative generation "
+            "supports it at batch size 1, or with dynamic (full, sliding-window, indexed or hybrid) cache layers.")
+
+
 def check_movable(cache) -> None:
     """Raise ValueError if some cache layer kind cannot be rearranged (checked on the layer classes, before use)."""
     for layer in cache.layers:
-        if type(layer) not in (DynamicLayer, DynamicSlidingWindowLayer) and getattr(layer, "keys", 0) is not None:
-            raise ValueError(
-                f"Cache layer {type(layer).__name__} cannot be rearranged per row; speculative generation with "
-                "batch size > 1 supports this model only with plain dynamic (full or sliding-window) cache layers."
-            )
+        if isinstance(layer, LinearAttentionCacheLayerMixin) and not isinstance(layer, DynamicLayer):
+            continue  # purely recurrent: nothing slot-indexed
+        if not _movable(layer) and getattr(layer, "keys", 0) is not None:
+            raise ValueError(_not_movable(layer))
+
+
+def crop_slots(cache, remove: int) -> None:
+    """Remove the last `remove` slots of every layer that stores keys/values (recurrent state is not slot-indexed
+    and is left alone: transformers' crop would roll it back by `remove` tokens)."""
+    if remove <= 0:
+        return
+    for layer in cache.layers:
+        if not isinstance(layer, LinearAttentionCacheLayerMixin):
+            layer.crop(-remove)
+        elif isinstance(layer, DynamicSlidingWindowLayer):
+            DynamicSlidingWindowLayer.crop(layer, -remove)
+        elif isinstance(layer, DynamicLayer):
+            DynamicLayer.crop(layer, -remove)
+
+
+def select_cache_rows(cache, rows: torch.Tensor) -> None:
+    """Keep only batch rows `rows` in every layer's keys/values (recurrent state: `RecurrentStates.select_rows`)."""
+    for layer in cache.layers:
+        if isinstance(layer, LinearAttentionCacheLayerMixin) and not isinstance(layer, DynamicLayer):
+            continue
+        layer.batch_select_indices(rows)
 
 
 def permute_slots(cache, order: torch.Tensor, total: int) -> None:
@@ -78,6 +113,7 @@ def permute_slots(cache, order: torch.Tensor, total: int) -> None:
         idx = idx.clamp(0, stored - 1).to(layer.keys.device)
         layer.keys = _take_slots(layer.keys, idx)
         layer.values = _take_slots(layer.values, idx)
+        _move_indexer(layer, lambda t, dim: _take_along(t, idx, dim))
 
 
 def _take_slots(states: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -108,5 +144,25 @@ def slice_slots(cache, total: int, start: int, end: int, trim: bool = True) -> N
         if lo != 0 or hi != stored:
             layer.keys = layer.keys[:, :, lo:hi]
             layer.values = layer.values[:, :, lo:hi]
+            _move_indexer(layer, lambda t, dim: t.narrow(dim, lo, hi - lo))
         if sliding:
             layer.cumulative_length = new_total
+
+
+def _move_indexer(layer, move) -> None:
+    """An indexed layer's indexer keys [B, L, D] and positions [P, B, L] follow its slots (`move(tensor, slot_dim)`)."""
+    if not isinstance(layer, DynamicIndexedLayer):
+        return
+    if layer.is_indexer_initialized and layer.indexer_keys.numel() > 0:
+        layer.indexer_keys = move(layer.indexer_keys, 1)
+    if layer.indexer_position_ids is not None:
+        layer.indexer_position_ids = move(layer.indexer_position_ids, 2)
+
+
+def _take_along(t: torch.Tensor, idx: torch.Tensor, dim: int) -> torch.Tensor:
+    """Slots of `t` rearranged by idx [B, S] along `dim` (the batch is dim 0, or dim 1 for position ids)."""
+    batch_dim = 1 if dim == 2 else 0
+    shape = [1] * t.dim()
+    shape[batch_dim], shape[dim] = idx.shape
+    index = idx.to(t.device).view(shape).expand(*[t.shape[d] if shape[d] == 1 else -1 for d in range(t.dim())])
+    return t.gather(dim, index)

@@ -75,25 +75,15 @@ def check_models(target, draft=None) -> None:
 
 def checked_cache(model, cache=None):
     """`cache`, or a new one, when it is an empty, croppable DynamicCache. Sliding-window layers are fine at any
-    length: KVSlots records their past during a round and trims them after it, keeping each row's tokens contiguous.
-    Recurrent state (Mamba, hybrid linear attention) cannot be rolled back."""
+    length (KVSlots records their past during a round and trims it after); recurrent layers (Mamba, gated delta-net,
+    short convolutions) are rolled back per row from recorded states (recurrent_state.py)."""
     if cache is None:
         cache = DynamicCache(config=model.config)
-    recurrent = [type(layer).__name__ for layer, linear in zip(getattr(cache, "layers", ()), getattr(cache, "is_linear", ()))
-                 if linear]
-    if recurrent or getattr(model, "_is_stateful", False):
-        kinds = ", ".join(sorted(set(recurrent))) or type(cache).__name__
-        raise ValueError(
-            f"{type(model).__name__} is a recurrent (state-space / linear-attention) model: its cache ({kinds}) keeps "
-            "a fixed-size state that summarises every past token and cannot be rolled back to an earlier token, "
-            "which speculative decoding needs in order to discard rejected drafts. Speculative generation supports "
-            "attention models only; generate without draft_model for this model."
-        )
     if not getattr(cache, "is_croppable", False):
         raise ValueError(
             f"{type(model).__name__}'s cache ({type(cache).__name__}) cannot be cropped, which speculative decoding "
-            "needs to roll back rejected drafts (recurrent or quantized state cannot be rolled back). Use a "
-            "transformer model with the default dynamic cache (no cache_implementation)."
+            "needs to roll back rejected drafts (quantized state cannot be rolled back). Use the default dynamic "
+            "cache (no cache_implementation)."
         )
     if not isinstance(cache, DynamicCache):
         raise ValueError(

@@ -43,8 +43,9 @@ from __future__ import annotations
 import torch
 from transformers import DynamicCache
 
-from .cache_layout import check_movable, permute_slots, slice_slots, slot_distance_reason
+from .cache_layout import check_movable, crop_slots, permute_slots, select_cache_rows, slice_slots, slot_distance_reason
 from .placement import input_device
+from .recurrent_state import RecurrentStates, has_attention
 
 
 class KVSlots:
@@ -64,7 +65,10 @@ class KVSlots:
         self.keep_kwarg = bool(supports_keep()) if callable(supports_keep) else False
         self.compact_reason = slot_distance_reason(model, self.cache)
         compact = bool(self.compact_reason) if compact is None else bool(compact)
-        self.layout = CompactLayout(self.cache, self.device) if compact else AppendLayout(self.cache, self.device)
+        self.recurrent = RecurrentStates(self.cache)  # per-row rollback of recurrent layers (recurrent_state.py)
+        self.chunk_mask = not has_attention(self.cache)  # recurrent-only models take the fed chunk's mask alone
+        layout = CompactLayout if compact else AppendLayout
+        self.layout = layout(self.cache, self.device, real_first=bool(self.recurrent))
         self.forward_passes = 0
         self.input_slots = 0
         self._offset = torch.zeros(0, dtype=torch.long)  # [B] host, added to real tokens' positions (skip_position)
@@ -88,6 +92,7 @@ class KVSlots:
 
     def start(self, batch_size: int) -> None:
         self.layout.start(batch_size)
+        self.recurrent.start(batch_size)
         self._offset = torch.zeros(batch_size, dtype=torch.long)
 
     def skip_position(self, rows: torch.Tensor) -> None:
@@ -108,16 +113,21 @@ class KVSlots:
         if order is not None:
             tokens, valid = tokens.gather(1, order.to(self.device)), valid.gather(1, order)
         positions = self._positions(valid)  # [B, n] host
+        cache_empty = not bool(self.layout.real.any())
         attention_mask = self.layout.append(valid, order)  # [B, L+n] device
+        if self.recurrent:
+            self.recurrent.before_forward(n, cache_empty)
         out = self.model(
             input_ids=tokens,
-            attention_mask=attention_mask,
+            attention_mask=valid.long().to(self.device) if self.chunk_mask else attention_mask,
             position_ids=positions.to(self.device),
             cache=self.cache,
             use_cache=True,
             return_dict=True,
             **({"logits_to_keep": n if order is not None else logits_to_keep} if self.keep_kwarg else {}),
         )
+        if self.recurrent:
+            self.recurrent.after_forward(valid)  # each row's state: after its own last real token
         logits = out.logits
         if order is not None:  # back to the caller's order
             inverse = order.argsort(dim=1).to(logits.device)[:, :, None].expand(-1, -1, logits.shape[-1])
@@ -139,23 +149,87 @@ class KVSlots:
         Slot indices are only meaningful until the next keep/select_rows: read `num_slots` afresh each round."""
         bound = first_slot + torch.tensor(n_per_row, dtype=torch.long)  # [B] host
         slots = torch.arange(self.num_slots)[None, :]  # [1, L]
-        self.layout.drop(slots >= bound[:, None])
-        self.layout.settle()
+        self._drop(slots >= bound[:, None])
 
     def keep_first(self, n_per_row: list[int]) -> None:
         """Row i keeps its first `n_per_row[i]` real tokens (in the caller's order); its later ones become holes.
         Then the round ends, as in `keep`."""
         real = self.layout.caller_view()  # [B, L] host bool
         bound = torch.tensor(n_per_row, dtype=torch.long)[:, None]  # [B, 1]
-        self.layout.drop(real & (real.long().cumsum(dim=1) > bound))
+        self._drop(real & (real.long().cumsum(dim=1) > bound))
+
+    def _drop(self, caller_slots: torch.Tensor) -> None:
+        """Slots marked in `caller_slots` [B, L] become holes; recurrent layers forget as many real tokens per row
+        (always the row's latest ones: callers keep a prefix). The round ends."""
+        before = self.layout.counts()  # [B]
+        self.layout.drop(caller_slots)
         self.layout.settle()
+        if self.recurrent:
+            self.recurrent.settle(before - self.layout.counts(), self.num_slots)
 
     def select_rows(self, rows: torch.Tensor, rows_host: list[int]) -> None:
         """Keep only `rows` of the batch (finished rows leave, so they cost no more compute)."""
         rows = rows.to(self.device)
-        self.cache.batch_select_indices(rows)
+        select_cache_rows(self.cache, rows)
+        if self.recurrent:
+            self.recurrent.select_rows(rows, rows_host)
         self.layout.select_rows(rows, rows_host)
         self._offset = self._offset[rows_host]
+        self.layout.settle()
+
+    # -- token trees (tree.py): one forward over trees of tokens, then one path kept per row ---------------------
+
+    def tree_reason(self) -> str | None:
+        """Why this model cannot take trees of tokens in one forward (None: it can). A tree needs a custom 4D mask,
+        which a model that counts slots cannot take, and one recurrent state per branch."""
+        if self.compact:
+            return f"its attention counts slots ({self.compact_reason})"
+        if getattr(self, "recurrent", None):
+            return "it has recurrent layers"
+        return None
+
+    def forward_tree(self, tokens: torch.Tensor, valid: torch.Tensor, steps: torch.Tensor, sees: torch.Tensor,
+                     since: int) -> torch.Tensor:
+        """Feed `tokens` [B, n] arranged as trees and append their slots: token j of row i attends to the row's real
+        slots before `since` and, of the slots from `since` on (those appended since, then these n), to the ones
+        `sees[i, j]` marks ([B, n, L - since + n] host bool); its position is the row's real tokens before `since`
+        plus `steps[i, j]` ([B, n] host). `valid` [B, n] host: padding is fed as holes. One forward with a 4D mask
+        (see `tree_reason`). Returns logits [B, n, V] float32."""
+        reason = self.tree_reason()
+        if reason is not None:
+            raise ValueError(f"this model cannot score a token tree in one pass: {reason}")
+        tokens = tokens.to(self.device)
+        if self.max_id is not None:
+            tokens = tokens.clamp(max=self.max_id - 1)  # as in `forward`
+        B, n = tokens.shape
+        valid = valid.cpu().bool()  # [B, n]
+        before = self.layout.real[:, :since]  # [B, since] host
+        positions = before.sum(1, keepdim=True) + steps.cpu() + self._offset[:, None] * valid.long()  # [B, n]
+        self.layout.append(valid, None)
+        allowed = torch.cat([before[:, None, :].expand(B, n, since), sees.cpu().bool()], dim=2)  # [B, n, L+n]
+        dtype = self.model.dtype
+        mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
+        out = self.model(
+            input_ids=tokens,
+            attention_mask=mask.to(self.device),  # [B, 1, n, L+n] additive
+            position_ids=positions.to(self.device),
+            cache=self.cache,
+            use_cache=True,
+            return_dict=True,
+            **({"logits_to_keep": n} if self.keep_kwarg else {}),
+        )
+        self.forward_passes += 1
+        self.input_slots += tokens.numel()
+        return out.logits[:, -n:].float()
+
+    def keep_marked(self, first_slot: int, kept: torch.Tensor) -> None:
+        """Roll back after a tree round: of the slots appended from `first_slot` on, row i keeps slot first_slot + j
+        where `kept[i, j]` ([B, m] host bool); the others (and any after the m) become holes. Then the round ends,
+        as in `keep`."""
+        drop = torch.zeros(self.layout.real.shape, dtype=torch.bool)  # [B, L]
+        drop[:, first_slot:] = True
+        drop[:, first_slot : first_slot + kept.shape[1]] = ~kept.cpu().bool()
+        self.layout.drop(drop)
         self.layout.settle()
 
 
@@ -166,9 +240,10 @@ class AppendLayout:
     device_mask: [B, L] long on the model's device, the same as the attention mask of the cache.
     """
 
-    def __init__(self, cache, device):
+    def __init__(self, cache, device, real_first: bool = False):
         self.cache = cache
         self.device = device
+        self.real_first = real_first  # recurrent layers: a row with tokens gets a chunk's real tokens first
         self.compactions = 0
         self.real = torch.zeros(0, 0, dtype=torch.bool)
         self.device_mask = torch.zeros(0, 0, dtype=torch.long, device=device)
@@ -186,8 +261,14 @@ class AppendLayout:
         return self.real.sum(dim=1)
 
     def feed_order(self, valid: torch.Tensor) -> torch.Tensor | None:
-        """The order in which to feed a chunk's slots (None: as given)."""
-        return None
+        """The order in which to feed a chunk's slots (None: as given). With `real_first`, rows with tokens cached
+        get the chunk's real tokens first (its holes trail); an empty row gets its holes first (left padding)."""
+        if not self.real_first:
+            return None
+        has_tokens = self.real.any(dim=1, keepdim=True)  # [B, 1]
+        later = torch.where(has_tokens, ~valid, valid).long()  # [B, n] 1 = fed after the 0s
+        order = later.argsort(dim=1, stable=True)  # [B, n]
+        return None if bool((order == torch.arange(valid.shape[1])).all()) else order
 
     def append(self, valid: torch.Tensor, order: torch.Tensor | None) -> torch.Tensor:
         """Record a fed chunk (valid [B, n] host bool, in feeding order); returns the attention mask [B, L+n]."""
@@ -214,7 +295,7 @@ class AppendLayout:
         end = self.end()
         remove = self.num_slots - end
         if remove > 0:
-            self.cache.crop(-remove)
+            crop_slots(self.cache, remove)
             self.real, self.device_mask = self.real[:, :end], self.device_mask[:, :end]
 
     def select_rows(self, rows: torch.Tensor, rows_host: list[int]) -> None:
@@ -230,8 +311,8 @@ class CompactLayout(AppendLayout):
              caller's order and the cache's are the same again).
     """
 
-    def __init__(self, cache, device):
-        super().__init__(cache, device)
+    def __init__(self, cache, device, real_first: bool = False):
+        super().__init__(cache, device, real_first=True)
         self.logical = torch.zeros(0, 0, dtype=torch.long)
         if hasattr(cache, "activate_past_recording"):
             cache.activate_past_recording()  # sliding layers keep a round's states until settle() trims them
@@ -247,10 +328,7 @@ class CompactLayout(AppendLayout):
         forward); an empty row gets its holes first (they look like left padding)."""
         if not self._aligned(self.num_slots):
             self._compact()
-        has_tokens = self.real.any(dim=1, keepdim=True)  # [B, 1]
-        later = torch.where(has_tokens, ~valid, valid).long()  # [B, n] 1 = fed after the 0s
-        order = later.argsort(dim=1, stable=True)  # [B, n]
-        return None if bool((order == torch.arange(valid.shape[1])).all()) else order
+        return super().feed_order(valid)
 
     def append(self, valid: torch.Tensor, order: torch.Tensor | None) -> torch.Tensor:
         L, n = self.num_slots, valid.shape[1]

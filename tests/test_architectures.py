@@ -8,7 +8,7 @@ holes. For the models that count slots (sliding windows, MPT's ALiBi, GPT-Neo's 
 must also have compacted the caches (the proof that the path under test ran); the same sweep without compaction
 fails for them (see `test_sweep_has_power_without_compaction`). Plus: target/draft pairs with different windows,
 a G-test of sampling with a sliding window (with its power), a direct check of KVSlots against clean per-row
-forwards (chunks with holes inside, as the draft model feeds them), and recurrent models refused.
+forwards (chunks with holes inside, as the draft model feeds them). Recurrent and hybrid models: tests/test_recurrent.py.
 """
 
 from __future__ import annotations
@@ -263,17 +263,6 @@ def test_kv_slots_match_clean_rows(name):
             if hasattr(layer, "sliding_window") and layer.keys is not None:
                 assert layer.keys.shape[-2] <= layer.sliding_window - 1
     assert checked > 20
-
-
-# ------------------------------------------------------------------------------------------------- refusals
-
-
-def test_recurrent_model_is_refused():
-    mamba = enable_speculative(_finish(T.MambaForCausalLM(T.MambaConfig(vocab_size=64, hidden_size=H,
-                                                                        num_hidden_layers=1, state_size=4)), 0, 1.0))
-    draft = tiny_arch("llama")
-    with pytest.raises(ValueError, match="recurrent|cannot be cropped|roll"):
-        mamba.generate(make_prompt(4), draft_model=draft, num_draft_tokens=2, max_new_tokens=4)
 
 
 # ------------------------------------------------------------------------------------ sampling with a window

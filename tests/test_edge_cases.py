@@ -271,20 +271,6 @@ print("OK")
     assert run.returncode == 0 and "OK" in run.stdout, run.stderr[-3000:]
 
 
-# ---------------------------------------------------------------------------------------- 11. recurrent caches
-
-
-def test_recurrent_model_message_says_what_the_cache_cannot_do():
-    mamba = enable_speculative(tiny_model("mamba", layers=1))
-    attention = enable_speculative(tiny_model("llama", vocab_size=64, seed=0, layers=1))
-    for target, draft in ((mamba, attention), (attention, tiny_model("mamba", layers=1))):
-        with pytest.raises(ValueError) as info:
-            target.generate(make_prompt(4), draft_model=draft, max_new_tokens=3)
-        message = str(info.value)
-        assert "MambaForCausalLM" in message and "recurrent" in message and "rolled back" in message, message
-        assert "cache_implementation" not in message, message
-
-
 # ------------------------------------------------------------------------------------- 8. an all-padding row
 
 
