@@ -120,17 +120,19 @@ def _cached_copy(draft, quantization: str, label: str) -> PreparedDraft:
     return PreparedDraft(copies[quantization].model, label, seconds)
 
 
+@torch.no_grad()
 def weights_state(model: nn.Module) -> tuple:
     """What a copy of `model` depends on: per parameter and buffer its identity, storage, version counter (bumped by
     in-place changes: optimiser steps, load_state_dict), dtype, device and shape, plus the bytes of a few elements of
-    each (writes through `.data`, as adapter merges do, bump no version). Cheap: no weight is read whole."""
+    each (writes through `.data`, as adapter merges do, bump no version). Cheap: no weight is read whole, one small
+    read per device and dtype."""
     tensors = [t for t in (*model.parameters(), *model.buffers())]
     books = tuple((id(t), _storage(t), t._version, t.dtype, t.device, tuple(t.shape)) for t in tensors)
-    by_device: dict = {}
+    groups: dict = {}
     for t in tensors:
         if t.device.type != "meta" and t.numel() and type(t.detach()) is torch.Tensor:
-            by_device.setdefault(t.device, []).append(_sample_bytes(t))
-    sampled = b"".join(torch.cat(parts).cpu().numpy().tobytes() for parts in by_device.values())  # a read per device
+            groups.setdefault((t.device, t.dtype), []).append(_sample(t))
+    sampled = b"".join(torch.cat(parts).view(torch.uint8).cpu().numpy().tobytes() for parts in groups.values())
     return books, hashlib.blake2b(sampled).digest()
 
 
@@ -141,10 +143,13 @@ def _storage(t: torch.Tensor) -> int:
         return 0
 
 
-def _sample_bytes(t: torch.Tensor) -> torch.Tensor:
-    """The bytes of up to SAMPLES_PER_TENSOR elements spread over `t`. [n] uint8"""
-    flat = t.detach().reshape(-1)
-    return flat[:: max(flat.numel() // SAMPLES_PER_TENSOR, 1)][:SAMPLES_PER_TENSOR].contiguous().view(torch.uint8)
+def _sample(t: torch.Tensor) -> torch.Tensor:
+    """Up to SAMPLES_PER_TENSOR elements spread over `t` (a view). [n]"""
+    n = t.numel()
+    step, size = max(n // SAMPLES_PER_TENSOR, 1), min(n, SAMPLES_PER_TENSOR)
+    if t.is_contiguous():
+        return torch.as_strided(t, (size,), (step,), t.storage_offset())
+    return t.reshape(-1)[: step * size : step]
 
 
 def layout(model: nn.Module) -> tuple:
