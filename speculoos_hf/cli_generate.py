@@ -6,27 +6,37 @@ record format, resuming and the multi-process merge).
     accelerate launch --num_processes 8 -m speculoos_hf.cli_generate --target ... --input ... --output ...
     # CPU-only machines: accelerate launch --multi_gpu --num_processes 2 -m speculoos_hf.cli_generate ...
 
-The options are checked, the input read and the output checked to belong to it before any model is loaded.
+Every option is checked before any model is loaded and before any file is created: a bad value exits with status 2
+and one line naming the option. Then the output's lock is taken (one run writes an output), the input read and the
+output checked to hold this input's records made with these options, all before the models load.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
+from pathlib import Path
 
 import torch
 
+from .cli_checks import (OneLineParser, device_map_problem, device_problem, file_problem, folder_problem, int_at_least,
+                         max_memory_problem, model_problem, number_in, positive_number, refuse_first)
 from .dataset import DatasetJob, DatasetRun, ForeignOutputError, distributed_state
-from .placement import placement_kwargs, placement_summary
+from .dataset.lock import OutputBusyError
+from .dataset.option_checks import OptionError
+from .dataset.store import OutputPathError
 from .drafters import int8_draft
 from .generation import enable_speculative
 from .models import load_model, load_tokenizer, resolve_alias
+from .placement import placement_kwargs, placement_summary
 
 PROG = "speculoos-generate"
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+def parser() -> OneLineParser:
+    p = OneLineParser(
         prog=PROG,
         description="Generate a completion for every prompt of a JSONL file or dataset with exact speculative "
         "decoding; one JSON record per prompt, in input order. Resumable; runs on N processes under "
@@ -43,7 +53,8 @@ def _data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input", required=True,
                    help="JSONL file ({'prompt': ..., 'id': ...} per line), a directory saved by datasets' "
                    "save_to_disk, or a dataset name for datasets.load_dataset")
-    p.add_argument("--split", default="train", help="dataset split for --input given as a dataset name")
+    p.add_argument("--split", default=None,
+                   help="the split of a dataset (a name, or a saved DatasetDict); default: train")
     p.add_argument("--output", required=True, help="output JSONL file (resumed if it exists)")
     p.add_argument("--prompt-field", default="prompt")
     p.add_argument("--id-field", default="id")
@@ -57,20 +68,22 @@ def _data_options(p: argparse.ArgumentParser) -> None:
 
 
 def _generation_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--max-new-tokens", type=int_at_least(1), default=128)
     p.add_argument("--do-sample", action="store_true", help="sample (default: greedy, as generate())")
-    p.add_argument("--temperature", type=float, default=None)
-    p.add_argument("--top-p", type=float, default=None)
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--stop", nargs="*", default=None, metavar="STRING", help="stop strings")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--temperature", type=positive_number, default=None, help="> 0, with --do-sample (default 1)")
+    p.add_argument("--top-p", type=number_in(0, 1, closed_low=False), default=None,
+                   help="in (0, 1], with --do-sample (default 1)")
+    p.add_argument("--top-k", type=int_at_least(0), default=None, help=">= 0, with --do-sample (default: off)")
+    p.add_argument("--stop", nargs="+", default=None, metavar="STRING", help="stop strings")
+    p.add_argument("--batch-size", type=int_at_least(1), default=8)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--num-draft-tokens", type=int, default=None,
-                   help="draft tokens per round (default: generate()'s, 'auto'); a fixed K makes sampled records "
-                   "reproducible across runs and process counts")
-    p.add_argument("--draft-confidence-threshold", type=float, default=None,
-                   help="dynamic lookahead: stop drafting once the draft is less sure than this")
-    p.add_argument("--prompt-lookup", type=int, default=None, metavar="N",
+    p.add_argument("--num-draft-tokens", type=int_at_least(1, also=("auto",)), default=None,
+                   help="draft tokens per round, an integer >= 1 or 'auto' (the default, generate()'s: a cost model "
+                   "picks each round's K); a fixed K makes sampled records reproducible across runs and process "
+                   "counts")
+    p.add_argument("--draft-confidence-threshold", type=number_in(0, 1, closed_high=False), default=None,
+                   help="dynamic lookahead: stop drafting once the draft is less sure than this (in [0, 1))")
+    p.add_argument("--prompt-lookup", type=int_at_least(1), default=None, metavar="N",
                    help="draft up to N tokens copied from the context (prompt lookup; with --draft: hybrid)")
     p.add_argument("--suffix-cache", nargs="?", const=True, default=None, metavar="PATH",
                    help="draft from earlier prompts and outputs through one SuffixCache for the whole run; with "
@@ -88,17 +101,26 @@ def _model_options(p: argparse.ArgumentParser) -> None:
                    help="device for both models (default: this process's device under accelerate, else cuda if "
                    "available, else cpu)")
     p.add_argument("--target-device-map", default=None,
-                   help="accelerate placement of the target: auto, balanced, sequential (spreads it over devices "
-                   "and offloads what does not fit)")
+                   help="accelerate placement of the target: auto, balanced, balanced_low_0, sequential, a device, "
+                   "or a JSON object {module: device} (spreads it over devices and offloads what does not fit)")
     p.add_argument("--target-max-memory", default=None,
                    help="memory budget per device for the target, e.g. 'cpu=2GiB' or '0=20GiB,cpu=60GiB'; what "
                    "does not fit goes to --offload-folder (implies --target-device-map auto)")
-    p.add_argument("--offload-folder", default=None, help="where offloaded target weights go (disk)")
+    p.add_argument("--offload-folder", default=None, help="where offloaded target weights go (disk; default "
+                   "<output>.offload)")
     p.add_argument("--draft-int8", action="store_true", help="int8 copy of the draft (CPU only)")
 
 
+FLAGS = {"prompt_lookup_num_tokens": "--prompt-lookup", "stop_strings": "--stop", "model": "--target"}
+
+
+def flag_of(option: str) -> str:
+    """The command-line flag of a DatasetJob option."""
+    return FLAGS.get(option, "--" + option.replace("_", "-"))
+
+
 def job_from_args(args) -> DatasetJob:
-    """The run's options, validated (ValueError names the bad one)."""
+    """The run's options, validated (OptionError names the bad one)."""
     return DatasetJob(
         max_new_tokens=args.max_new_tokens,
         do_sample=args.do_sample,
@@ -117,7 +139,50 @@ def job_from_args(args) -> DatasetJob:
         id_field=args.id_field,
         retry_errors=args.retry_errors,
         progress=not args.no_progress,
+        model=model_name(args),
     )
+
+
+def model_name(args) -> str:
+    """What generates the records, as the command line names it (stored with the options in every record)."""
+    tokenizer = f" --tokenizer {args.tokenizer}" if args.tokenizer else ""
+    return f"--target {args.target}{tokenizer} --dtype {args.dtype}"
+
+
+def value_problems(args):
+    """(flag, why the value is bad, or None) for every value that needs more than its type, one at a time."""
+    yield "--output", file_problem(args.output)
+    yield "--input", input_problem(args.input)
+    yield "--target", model_problem(args.target)
+    if args.draft is not None:
+        yield "--draft", model_problem(args.draft)
+    if args.draft_int8 and args.draft is None:
+        yield "--draft-int8", "needs --draft"
+    if args.tokenizer is not None and Path(args.tokenizer).exists() and not Path(args.tokenizer).is_dir():
+        yield "--tokenizer", f"{args.tokenizer} is a file; give a tokenizer's directory, a hub id or an alias"
+    if args.device is not None:
+        yield "--device", device_problem(args.device)
+    if args.target_device_map is not None:
+        yield "--target-device-map", device_map_problem(args.target_device_map)
+    if args.target_max_memory is not None:
+        yield "--target-max-memory", max_memory_problem(args.target_max_memory)
+    if args.offload_folder is not None:
+        placed = args.target_max_memory is not None or args.target_device_map is not None
+        yield "--offload-folder", folder_problem(args.offload_folder) if placed else \
+            "needs --target-max-memory or --target-device-map"
+
+
+def input_problem(text: str) -> str | None:
+    """A path that does not exist is refused unless it reads as a dataset name (checked when loaded)."""
+    path = Path(text).expanduser()
+    if path.exists():
+        return None
+    looks_like_path = text.startswith(("/", ".", "~")) or os.sep in text and path.parent.is_dir() or \
+        path.suffix.lower() in DATA_SUFFIXES
+    return f"{text}: no such file or directory" if looks_like_path else None
+
+
+DATA_SUFFIXES = {".jsonl", ".json", ".txt", ".csv", ".tsv", ".parquet", ".gz", ".zst", ".ndjson"}
 
 
 def _dtype(choice: str, name: str):
@@ -129,9 +194,9 @@ def _dtype(choice: str, name: str):
 
 
 def _load_models(args, state):
-    """(target, draft or None, tokenizer), placed as the options say."""
+    """(target, draft or None), placed as the options say."""
     device = args.device or str(state.device)
-    offload = placement_kwargs(device_map=args.target_device_map, max_memory=args.target_max_memory)
+    offload = placement_kwargs(device_map=_device_map(args.target_device_map), max_memory=args.target_max_memory)
     if offload:  # what fits nowhere goes to disk; each process offloads to its own folder
         folder = args.offload_folder or args.output + ".offload"
         offload["offload_folder"] = folder if state.num_processes == 1 else f"{folder}/rank{state.process_index}"
@@ -146,37 +211,78 @@ def _load_models(args, state):
     if state.is_main_process and offload:
         shares = ", ".join(f"{k} {v:.0%}" for k, v in placement_summary(target).items())
         print(f"target placement: {shares}", file=sys.stderr)
-    return target, draft, load_tokenizer(args.tokenizer or args.target)
+    return target, draft
+
+
+def _device_map(text: str | None):
+    return json.loads(text) if text is not None and text.lstrip().startswith("{") else text
+
+
+def _load_tokenizer(args):
+    """The tokenizer (before the models: a bad one is refused first); (tokenizer, None) or (None, why not)."""
+    name = args.tokenizer or args.target
+    try:
+        return load_tokenizer(name), None
+    except Exception as e:  # noqa: BLE001 - any failure means this option cannot work
+        flag = "--tokenizer" if args.tokenizer else "--target"
+        return None, (flag, f"cannot load a tokenizer from {name}: {type(e).__name__}: {e}")
 
 
 def _load_data(args):
-    from pathlib import Path
-
-    path = Path(args.input)
-    if path.is_file():
-        return str(path)
+    """The input: a file's path (read by the run), or a `datasets.Dataset`; (data, None) or (None, (flag, why))."""
+    path = Path(args.input).expanduser()
+    if path.exists() and not path.is_dir():
+        return (str(path), None) if args.split is None else (None, ("--split", "applies to a dataset, not a file"))
     import datasets
 
+    split = args.split or "train"
     if path.is_dir():
-        data = datasets.load_from_disk(str(path))
-        return data[args.split] if isinstance(data, datasets.DatasetDict) else data
-    return datasets.load_dataset(args.input, split=args.split)
+        try:
+            data = datasets.load_from_disk(str(path))
+        except Exception as e:  # noqa: BLE001
+            return None, ("--input", f"{path} is a directory but not a dataset saved by save_to_disk ({e})")
+        if not isinstance(data, datasets.DatasetDict):
+            return (data, None) if args.split is None else \
+                (None, ("--split", f"{path} holds one dataset, not splits"))
+        if split not in data:
+            return None, ("--split", f"no split {split!r} in {path} (splits: {', '.join(data)})")
+        return data[split], None
+    try:
+        return datasets.load_dataset(args.input, split=split), None
+    except ValueError as e:
+        if "split" in str(e).lower():
+            return None, ("--split", f"{split!r}: {e}")
+        return None, ("--input", f"{args.input}: no such file or directory, and load_dataset failed: {e}")
+    except Exception as e:  # noqa: BLE001 - a name that is neither a file nor a loadable dataset
+        return None, ("--input", f"{args.input}: no such file or directory, and load_dataset failed: "
+                                 f"{type(e).__name__}: {e}")
 
 
 def main(argv=None) -> int:
+    """The command; exit status 0, or 2 with one line naming the option or the file that is wrong."""
     p = parser()
     args = p.parse_args(argv)
     try:
         job = job_from_args(args)
-    except ValueError as e:
-        p.error(str(e))  # exits with status 2, before anything is loaded
+    except OptionError as e:
+        p.refuse(flag_of(e.option), e.reason)  # exits with status 2, before anything is loaded
+    refuse_first(p, value_problems(args))
     state = distributed_state()
+    data, problem = _load_data(args)
+    if problem is not None:
+        p.refuse(*problem)
     try:
-        run = DatasetRun(_load_data(args), args.output, job, state)
-    except ForeignOutputError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 2
-    summary = run.generate(*_load_models(args, state))
+        run = DatasetRun(data, args.output, job, state)
+    except OptionError as e:
+        p.refuse(flag_of(e.option), e.reason)
+    except (ForeignOutputError, OutputPathError, OutputBusyError) as e:
+        p.refuse("--output", str(e))
+    with run:
+        tokenizer, problem = _load_tokenizer(args)
+        if problem is not None:
+            p.refuse(*problem)
+        target, draft = _load_models(args, state)
+        summary = run.generate(target, draft, tokenizer)
     if state.is_main_process:
         print(summary, file=sys.stderr)
     return 0

@@ -380,7 +380,7 @@ def test_cli_single_process(pair, saved_pair, tmp_path):
     inp = _write_jsonl(tmp_path / "in.jsonl", rows)
     assert main(_cli_args(saved_pair, inp, tmp_path / "cli.jsonl")) == 0
     generate_dataset(target, draft, tok, inp, tmp_path / "py.jsonl", max_new_tokens=MAX_NEW, batch_size=2,
-                     num_draft_tokens=3, progress=False)
+                     num_draft_tokens=3, progress=False, model=f"--target {saved_pair / 'target'} --dtype float32")
     assert _strip_timing(_read(tmp_path / "cli.jsonl")) == _strip_timing(_read(tmp_path / "py.jsonl"))
 
 

@@ -10,13 +10,15 @@ from pathlib import Path
 
 import torch
 
+from ..cli_checks import OneLineParser, int_at_least
 from ..drafters import int8_draft
 from ..generation import enable_speculative
 from ..models import REFERENCE_DRAFT, REFERENCE_TARGET, load_model, load_tokenizer
 from ..placement import placement_kwargs, placement_summary
+from .arg_checks import batch_k_problem, check
 from .batched import run_batches
 from .machine import forward_cost, machine_info, memory_bandwidth, weight_bytes
-from .methods import VARIANTS, build_methods, is_hand_set
+from .methods import VARIANTS, build_methods
 from .pass_profile import DEFAULT_M, ProfileOptions
 from .profile_report import run_profile
 from .prompts import CLASS_CHOICES, encode, select_prompts
@@ -71,8 +73,8 @@ def run(args) -> dict:
                      draft_dtype=pair.draft_dtype, draft_int8=bool(args.draft_int8))
         return run_profile(pair.target, pair.draft, prompt, options, names, args.quiet)
     methods = build_methods(args)
-    if args.batch_sizes and args.batch_k == "best" and not any(is_hand_set(m) and not m.suffix_cache for m in methods):
-        raise SystemExit("--batch-k best needs a hand-set speculoos method at batch size 1 (--k or --method)")
+    if batch_k_problem(args, methods):
+        raise SystemExit(batch_k_problem(args, methods))
     caches = CacheBook.of_suffix_caches(args.suffix_cache_tokens) if any(m.suffix_cache for m in methods) else None
     return run_bench(args, load(args), methods, caches)
 
@@ -203,16 +205,12 @@ def add_weight_noise(model, sigma: float, seed: int) -> None:
             param.add_((sigma * param.float().std() * noise).to(param.dtype))
 
 
-def _k(text: str):
-    return text if text == "auto" else int(text)
+_k = int_at_least(1, also=("auto",))
+_batch_k = int_at_least(1, also=("auto", "best"))
 
 
-def _batch_k(text: str):
-    return text if text == "best" else _k(text)
-
-
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+def parser() -> OneLineParser:
+    p = OneLineParser(
         prog="speculoos-bench",
         description="Measured speedups of speculative decoding against the target alone and transformers' own "
         "assisted generation and prompt lookup, methods alternated prompt by prompt in one process.",
@@ -308,7 +306,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> dict:
-    return run(parse_args(argv))
+    """A run; every value is checked first (exit status 2 and one line naming the option)."""
+    args = parse_args(argv)
+    check(parser(), args)
+    return run(args)
 
 
 def command(argv=None) -> int:

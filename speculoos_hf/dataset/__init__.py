@@ -9,7 +9,8 @@ Record format, resuming and processes: docs/dataset.md.
 """
 
 from .distributed import distributed_state
-from .inputs import InputRecord, read_records
+from .inputs import InputRecord
+from .reading import read_records
 from .job import DatasetJob
 from .merge import GenerationSummary
 from .run import DatasetRun, generate_dataset

@@ -27,8 +27,9 @@ class OutputBusyError(RuntimeError):
 class OutputLock:
     """The held lock of one output (on the main process; the other processes of the run hold none)."""
 
-    def __init__(self, path: Path | None = None, handle=None):
+    def __init__(self, path: Path | None = None, handle=None, made: tuple[Path, ...] = ()):
         self.path, self.handle = path, handle
+        self.made = made  # folders made for the lock file: removed with it where still empty (a refused run)
 
     @classmethod
     def take(cls, output: Path, state) -> OutputLock:
@@ -50,6 +51,7 @@ class OutputLock:
         if fcntl is None:  # pragma: no cover - Windows
             return cls()
         path = output.with_name(output.name + ".lock")
+        made = tuple(p for p in [path.parent, *path.parent.parents] if not p.exists())
         while True:
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -70,7 +72,7 @@ class OutputLock:
         handle.truncate()
         handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
         handle.flush()
-        return cls(path, handle)
+        return cls(path, handle, made)
 
     def release(self) -> None:
         """Remove the lock file, then let go (a run that opened the file meanwhile finds it gone and starts over)."""
@@ -79,6 +81,11 @@ class OutputLock:
         self.path.unlink(missing_ok=True)
         self.handle.close()
         self.handle = None
+        for folder in self.made:  # deepest first
+            try:
+                folder.rmdir()
+            except OSError:
+                break
 
 
 def _holder(handle) -> str:

@@ -6,7 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .distributed import broadcast, gather
-from .inputs import InputRecord, read_records
+from .inputs import InputRecord
+from .reading import read_records
 from .store import ForeignOutputError, OtherOptionsError, OutputStore, as_written
 
 
