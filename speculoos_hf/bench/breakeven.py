@@ -9,7 +9,8 @@ The cost model is used through its public API only: `CostModelLookahead(prior_ac
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from ..lookahead import MEASURED_PASSES, CostModelLookahead
+from ..lookahead import CostModelLookahead
+from ..robust_time import SETTLED
 
 
 def pass_time(times: dict, m: int) -> float | None:
@@ -75,10 +76,10 @@ def cost_model_choice(times: dict, draft_s: float, batch: int, alpha: float, pre
     policy = CostModelLookahead(prior_acceptance=alpha)
     if prefill is not None:
         policy.observe_prefill(prefill[0], prefill[1], unfed=prefill[1])
-    for m, seconds in sorted(times.items()):
-        for _ in range(MEASURED_PASSES):  # a median of repeats: trusted as that width's own time
+    for _ in range(SETTLED):  # medians of repeats: trusted as settled figures
+        for m, seconds in sorted(times.items()):
             policy.observe_target(seconds, tokens_per_row=m, batch=batch)
-    policy.observe_draft(draft_s, batch=batch)
+        policy.observe_draft(draft_s, batch=batch)
     k = policy.best_k(batch=batch)
     r0, rk = policy.rate(0, batch=batch), policy.rate(k, batch=batch)
     return k, (rk / r0 if r0 and rk else None)
