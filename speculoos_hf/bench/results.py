@@ -88,7 +88,8 @@ class ResultFile:
 
 def load_results(root: Path) -> list[ResultFile]:
     """Every JSON in the folders of `root` (one folder per machine kind), in path order."""
-    return [ResultFile(p.relative_to(root).as_posix(), json.loads(p.read_text())) for p in sorted(root.glob("*/*.json"))]
+    paths = sorted(root.glob("*/*.json"))
+    return [ResultFile(p.relative_to(root).as_posix(), json.loads(p.read_text())) for p in paths]
 
 
 @dataclass(frozen=True)

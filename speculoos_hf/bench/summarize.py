@@ -101,12 +101,13 @@ class Tables:
                 ratio = {int(m): r for m, r in b["cost_ratio"].items()}
                 model = f"{b['cost_model_k']}" + (f" ({_x(b['cost_model_speedup'])})" if b.get("cost_model_speedup")
                                                   else "")
-                rows.append([f.machine.short, f.dtype, b["batch_size"],
+                rows.append([f.machine.short, f.dtype, b["batch_size"], _num(f.data["acceptance"]),
                              " ".join(f"{ratio[m]:.2f}" if m in ratio else "-" for m in PROFILE_M), _num(b["c"]),
                              f"{b['best_k']} ({_x(b['best_speedup'])})", b["break_even_k"] or "none", model,
                              self.link(f, prefix)])
-        return markdown_table(f"machine | dtype | >batch | T(m)/T(1), m = {' '.join(map(str, PROFILE_M))} | "
-                              ">draft step / T(1) | best K (predicted) | >break-even K | cost model's k | file", rows)
+        curve = f"T(m)/T(1), m = {' '.join(map(str, PROFILE_M))}"
+        return markdown_table(f"machine | dtype | >batch | >acceptance | {curve} | >draft step / T(1) | "
+                              "best K (predicted) | >break-even K | cost model's k | file", rows)
 
     def reproduce(self, prefix: str) -> str:
         """Every result file with the command that made it, the commit and the date."""
@@ -114,7 +115,8 @@ class Tables:
         for f in self.files:
             commit = f.field("commit")
             commit = commit[:10] + commit[40:] if re.match(r"[0-9a-f]{40}", commit) else commit
-            rows.append([self.link(f, prefix), f.machine.short, _code(f.field("command")), commit, f.field("date")[:10]])
+            rows.append([self.link(f, prefix), f.machine.short, _code(f.field("command")), commit,
+                         f.field("date")[:10]])
         return markdown_table("file | machine | command | commit | date", rows)
 
     def file_table(self, f: ResultFile, prefix: str) -> str:
@@ -237,8 +239,8 @@ def plot_summary(tables: Tables, path: Path) -> None:
 
 
 def _theirs(r: dict) -> str:
-    return ", ".join(f"{_x(r[key])} {name}" for key, name in (("vs_assisted_defaults", "assisted defaults"),
-                                                               ("vs_transformers_lookup", "prompt lookup")) if r.get(key))
+    names = (("vs_assisted_defaults", "assisted defaults"), ("vs_transformers_lookup", "prompt lookup"))
+    return ", ".join(f"{_x(r[key])} {name}" for key, name in names if r.get(key))
 
 
 def _folder_title(folder: Path) -> str:
