@@ -61,8 +61,22 @@ class _Hits:
     length: np.ndarray  # [B] matched length (0: none)
 
 
-def suffix_copies(own: Source, sources: list[Source], rule: MatchRule, max_tokens: int) -> Copies:
-    """The copies for every row of `own` (the rows' own contexts; `sources` holds `own` and any cache)."""
+@dataclass(frozen=True)
+class Continuations:
+    """What followed each occurrence of each row's matched suffix: hit i belongs to row `row[i]`, its next tokens
+    are `tokens[i]` (-1 past its row's end), `rank[i]` orders hits by recency; row b copies at most `caps[b]`
+    tokens; `match[b]` is its matched length (0: none)."""
+
+    tokens: np.ndarray  # [M, W]
+    row: np.ndarray  # [M]
+    rank: np.ndarray  # [M]
+    caps: np.ndarray  # [B]
+    match: np.ndarray  # [B]
+
+
+def matched_continuations(own: Source, sources: list[Source], rule: MatchRule, max_tokens: int) -> Continuations:
+    """The continuations of every row's longest matched suffix (`own`: the rows' own contexts; `sources` holds
+    `own` and any cache), each row's copy capped by `max_tokens` and the rule's multiple of its match."""
     B = len(own.slots)
     hits = _longest_matches(own, sources, rule)
     hits = _keep(hits, hits.length[hits.row] >= rule.min_match)
@@ -72,10 +86,15 @@ def suffix_copies(own: Source, sources: list[Source], rule: MatchRule, max_token
         capped = np.maximum(1, np.floor(rule.multiple * length).astype(np.int64))
         caps = np.where(length < rule.max_match, np.minimum(caps, capped), caps)
     caps = np.where(length > 0, caps, 0)
-    width = int(caps.max(initial=0))
-    cont, rank = _continuations(sources, hits, width)
-    tokens, counts, confidence = _follow(cont, hits.row, rank, caps, rule.threshold)
-    return Copies(tokens, counts, confidence, length)
+    cont, rank = _continuations(sources, hits, int(caps.max(initial=0)))
+    return Continuations(cont, hits.row, rank, caps, length)
+
+
+def suffix_copies(own: Source, sources: list[Source], rule: MatchRule, max_tokens: int) -> Copies:
+    """The copies for every row of `own` (the rows' own contexts; `sources` holds `own` and any cache)."""
+    c = matched_continuations(own, sources, rule, max_tokens)
+    tokens, counts, confidence = _follow(c.tokens, c.row, c.rank, c.caps, rule.threshold)
+    return Copies(tokens, counts, confidence, c.match)
 
 
 def acceptance_estimate(copies: Copies) -> np.ndarray:
