@@ -104,6 +104,17 @@ def model_problem(name: str) -> str | None:
     return _hub_problem(name)
 
 
+def tokenizer_problem(name: str) -> str | None:
+    """Why `name` is not a tokenizer to load, as far as can be told without loading it (a file, a path that does
+    not exist), or None."""
+    path = Path(name).expanduser()
+    if path.exists():
+        return None if path.is_dir() else f"{name} is a file; give a tokenizer's directory, a hub id or an alias"
+    if resolve_alias(name) or (HUB_ID.match(name) and not name.startswith(".")):
+        return None
+    return f"{name}: no such directory (nor a hub id or an offline alias)"
+
+
 def _hub_problem(name: str) -> str | None:
     from transformers import AutoConfig
 

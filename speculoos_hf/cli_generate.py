@@ -22,7 +22,8 @@ from pathlib import Path
 import torch
 
 from .cli_checks import (OneLineParser, device_map_problem, device_problem, file_problem, folder_problem, int_at_least,
-                         max_memory_problem, model_problem, number_in, positive_number, refuse_first)
+                         max_memory_problem, model_problem, number_in, positive_number, refuse_first,
+                         tokenizer_problem)
 from .dataset import DatasetJob, DatasetRun, ForeignOutputError, distributed_state
 from .dataset.lock import OutputBusyError
 from .dataset.option_checks import OptionError
@@ -158,8 +159,8 @@ def value_problems(args):
         yield "--draft", model_problem(args.draft)
     if args.draft_int8 and args.draft is None:
         yield "--draft-int8", "needs --draft"
-    if args.tokenizer is not None and Path(args.tokenizer).exists() and not Path(args.tokenizer).is_dir():
-        yield "--tokenizer", f"{args.tokenizer} is a file; give a tokenizer's directory, a hub id or an alias"
+    if args.tokenizer is not None:
+        yield "--tokenizer", tokenizer_problem(args.tokenizer)
     if args.device is not None:
         yield "--device", device_problem(args.device)
     if args.target_device_map is not None:

@@ -21,7 +21,7 @@ class BatchRunner:
         self.options = job.record_options()  # written in every record
         self.pad_id = _pad_id(tokenizer)
         self.generate_kwargs = job.generate_kwargs(tokenizer, self.pad_id)
-        self.ends = RowEnds.build(tokenizer, _eos_ids(target, tokenizer, self.generate_kwargs), job.stop_strings)
+        self.ends = RowEnds.build(tokenizer, _eos_ids(target, self.generate_kwargs), job.stop_strings)
         self.speculative_kwargs = job.speculative_kwargs(suffix_cache) if job.speculative(draft) else None
 
     def run(self, batch: list[InputRecord], seed: int) -> list[dict]:
@@ -93,11 +93,9 @@ def _pad_id(tokenizer) -> int:
     return tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
 
 
-def _eos_ids(target, tokenizer, generate_kwargs: dict) -> set[int]:
-    """The EOS ids generate() stops on: the call's, else the target's generation config's, else the tokenizer's."""
+def _eos_ids(target, generate_kwargs: dict) -> set[int]:
+    """The EOS ids generate() stops on: the call's, else the target's generation config's (none: rows run on)."""
     eos = generate_kwargs.get("eos_token_id", target.generation_config.eos_token_id)
-    if eos is None:
-        eos = tokenizer.eos_token_id
     if eos is None:
         return set()
     return {int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])}

@@ -1,0 +1,116 @@
+"""Issue 26, case 4: one writer per output. A run holds `<output>.lock` from before it reads the output until it
+ends; a second run on the same output is refused at once; a lock file left by a dead run blocks nothing. The
+`accelerate launch` processes of one run share its lock (tests/test_generate_dataset.py runs two)."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from speculoos_hf.dataset import DatasetJob, DatasetRun, generate_dataset
+from speculoos_hf.dataset.lock import OutputBusyError
+from speculoos_hf.toy import toy_pair
+
+MAX_NEW = 6
+ROWS = [{"id": f"r{i}", "prompt": " ".join(f"w{(3 * i + j) % 59:02d}" for j in range(1 + i % 4))} for i in range(12)]
+
+
+@pytest.fixture(scope="module")
+def pair():
+    return toy_pair()
+
+
+def test_a_second_run_on_the_same_output_is_refused_until_the_first_ends(pair, tmp_path):
+    target, draft, tok = pair
+    out, lock = tmp_path / "out.jsonl", tmp_path / "out.jsonl.lock"
+    job = DatasetJob(max_new_tokens=MAX_NEW, num_draft_tokens=3, progress=False)
+    first = DatasetRun(ROWS, out, job)  # open: the lock is held while the models would load
+    assert lock.read_text().startswith(f"pid {os.getpid()} on ")
+    with pytest.raises(OutputBusyError, match=rf"{out} is being written by another run \(pid {os.getpid()} on "):
+        DatasetRun(ROWS, out, job)
+    with pytest.raises(OutputBusyError):
+        generate_dataset(target, draft, tok, ROWS, out, job)
+    summary = first.generate(target, draft, tok)
+    assert summary.generated == len(ROWS) and not lock.exists()
+    with DatasetRun(ROWS, out, job) as again:  # the lock is free again; a `with` block lets go of it
+        assert len(again.resume.done) == len(ROWS)
+    assert not lock.exists()
+
+    lock.write_text("pid 1 on a machine that crashed\n")  # left by a dead run: nobody holds it
+    assert generate_dataset(target, draft, tok, ROWS, out, job).skipped == len(ROWS)
+    assert not lock.exists()
+
+
+def test_a_refused_run_leaves_nothing_behind(pair, tmp_path):
+    """The lock is taken before the output is read: a run refused after that (another input's output) lets go,
+    and the folders made for the lock file go with it."""
+    target, draft, tok = pair
+    out = tmp_path / "new" / "folder" / "out.jsonl"
+    with pytest.raises(ValueError, match="no record of the input has this field"):
+        generate_dataset(target, draft, tok, ROWS, out, prompt_field="question", progress=False)
+    assert not list(tmp_path.iterdir())
+
+
+def _write_when_read(fifo, text: str, reader: subprocess.Popen, timeout: float = 120) -> None:
+    """Write `text` into `fifo` once `reader` opens it (fails if the reader exits or the time runs out)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+            break
+        except OSError as e:
+            if e.errno != errno.ENXIO or reader.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"the first run never read its input (exit {reader.poll()})") from e
+            time.sleep(0.1)
+    os.set_blocking(fd, True)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
+def test_two_commands_on_one_output_exactly_one_writes_and_nothing_is_lost(pair, tmp_path):
+    """Two real `speculoos-generate` processes on one output. The first takes the lock, then waits on its input (a
+    named pipe: a shell's `<(...)`); the second, started meanwhile, is refused at once (exit 2, one line naming
+    --output and the first run's pid) and writes nothing; the first then reads its input and writes every record."""
+    target, draft, tok = pair
+    models = tmp_path / "models"
+    for name, model in (("target", target), ("draft", draft)):
+        model.save_pretrained(models / name)
+        tok.save_pretrained(models / name)
+    out, lock, fifo = tmp_path / "out.jsonl", tmp_path / "out.jsonl.lock", tmp_path / "in.fifo"
+    os.mkfifo(fifo)
+    text = "".join(json.dumps(r) + "\n" for r in ROWS)
+    (tmp_path / "in.jsonl").write_text(text)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    common = [sys.executable, "-m", "speculoos_hf.cli_generate", "--target", str(models / "target"), "--draft",
+              str(models / "draft"), "--output", str(out), "--max-new-tokens", str(MAX_NEW), "--num-draft-tokens",
+              "3", "--batch-size", "4", "--no-progress"]
+    first = subprocess.Popen([*common, "--input", str(fifo)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (lock.exists() and lock.read_text().startswith(f"pid {first.pid} ")):
+            assert first.poll() is None and time.monotonic() < deadline, "the first run never took the lock"
+            time.sleep(0.1)
+        second = subprocess.run([*common, "--input", str(tmp_path / "in.jsonl")], env=env, capture_output=True,
+                                text=True, timeout=120)
+        assert second.returncode == 2
+        assert second.stderr == (f"speculoos-generate: error: argument --output: {out} is being written by another "
+                                 f"run (pid {first.pid} on {os.uname().nodename}); wait for it to finish, or write to "
+                                 "another output\n")
+        assert not out.exists() and not (tmp_path / "out.jsonl.parts").exists()
+        _write_when_read(fifo, text, first)
+        _, err = first.communicate(timeout=300)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == 0, err[-2000:]
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["id"] for r in records] == [r["id"] for r in ROWS] and all("completion" in r for r in records)
+    assert not lock.exists()
