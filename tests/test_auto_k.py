@@ -33,8 +33,8 @@ def test_useless_draft_is_switched_off():
     bad = tiny_model("llama", seed=99)
     ids = make_prompt(5, seed=3)
     out = target.generate(ids, do_sample=False, max_new_tokens=120, draft_model=bad)
-    assert torch.equal(out, target.generate(ids, do_sample=False, max_new_tokens=120))
     stats = target.speculative_stats
+    assert torch.equal(out, target.generate(ids, do_sample=False, max_new_tokens=120))
     assert stats.acceptance_rate < 0.2
     assert stats.draft_tokens_proposed < 0.3 * stats.new_tokens  # speculation was off for most of the run
     assert stats.rounds_without_drafts >= stats.target_forward_passes // 2
