@@ -30,6 +30,7 @@ from .processors import BatchProcessors, apply_processors
 from .state import DecodeContext, DecodeState
 from .stats import RowStats, SpeculativeStats
 from .stops import Stops, apply_stops, needs_lockstep, split_stopping_criteria
+from .trace import RoundClock
 from .verify import block_verify, greedy_verify, place_next_token, speculative_verify
 
 
@@ -107,25 +108,32 @@ def _setup(target, request: DecodeRequest, options: SpeculativeOptions, user: Us
 def _round(run: _Run, tgt: KVSlots, drafter: Drafter, pacer: Pacer) -> None:
     """One round: propose, score, verify, apply stops, commit, roll back, retire finished rows."""
     ctx, state, stats = run.ctx, run.state, run.stats
+    clock = RoundClock()  # the round trace's laps (stats.trace)
     ends = run.out.ends_of(state.rows)
     k, limits = pacer.choose_k(state.rows, remaining=max(e - n for e, n in zip(ends, state.lengths)))
     if run.plain_first:
         k, run.plain_first = 0, False
+    clock.lap("choose_s")
     with pacer.drafting():
         proposal = pacer.propose(drafter, state, k) if k > 0 else empty_proposal(ctx, state)
     if limits is not None and k > 0:
         proposal = proposal.limited(limits)  # per-row caps from earlier rounds only (never this round's): exact
+    clock.lap("draft_s")
     first_slot = tgt.num_slots
     stats.target_cache_slots = max(stats.target_cache_slots, first_slot + proposal.k + 1)
     with pacer.scoring():
         scores = score(tgt, ctx, state, proposal)  # [B, k+1, V]
+    clock.lap("target_s")
     verdict = verify(ctx, proposal, scores)
+    clock.lap("verify_s")
     outcome = apply_stops(run.stops, state, verdict.accepted, verdict.candidates, ends)
+    clock.lap("sync_s")
     pacer.after_round(proposal, outcome)
     commit(state, outcome, stats, run.streamer, proposal)
     stats.rounds_without_drafts += int(proposal.k == 0)
     roll_back(tgt, drafter, state, outcome, first_slot, proposal.k)
     retire_finished(state, run.stops, outcome, run.out, tgt, drafter)
+    stats.trace.append(clock.record(proposal, outcome.accepted))
 
 
 # ----------------------------------------------------------------------------------------------------- the steps

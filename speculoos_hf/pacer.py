@@ -23,7 +23,7 @@ from .lookahead import CostModelLookahead, On
 from .options import SpeculativeOptions
 from .placement import input_device
 from .state import DecodeState
-from .timing import Stopwatch
+from .timing import Stopwatch, Work, stopwatch_for
 
 
 class Pacer(Protocol):
@@ -113,7 +113,7 @@ class CostModelPacer:
     def prefilling(self, rows: int, prompt_length: int):
         mark = self.watch.start()
         yield
-        self._prefill = (self.watch.stop(mark), (prompt_length - 1) * rows, prompt_length)
+        self._prefill = (self.watch.stop(mark), rows, prompt_length)
 
     @contextmanager
     def drafting(self):
@@ -131,15 +131,16 @@ class CostModelPacer:
         """Feed the cost model this round's draft and target times and each row's acceptance."""
         model, B = self.model, len(outcome.accepted)
         if self._prefill is not None:
-            span, tokens, unfed = self._prefill
-            model.observe_prefill(self.watch.seconds(span), tokens, unfed=unfed)
+            span, rows, prompt_length = self._prefill  # the prefill reads all but the last prompt token
+            seconds = self.watch.seconds(span, Work("prefill", rows, prompt_length - 1))
+            model.observe_prefill(seconds, (prompt_length - 1) * rows, unfed=prompt_length)
             self._prefill = None
         if proposal.k > 0:
-            self._observe_draft(proposal, self.watch.seconds(self._draft_span), B)
-        model.observe_target(self.watch.seconds(self._target_span), proposal.k + 1, B)
+            self._observe_draft(proposal, B)
+        model.observe_target(self.watch.seconds(self._target_span, Work("target", B, proposal.k + 1)), proposal.k + 1, B)
         model.observe_round(proposal.counts(), outcome.accepted, rows=self._rows)
 
-    def _observe_draft(self, proposal: Proposal, seconds: float, B: int) -> None:
+    def _observe_draft(self, proposal: Proposal, B: int) -> None:
         """A proposal whose first forward read many committed tokens (the prompt, a stretch without drafts) is a
         catch-up and then steps: timed apart where the drafter reports the catch-up forward's seconds, else the
         catch-up is what is left after the steps at their estimated cost."""
@@ -147,14 +148,15 @@ class CostModelPacer:
         forwards = proposal.forwards if proposal.forwards is not None else proposal.k
         if not forwards:
             return
+        seconds = self.watch.seconds(self._draft_span, Work("draft", B, forwards, proposal.catch_up))
         if proposal.catch_up <= 2:
             model.observe_draft(seconds / forwards, B)  # a catch-up of 1-2 tokens costs about a step
             return
-        caught = proposal.catch_up_seconds() if proposal.catch_up_seconds is not None else None
-        if caught is None:
+        if proposal.catch_up_seconds is None:
             step = model.draft_time(B) or 0.0
             model.observe_catch_up(max(seconds - (forwards - 1) * step, 0.0), proposal.catch_up * B)
             return
+        caught = self.watch.reported(proposal.catch_up_seconds(), Work("catch_up", B, proposal.catch_up))
         model.observe_catch_up(caught, proposal.catch_up * B)
         if forwards > 1:
             model.observe_draft(max(seconds - caught, 0.0) / (forwards - 1), B)
@@ -236,7 +238,7 @@ def make_pacer(options: SpeculativeOptions, target, draft) -> FixedPacer | CostM
     if not options.auto_k:
         return FixedPacer(K)
     ratio, copies = draft_size_ratio(target, draft), options.prompt_lookup_num_tokens
-    watch = Stopwatch(input_device(target))
+    watch = stopwatch_for(input_device(target))
     if copies is not None and ratio == 0:  # prompt lookup alone: drafting is free, k up to its N
         model = CostModelLookahead(max_k=copies, prior_catch_up_ratio=0.0, prior_draft_ratio=0.0)
         return CopyPacer(model, watch, copies, with_model=False)

@@ -50,6 +50,7 @@ class SpeculativeStats:
     cost_model: dict | None = None  # num_draft_tokens=None: what the cost model measured and predicted at the end
     draft_quantization: str | None = None  # the draft drafted as: "int8", "int8 (auto)", or None (as given)
     draft_prepare_s: float = 0.0  # seconds this call spent making that copy (0 when an earlier call made it)
+    trace: list = field(default_factory=list, repr=False)  # one trace.RoundRecord per round: where its time went
 
     @property
     def acceptance_rate(self) -> float:
