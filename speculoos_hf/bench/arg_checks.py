@@ -34,7 +34,7 @@ def problems(args):
         return
     yield from _number_problems(args)
     yield from _method_problems(args)
-    yield "--prompts", _prompts_problem(args)
+    yield from _prompts_problem(args)
     yield "--out", folder_problem(args.out)
     if args.profile_png is not None:
         yield "--profile-png", file_problem(args.profile_png)
@@ -88,20 +88,21 @@ def _method_problems(args):
 
 
 def batch_k_problem(args, methods) -> str | None:
-    """--batch-k best picks the fastest hand-set speculoos method at batch size 1: there must be one."""
+    """--batch-k best picks the fastest hand-set speculoos method at batch size 1: there must be one (the message
+    names --batch-k's value, "best")."""
     if args.batch_sizes and args.batch_k == "best" and not any(is_hand_set(m) and not m.suffix_cache for m in methods):
-        return "--batch-k best needs a hand-set speculoos method at batch size 1 (--k or --method)"
+        return "best needs a hand-set speculoos method at batch size 1 (--k or --method)"
     return None
 
 
-def _prompts_problem(args) -> str | None:
+def _prompts_problem(args):
     try:
         select_prompts(args.prompts, args.prompt_class, args.num_prompts)
     except SystemExit as e:  # no prompt of the class asked for
-        return str(e)
+        yield "--prompt-class", str(e)
     except Exception as e:  # noqa: BLE001 - unreadable, not JSON, or items without kind/text
-        return f"{args.prompts}: not a JSON list of prompts (strings or {{kind, text}}): {type(e).__name__}: {e}"
-    return None
+        yield "--prompts", f"{args.prompts}: not a JSON list of prompts (strings or {{kind, text}}): " \
+                           f"{type(e).__name__}: {e}"
 
 
 def _finite(value) -> bool:

@@ -74,7 +74,7 @@ def run(args) -> dict:
         return run_profile(pair.target, pair.draft, prompt, options, names, args.quiet)
     methods = build_methods(args)
     if batch_k_problem(args, methods):
-        raise SystemExit(batch_k_problem(args, methods))
+        raise SystemExit(f"--batch-k {batch_k_problem(args, methods)}")
     caches = CacheBook.of_suffix_caches(args.suffix_cache_tokens) if any(m.suffix_cache for m in methods) else None
     return run_bench(args, load(args), methods, caches)
 
