@@ -72,18 +72,22 @@ class StateTape:
             self.conv = _append_inputs(self.conv, full, self.kernel, blocks, continuing)
             layer.conv_states[i] = _window(self.conv, blocks.counts, self.kernel)  # [B, C, K]
         if not continuing:  # an unrecorded prefill: the tape restarts after it
-            self.rec = None if self.rec is None else layer.recurrent_states[i][:, None]
-            self.conv = None if self.conv is None else layer.conv_states[i]
+            self._restart()
 
     def roll_back(self, counts: torch.Tensor) -> None:
         """Set each row's state to the tape's entry after `counts[i]` real tokens; the tape restarts there."""
         layer, i = self.layer, self.index
         if self.rec is not None:
             layer.recurrent_states[i] = _take(self.rec, counts)
-            self.rec = layer.recurrent_states[i][:, None]
         if self.conv is not None:
             layer.conv_states[i] = _window(self.conv, counts, self.kernel)
-            self.conv = layer.conv_states[i]
+        self._restart()
+
+    def _restart(self) -> None:
+        """The tape restarts at the layer's state: copies, since transformers updates recurrent states in place."""
+        layer, i = self.layer, self.index
+        self.rec = None if self.rec is None else layer.recurrent_states[i][:, None].clone()
+        self.conv = None if self.conv is None else layer.conv_states[i].clone()
 
     def select_rows(self, rows: torch.Tensor) -> None:
         if self.rec is not None:
