@@ -1,0 +1,488 @@
+"""The architecture sweep: every model type of transformers' causal-LM mapping, speculoos against stock greedy.
+
+For each type: a tiny random float32 target (`tiny_models`), a noisy copy of it as the draft (so that drafts are
+sometimes rejected), greedy generation of `new_tokens` tokens, compared token for token with the target's own
+greedy generate(): at batch 1, and in a left-padded batch of 3 unequal prompts (counted only where the target's
+batched generate() agrees with each row generated alone). Optionally transformers' assisted generation at batch 1
+(`assistant_model=`), with a fixed 4 draft tokens and with its defaults, for comparison.
+
+    python -m speculoos_hf.bench.arch_sweep [--types a,b] [--batch 1 3] [--new-tokens N] [--assisted]
+                                            [--write docs/architectures.md] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from ..generation import speculative_generate
+from .tiny_models import PAD_ID, WORDS, causal_lm_types, tiny_model
+
+NEW_TOKENS = 24
+DRAFT_TOKENS = 4  # fixed K per round (speculoos) and num_assistant_tokens (transformers' fixed-K column)
+NOISES = (0.1, 0.05, 0.02, 0.01, 0.005)  # the draft's relative weight noise: the first that keeps AGREEMENT
+AGREEMENT = 0.6  # fraction of a probe's greedy choices the draft must share with the target (rejections stay)
+PROMPT_1 = 5  # batch 1 prompt length
+PROMPTS_3 = (3, 9, 6)  # batch 3 prompt lengths (left-padded)
+
+EXACT, REFUSED, CRASH, DIFFERS, NO_CONFIG, STOCK_BATCH = (
+    "exact", "refused", "crash", "differs", "no-config", "stock batch differs")
+CLASSES = (EXACT, REFUSED, CRASH, DIFFERS, STOCK_BATCH, NO_CONFIG)
+
+
+@dataclass
+class Outcome:
+    """How one generation compared with the reference: a class (CLASSES) and why (message, or what differed)."""
+
+    kind: str
+    reason: str = ""
+    proposed: int = 0  # draft tokens proposed and accepted (speculoos' per-run counters)
+    accepted: int = 0
+
+    def cell(self) -> str:
+        return self.kind
+
+
+@dataclass
+class TypeResult:
+    """The sweep's outcomes for one model type (None: not run)."""
+
+    model_type: str
+    batch1: Outcome | None = None
+    batch3: Outcome | None = None
+    assisted_k: Outcome | None = None  # transformers' assisted generation, fixed DRAFT_TOKENS
+    assisted_default: Outcome | None = None  # transformers' assisted generation, its defaults
+    seconds: float = 0.0
+
+    def outcomes(self) -> dict:
+        return {name: getattr(self, name) for name in ("batch1", "batch3", "assisted_k", "assisted_default")}
+
+
+@dataclass
+class SweepOptions:
+    """What the sweep runs."""
+
+    types: list = field(default_factory=causal_lm_types)
+    batches: tuple = (1, 3)
+    new_tokens: int = NEW_TOKENS
+    draft_tokens: int = DRAFT_TOKENS
+    assisted: bool = False
+
+
+# ------------------------------------------------------------------------------------------------ models, prompts
+
+
+def noisy_copy(model, noise: float, seed: int = 1):
+    """A draft: a deep copy of `model` with Gaussian noise of relative size `noise` on every weight."""
+    draft = copy.deepcopy(model)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in draft.parameters():
+            scale = float(param.detach().float().std()) if param.numel() > 1 else float(param.detach().abs())
+            scale = scale if scale > 0 else 1.0
+            param.add_((torch.randn(param.shape, generator=gen) * noise * scale).to(param.dtype))
+    return draft.eval()
+
+
+def agreement(target, draft, probe: torch.Tensor) -> float:
+    """Fraction of positions of `probe` [1, L] where the draft's greedy choice is the target's."""
+    with torch.no_grad():
+        want = target(input_ids=probe).logits.argmax(-1)  # [1, L]
+        got = draft(input_ids=probe).logits.argmax(-1)
+    return float((want == got).float().mean())
+
+
+def calibrated_draft(target):
+    """The noisiest copy of `target` (NOISES) whose greedy choices agree with the target's on AGREEMENT of a probe:
+    drafts are often accepted and sometimes rejected, whatever the architecture's sensitivity to noise."""
+    probe = prompt(32, seed=99).unsqueeze(0)  # [1, 32]
+    for noise in NOISES:
+        draft = noisy_copy(target, noise)
+        if agreement(target, draft, probe) >= AGREEMENT:
+            break
+    return draft
+
+
+_DRAFTS: dict = {}
+
+
+def tiny_pair(model_type: str):
+    """(target, draft) of `model_type`, built once per process."""
+    if model_type not in _DRAFTS:
+        _DRAFTS[model_type] = calibrated_draft(tiny_model(model_type))
+    return tiny_model(model_type), _DRAFTS[model_type]
+
+
+def prompt(length: int, seed: int) -> torch.Tensor:
+    """Random word ids `[length]` (never a special id)."""
+    gen = torch.Generator().manual_seed(1000 + seed)
+    return torch.randint(0, WORDS, (length,), generator=gen)
+
+
+def left_padded(rows: list) -> tuple:
+    """(input_ids [B, L], attention_mask [B, L]) of 1-D prompts, left-padded with PAD_ID."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), PAD_ID, dtype=torch.long)
+    mask = torch.zeros(len(rows), width, dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, width - len(row):] = row
+        mask[i, width - len(row):] = 1
+    return ids, mask
+
+
+# ------------------------------------------------------------------------------------------------- one comparison
+
+
+def short_reason(error: BaseException, limit: int = 180) -> str:
+    """`Type: first line of the message`, cut to `limit` characters, without table-breaking characters."""
+    lines = str(error).strip().splitlines()
+    text = f"{type(error).__name__}: {lines[0] if lines else ''}".replace("|", "/")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class _ForwardCount:
+    """Counts the forwards of a model while active (a refusal must come before any work)."""
+
+    def __init__(self, model):
+        self.model, self.calls = model, 0
+
+    def __enter__(self):
+        self._handle = self.model.register_forward_pre_hook(self._count)
+        return self
+
+    def _count(self, module, args):
+        self.calls += 1
+
+    def __exit__(self, *exc):
+        self._handle.remove()
+
+
+def _quiet(fn, *args, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with torch.no_grad():
+            return fn(*args, **kwargs)
+
+
+def stock_greedy(model, ids, mask, new_tokens: int) -> torch.Tensor:
+    """The target's own greedy generate(): its new tokens `[B, new_tokens]`."""
+    extra = {} if mask is None else {"attention_mask": mask}
+    out = _quiet(model.generate, ids, do_sample=False, max_new_tokens=new_tokens, **extra)
+    return out[:, ids.shape[1]:]
+
+
+def run_speculoos(target, draft, ids, mask, options: SweepOptions):
+    """speculoos' greedy new tokens `[B, N]` with the draft model, or the Outcome of a refusal or crash."""
+    extra = {} if mask is None else {"attention_mask": mask}
+    with _ForwardCount(target) as count:
+        try:
+            out = _quiet(speculative_generate, target, ids, draft_model=draft, num_draft_tokens=options.draft_tokens,
+                         do_sample=False, max_new_tokens=options.new_tokens, **extra)
+        except ValueError as error:
+            if count.calls == 0:
+                return Outcome(REFUSED, short_reason(error))
+            return Outcome(CRASH, f"after {count.calls} target forwards: {short_reason(error)}")
+        except Exception as error:  # the sweep records every failure as data
+            return Outcome(CRASH, short_reason(error))
+    return out[:, ids.shape[1]:]
+
+
+def _counters(target) -> dict:
+    stats = getattr(target, "speculative_stats", None)
+    if stats is None:
+        return {}
+    return dict(proposed=stats.draft_tokens_proposed, accepted=stats.draft_tokens_accepted)
+
+
+def _first_difference(got: torch.Tensor, want: torch.Tensor) -> str:
+    """Where `got` [B, N] first differs from `want`, per differing row."""
+    rows = []
+    for b in range(want.shape[0]):
+        diff = (got[b] != want[b]).nonzero()
+        if len(diff):
+            rows.append(f"row {b} from token {int(diff[0])}")
+    return "differs: " + ", ".join(rows)
+
+
+def batch1(target, draft, options: SweepOptions) -> Outcome:
+    """speculoos against stock greedy on one prompt."""
+    ids = prompt(PROMPT_1, seed=1).unsqueeze(0)  # [1, P]
+    want = stock_greedy(target, ids, None, options.new_tokens)
+    got = run_speculoos(target, draft, ids, None, options)
+    if isinstance(got, Outcome):
+        return got
+    if torch.equal(got, want):
+        return Outcome(EXACT, **_counters(target))
+    return Outcome(DIFFERS, _first_difference(got, want), **_counters(target))
+
+
+def batch3(target, draft, options: SweepOptions) -> Outcome:
+    """speculoos against stock greedy on 3 left-padded prompts of unequal lengths: exact when it equals stock's
+    batched output and that equals each row generated alone."""
+    rows = [prompt(n, seed=n) for n in PROMPTS_3]
+    ids, mask = left_padded(rows)  # [3, W]
+    try:
+        want = stock_greedy(target, ids, mask, options.new_tokens)  # [3, N]
+    except Exception as error:
+        return Outcome(STOCK_BATCH, f"stock batched generate() fails: {short_reason(error)}")
+    alone = torch.cat([stock_greedy(target, r.unsqueeze(0), None, options.new_tokens) for r in rows])  # [3, N]
+    got = run_speculoos(target, draft, ids, mask, options)
+    if isinstance(got, Outcome):
+        return got
+    counters = _counters(target)
+    stock_agrees = torch.equal(want, alone)
+    if torch.equal(got, want):
+        if stock_agrees:
+            return Outcome(EXACT, **counters)
+        return Outcome(STOCK_BATCH, f"stock batched {_first_difference(want, alone)[8:]} of its rows alone; "
+                                    "speculoos gives stock's batched output", **counters)
+    if not stock_agrees and torch.equal(got, alone):
+        return Outcome(STOCK_BATCH, f"stock batched {_first_difference(want, alone)[8:]} of its rows alone; "
+                                    "speculoos gives each row's own output", **counters)
+    return Outcome(DIFFERS, _first_difference(got, want) + " of stock's batched output", **counters)
+
+
+def assisted(target, draft, options: SweepOptions, fixed_k: int | None) -> Outcome:
+    """transformers' assisted generation at batch 1 (`assistant_model=draft`) against stock greedy: with `fixed_k`
+    draft tokens per round (constant schedule, no confidence stop), or with its defaults (None)."""
+    ids = prompt(PROMPT_1, seed=1).unsqueeze(0)
+    want = stock_greedy(target, ids, None, options.new_tokens)
+    gc = draft.generation_config
+    saved = (gc.num_assistant_tokens, gc.num_assistant_tokens_schedule, gc.assistant_confidence_threshold)
+    if fixed_k is not None:
+        gc.num_assistant_tokens, gc.num_assistant_tokens_schedule, gc.assistant_confidence_threshold = (
+            fixed_k, "constant", 0.0)
+    try:
+        got = _quiet(target.generate, ids, assistant_model=draft, do_sample=False,
+                     max_new_tokens=options.new_tokens)[:, ids.shape[1]:]
+    except ValueError as error:
+        return Outcome(REFUSED, short_reason(error))
+    except Exception as error:
+        return Outcome(CRASH, short_reason(error))
+    finally:
+        gc.num_assistant_tokens, gc.num_assistant_tokens_schedule, gc.assistant_confidence_threshold = saved
+    return Outcome(EXACT) if torch.equal(got, want) else Outcome(DIFFERS, _first_difference(got, want))
+
+
+# ------------------------------------------------------------------------------------------------------ one type
+
+
+def sweep_type(model_type: str, options: SweepOptions) -> TypeResult:
+    """Every comparison the options ask for on `model_type`; a model that cannot be built or that stock generate()
+    cannot run is `no-config` in every column, with why."""
+    result = TypeResult(model_type)
+    start = time.perf_counter()
+    try:
+        target, draft = tiny_pair(model_type)
+        stock_greedy(target, prompt(PROMPT_1, seed=1).unsqueeze(0), None, 2)
+    except Exception as error:
+        missing = Outcome(NO_CONFIG, short_reason(error))
+        result.batch1 = missing if 1 in options.batches else None
+        result.batch3 = missing if 3 in options.batches else None
+        if options.assisted:
+            result.assisted_k = result.assisted_default = missing
+        result.seconds = time.perf_counter() - start
+        return result
+    if 1 in options.batches:
+        result.batch1 = batch1(target, draft, options)
+    if 3 in options.batches:
+        result.batch3 = batch3(target, draft, options)
+    if options.assisted:
+        result.assisted_k = assisted(target, draft, options, options.draft_tokens)
+        result.assisted_default = assisted(target, draft, options, None)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+# ------------------------------------------------------------------------------------------------------ the sweep
+
+COLUMNS = {"batch1": "batch 1", "batch3": "batch 3", "assisted_k": f"assisted K={DRAFT_TOKENS}",
+           "assisted_default": "assisted default"}
+
+
+def run_sweep(options: SweepOptions, out=None) -> list:
+    """TypeResults of every type in `options.types`, one line each printed to `out` as it comes."""
+    results = []
+    for model_type in options.types:
+        result = sweep_type(model_type, options)
+        results.append(result)
+        if out is not None:
+            print(line(result), file=out, flush=True)
+    return results
+
+
+def line(result: TypeResult) -> str:
+    """One printed line: the type, each outcome with its reason or its acceptance, the seconds."""
+    parts = [f"{result.model_type:<26}"]
+    for name, outcome in result.outcomes().items():
+        if outcome is None:
+            continue
+        text = outcome.kind
+        if outcome.proposed:
+            text += f" ({outcome.accepted}/{outcome.proposed} accepted)"
+        if outcome.reason:
+            text += f" [{outcome.reason}]"
+        parts.append(f"{COLUMNS[name]}: {text}")
+    return " | ".join(parts) + f" | {result.seconds:.1f}s"
+
+
+def counts(results: list) -> dict:
+    """column -> class -> number of types."""
+    table = {}
+    for result in results:
+        for name, outcome in result.outcomes().items():
+            if outcome is not None:
+                table.setdefault(name, dict.fromkeys(CLASSES, 0))[outcome.kind] += 1
+    return table
+
+
+def counts_text(results: list) -> str:
+    return "\n".join(f"{COLUMNS[name]}: " + ", ".join(f"{k} {v}" for k, v in by_class.items() if v)
+                     for name, by_class in counts(results).items())
+
+
+# --------------------------------------------------------------------------------------------- the generated table
+
+TABLE_COLUMNS = ("type", "batch 1", "batch 3", f"assisted K={DRAFT_TOKENS}", "assisted default", "speculoos note",
+                 "assisted note")
+SPECULOOS_COLUMNS = ("type", "batch 1", "batch 3", "speculoos note")  # what CI regenerates and compares
+
+
+def _note(pairs: list) -> str:
+    """`label: reason` for each outcome with a reason; one reason shared by every outcome is said once."""
+    reasons = [(label, o.reason) for label, o in pairs if o is not None and o.reason]
+    if len({r for _, r in reasons}) == 1 and len(reasons) == len([o for _, o in pairs if o is not None]):
+        return reasons[0][1]
+    return "; ".join(f"{label}: {reason}" for label, reason in reasons)
+
+
+def table_row(result: TypeResult) -> dict:
+    """The table's cells (TABLE_COLUMNS) for one type; columns not run are empty."""
+    def kind(outcome):
+        return outcome.kind if outcome is not None else ""
+
+    return {"type": result.model_type, "batch 1": kind(result.batch1), "batch 3": kind(result.batch3),
+            TABLE_COLUMNS[3]: kind(result.assisted_k), "assisted default": kind(result.assisted_default),
+            "speculoos note": _note([("batch 1", result.batch1), ("batch 3", result.batch3)]),
+            "assisted note": _note([(f"K={DRAFT_TOKENS}", result.assisted_k), ("default", result.assisted_default)])}
+
+
+def read_table(text: str) -> dict:
+    """type -> row (TABLE_COLUMNS -> cell) of a table written by `render`."""
+    rows = {}
+    for raw in text.splitlines():
+        cells = [c.strip() for c in raw.strip().strip("|").split(" | ")]
+        if raw.startswith("| `") and len(cells) == len(TABLE_COLUMNS):
+            row = dict(zip(TABLE_COLUMNS, cells))
+            row["type"] = row["type"].strip("`")
+            rows[row["type"]] = row
+    return rows
+
+
+def merged(old: dict, results: list) -> dict:
+    """`old` rows updated with the cells `results` ran (a column not run keeps its old cell and note)."""
+    rows = {t: dict(r) for t, r in old.items()}
+    for result in results:
+        new, row = table_row(result), rows.setdefault(result.model_type, dict.fromkeys(TABLE_COLUMNS, ""))
+        for speculoos in (result.batch1 is not None or result.batch3 is not None, ):
+            if speculoos:
+                row.update({k: new[k] for k in ("batch 1", "batch 3", "speculoos note")})
+        if result.assisted_k is not None:
+            row.update({k: new[k] for k in TABLE_COLUMNS[3:5] + ("assisted note",)})
+        row["type"] = result.model_type
+    return dict(sorted(rows.items()))
+
+
+def _count_lines(rows: dict) -> list:
+    columns = TABLE_COLUMNS[1:5]
+    lines = ["| class | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for kind in CLASSES:
+        lines.append(f"| {kind} | " + " | ".join(str(sum(r[c] == kind for r in rows.values())) for c in columns) + " |")
+    return lines
+
+
+def render(rows: dict, new_tokens: int) -> str:
+    """docs/architectures.md: how it is made, the versions, counts per class, one row per type."""
+    import transformers
+
+    head = [
+        "# Architectures: speculoos on every causal-LM type of transformers",
+        "",
+        "Generated by `python -m speculoos_hf.bench.arch_sweep --assisted --write docs/architectures.md`, never by",
+        "hand; `tests/test_architecture_sweep.py` regenerates the speculoos columns and fails when they drift.",
+        f"transformers {transformers.__version__}, torch {torch.__version__}.",
+        "",
+        "Every model type of transformers' causal-LM mapping (`MODEL_FOR_CAUSAL_LM_MAPPING_NAMES`): a tiny random",
+        "float32 config (`speculoos_hf/bench/tiny_models.py`), a noisy copy of the target as the draft (drafts are",
+        f"sometimes rejected), {DRAFT_TOKENS} draft tokens per round, {new_tokens} new tokens, greedy, compared token",
+        "for token with the target's own greedy generate(). Batch 1: one prompt. Batch 3: three left-padded prompts",
+        f"of {', '.join(map(str, PROMPTS_3))} tokens; exact only where the target's batched generate() also agrees",
+        "with each row generated alone (else `stock batch differs`). Assisted: transformers' `assistant_model=` at",
+        f"batch 1, with a fixed {DRAFT_TOKENS} draft tokens (constant schedule) and with its defaults.",
+        "",
+        "Classes: `exact` (token for token), `refused` (a ValueError before any target forward, its message in the",
+        "note), `crash` (any other exception), `differs` (a silent difference), `stock batch differs`, `no-config`",
+        "(no working tiny model: why in the note).",
+        "",
+        "## Counts (types)",
+        "",
+    ]
+    table = ["| " + " | ".join(TABLE_COLUMNS) + " |", "|---" * len(TABLE_COLUMNS) + "|"]
+    for row in rows.values():
+        cells = [f"`{row['type']}`"] + [row[c] for c in TABLE_COLUMNS[1:]]
+        table.append("| " + " | ".join(cells) + " |")
+    return "\n".join(head + _count_lines(rows) + ["", "## Per type", ""] + table) + "\n"
+
+
+# --------------------------------------------------------------------------------------------------------- command
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m speculoos_hf.bench.arch_sweep", description=__doc__.split("\n")[0])
+    parser.add_argument("--types", help="comma-separated model types (default: every causal-LM type)")
+    parser.add_argument("--batch", type=int, nargs="+", choices=(1, 3), default=[1, 3])
+    parser.add_argument("--new-tokens", type=int, default=NEW_TOKENS)
+    parser.add_argument("--assisted", action="store_true", help="also transformers' assisted generation at batch 1")
+    parser.add_argument("--write", metavar="PATH", help="write (merge into) the markdown table at PATH")
+    parser.add_argument("--json", metavar="PATH", help="write every outcome as JSON")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(1)
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    types = args.types.split(",") if args.types else causal_lm_types()
+    unknown = sorted(set(types) - set(causal_lm_types()))
+    if unknown:
+        raise SystemExit(f"not in transformers' causal-LM mapping: {', '.join(unknown)}")
+    options = SweepOptions(types=types, batches=tuple(args.batch), new_tokens=args.new_tokens, assisted=args.assisted)
+    start = time.perf_counter()
+    results = run_sweep(options, out=sys.stdout)
+    print(counts_text(results))
+    print(f"{len(results)} types in {time.perf_counter() - start:.0f} s")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump([asdict(r) for r in results], f, indent=1)
+    if args.write:
+        try:
+            with open(args.write) as f:
+                old = read_table(f.read())
+        except FileNotFoundError:
+            old = {}
+        with open(args.write, "w") as f:
+            f.write(render(merged(old, results), options.new_tokens))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
