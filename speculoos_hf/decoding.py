@@ -73,8 +73,11 @@ def speculative_decode(target, drafter: Drafter, request: DecodeRequest, options
     with pacer.prefilling(rows=run.state.batch_size, prompt_length=run.state.lengths[0]):
         prefill(tgt, run.state)
     drafter.start(run.ctx, run.state)
+    from .tree_round import tree_steps  # here: tree_round builds on this module's steps
+
+    step = tree_steps(target, tgt, drafter, options, _round)  # token trees where they apply, else the chain
     while run.state.rows:
-        _round(run, tgt, drafter, pacer)
+        step(run, tgt, drafter, pacer)
     if run.streamer is not None:
         run.streamer.end()
     _finish_stats(run.stats, tgt, drafter, pacer, started)

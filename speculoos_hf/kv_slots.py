@@ -184,7 +184,7 @@ class KVSlots:
         which a model that counts slots cannot take, and one recurrent state per branch."""
         if self.compact:
             return f"its attention counts slots ({self.compact_reason})"
-        if getattr(self, "recurrent", None):
+        if self.recurrent:
             return "it has recurrent layers"
         return None
 

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from .checks import generate_setting, integer_at_least_one
+from .tree import draft_tree_setting
 
 # num_draft_tokens=None (or "auto"): a cost model picks each round's k up to this, and 0 where drafting cannot pay
 AUTO_MAX_DRAFT_TOKENS = 12
@@ -22,7 +23,7 @@ DEFAULT_LOOKUP_TOKENS = 32  # prompt_lookup_num_tokens when suffix_cache= alone 
 
 # generate() keywords only speculoos knows: stock generate() must never see them
 SPECULOOS_OPTIONS = ("num_draft_tokens", "draft_confidence_threshold", "block_verification", "draft_quantization",
-                     "suffix_cache")
+                     "suffix_cache", "draft_tree")
 # generate() keywords stock knows too: they reach stock when speculoos does not take the call
 SHARED_OPTIONS = ("prompt_lookup_num_tokens", "max_matching_ngram_size", "tokenizer", "assistant_tokenizer")
 # read from the generation config in force when not given as keywords
@@ -37,6 +38,8 @@ class SpeculativeOptions:
     draft_confidence_threshold: stop drafting a round once the draft's confidence falls below it (0..1).
     prompt_lookup_num_tokens / max_matching_ngram_size: copy continuations from the context (alone or hybrid).
     block_verification: sampling verifies each block jointly (Sun et al. 2024).
+    draft_tree:        "auto" (token trees where the cost model says they pay), False, or a branching per depth
+                       (`tree.draft_tree_setting`; see tree_round.py).
     draft_quantization: "auto" (default: "int8" where the draft's step is a large share of a round on CPU, see
                        `drafters.prepared.int8_pays`), "int8" (a copy made once and reused), None (as given).
     suffix_cache:      a cache of earlier calls' text for prompt lookup (opaque here).
@@ -50,6 +53,7 @@ class SpeculativeOptions:
     block_verification: bool = False
     draft_quantization: str | None = "auto"
     suffix_cache: Any = None
+    draft_tree: Any = "auto"
     lookup_only: bool = False  # no draft model: prompt lookup alone (its k is at most prompt_lookup_num_tokens)
     tokenizer: Any = field(default=None, repr=False)
     assistant_tokenizer: Any = field(default=None, repr=False)
@@ -72,6 +76,7 @@ class SpeculativeOptions:
             "prompt_lookup_num_tokens": lookup,
             "max_matching_ngram_size": ngram,
             "block_verification": bool(self.block_verification),
+            "draft_tree": draft_tree_setting(self.draft_tree),
         }
         for name, value in normal.items():
             object.__setattr__(self, name, value)

@@ -53,6 +53,9 @@ class Pacer(Protocol):
     def summary(self) -> dict | None:
         """What the pacer measured, for `SpeculativeStats.cost_model` (None: nothing)."""
 
+    def cost_model(self) -> CostModelLookahead | None:
+        """The cost model it measures with, for the token trees' planner (tree_planner.py); None: none."""
+
 
 class FixedPacer:
     """A given K: every round drafts K tokens, fewer where fewer are left; nothing is timed."""
@@ -82,6 +85,9 @@ class FixedPacer:
         pass
 
     def summary(self) -> dict | None:
+        return None
+
+    def cost_model(self) -> CostModelLookahead | None:
         return None
 
 
@@ -163,6 +169,9 @@ class CostModelPacer:
 
     def summary(self) -> dict | None:
         return self.model.summary()
+
+    def cost_model(self) -> CostModelLookahead | None:
+        return self.model
 
 
 class CopyPacer(CostModelPacer):

@@ -69,6 +69,15 @@ class TreeShape:
     def depth(self) -> int:
         return max(self.depths, default=0)
 
+    @cached_property
+    def lineage(self) -> torch.Tensor:
+        """[N, N] bool: [n, a] is True when a is n or one of its ancestors."""
+        out = torch.eye(self.size, dtype=torch.bool)
+        for n, parent in enumerate(self.parents):  # topological order: the parent's row is complete
+            if parent >= 0:
+                out[n] |= out[parent]
+        return out
+
     def fan_out(self) -> tuple[int, ...]:
         """Children of each pass index (0: the root, n + 1: node n). [N + 1]"""
         counts = [0] * (self.size + 1)
@@ -79,6 +88,17 @@ class TreeShape:
     def at_depth(self, d: int) -> list[int]:
         """The nodes at depth d, in index order."""
         return [n for n, depth in enumerate(self.depths) if depth == d]
+
+
+@dataclass(frozen=True)
+class TreePlan:
+    """What a tree round asks a drafter for: the draft model's tree `shape` (None: no model nodes) and up to
+    `copy_nodes` copied tokens per row (0: none), at most `copy_depth` deep and `branches` per node."""
+
+    shape: TreeShape | None = None
+    copy_nodes: int = 0
+    copy_depth: int = 0
+    branches: int = 3
 
 
 @dataclass
@@ -114,6 +134,15 @@ class TokenTree:
         B = tokens.shape[0]
         parents = torch.tensor(shape.parents, dtype=torch.long).expand(B, shape.size)
         return cls(tokens, parents, valid, probs)
+
+    def first_nodes(self, counts: torch.Tensor) -> "TokenTree":
+        """Row b keeps its first `counts[b]` nodes ([B] host; parents come first, so it stays a tree); the others
+        become padding, and columns no row keeps are dropped."""
+        N = int(counts.max()) if len(counts) else 0
+        valid = self.valid[:, :N] & (torch.arange(N)[None, :] < counts[:, None])
+        return TokenTree(self.tokens[:, :N], self.parents[:, :N], valid,
+                         None if self.probs is None else self.probs[:, :N],
+                         None if self.confidence is None else self.confidence[:, :N])
 
     @property
     def batch_size(self) -> int:
@@ -183,3 +212,53 @@ class TokenTree:
         out = torch.zeros(B, N + 1, D + 1, dtype=torch.long, device=self.tokens.device)
         out.scatter_(2, column, self.tokens[:, None, :].expand(B, N + 1, N))
         return out[:, :, :D]
+
+
+def node_prefixes(seq: torch.Tensor, lengths: list[int], paths: torch.Tensor,
+                  depth: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+    """The sequences logits processors see at m tree nodes per row: row b's committed `seq[b, :lengths[b]]`
+    followed by node j's path `paths[b, j, :depth[b, j]]`. seq [B, S], paths [B, m, D] (same device), depth [B, m]
+    host. Returns (sequences [B * m, S], node by node within each row, their lengths: B * m host ints)."""
+    B, m, D = paths.shape
+    out = seq.repeat_interleave(m, dim=0)  # [B*m, S]
+    C = torch.tensor(lengths, device=seq.device)  # [B]
+    columns = (C[:, None, None] + torch.arange(D, device=seq.device)).expand(B, m, D)  # [B, m, D]
+    out.scatter_(1, columns.reshape(B * m, D), paths.reshape(B * m, D))  # beyond a node's depth: never read
+    return out, (torch.tensor(lengths)[:, None] + depth).flatten().tolist()
+
+
+def join_trees(first: TokenTree, second: TokenTree, vocab_size: int) -> TokenTree:
+    """One tree per row with `first`'s nodes, then `second`'s (both below the same root; at the root, `first`'s
+    children are tried first). Sampling: a side without probs is deterministic (one-hot rows)."""
+    N1 = first.size
+    parents = torch.cat([first.parents, torch.where(second.parents >= 0, second.parents + N1, -1)], dim=1)
+    tokens = torch.cat([first.tokens, second.tokens], dim=1)  # [B, N1 + N2]
+    probs = None
+    if first.probs is not None or second.probs is not None:
+        probs = torch.cat([_dense(first, vocab_size, second.probs), _dense(second, vocab_size, first.probs)], dim=1)
+    confidence = None
+    if first.confidence is not None or second.confidence is not None:
+        confidence = torch.cat([t.confidence if t.confidence is not None else torch.zeros(t.parents.shape)
+                                for t in (first, second)], dim=1)
+    return TokenTree(tokens, parents, torch.cat([first.valid, second.valid], dim=1), probs, confidence)
+
+
+def _dense(tree: TokenTree, vocab_size: int, like: torch.Tensor) -> torch.Tensor:
+    """[B, N, V] the tree's q rows: its own, or one-hot rows for a deterministic tree (dtype and device of `like`)."""
+    if tree.probs is not None:
+        return tree.probs
+    return torch.nn.functional.one_hot(tree.tokens, vocab_size).to(like.dtype)
+
+
+def draft_tree_setting(value):
+    """The `draft_tree` option, checked: "auto" (None too: trees where the cost model says they pay), False (chains
+    only), or the draft model's branching per depth, a tuple of integers >= 1 (a tree in every round)."""
+    if value is None or (isinstance(value, str) and value == "auto"):
+        return "auto"
+    if value is False:
+        return False
+    if isinstance(value, (tuple, list)) and value and all(
+            isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in value):
+        return tuple(value)
+    raise ValueError(f'draft_tree must be "auto", False, or a tuple of branching factors >= 1 per depth (as (3, 2, 1, '
+                     f"1)), got {value!r}.")

@@ -16,7 +16,9 @@ left by the earlier candidates, so by induction the token emitted at every depth
 distribution given the path so far, whatever the drafts are, provided each candidate was drawn from the q_i it
 reports independently of the verification's randomness. A one-hot q_i accepts c_i with probability p_i(c_i) and
 removes c_i from the residual (rejection sampling without replacement over deterministic branches); with one
-candidate per node this is the token-wise rule of verify.py.
+candidate per node this is the token-wise rule of verify.py. A candidate with q_i(c_i) = 0 does not exist (a draw
+without replacement past the end of q's support, which a drafter may fill with any token): it is skipped, its
+subtree unreached.
 
 Residuals are kept unnormalised: with P = Z p_i, accepting when u Z q_i(c) < P(c) and updating P to max(0, P - Z q_i)
 is the same rule without a division. Pure batched tensor code on the device; loops run over depths and sibling
@@ -69,13 +71,13 @@ def tree_sample_verify(tree: TokenTree, target_probs: torch.Tensor, uniform: tor
         moved = torch.zeros(B, dtype=torch.bool, device=device)
         for r in range(children.shape[-1]):
             child = children[rows, current, r]  # [B] the r-th candidate below the current node (0: none)
-            live = walking & ~moved & (child > 0)  # [B]
             node = (child - 1).clamp(min=0)  # [B]
             token = tree.tokens.gather(1, node[:, None]).squeeze(1)  # [B]
             q = None if tree.probs is None else tree.probs[rows, node]  # [B, V]
+            q_token = 1.0 if q is None else q.gather(1, token[:, None]).squeeze(1)  # [B] q_i(c)
+            live = walking & ~moved & (child > 0) & (q_token > 0)  # [B]   q_i(c) = 0: no such candidate, skipped
             total = residual.sum(-1)  # [B] Z
             p_token = residual.gather(1, token[:, None]).squeeze(1)  # [B] P(c)
-            q_token = 1.0 if q is None else q.gather(1, token[:, None]).squeeze(1)  # [B] q_i(c)
             accept = live & (uniform.gather(1, node[:, None]).squeeze(1) * total * q_token < p_token)  # [B]
             reject = live & ~accept
             rest = residual.scatter(1, token[:, None], 0.0) if q is None else (residual - total[:, None] * q).clamp(min=0.0)
@@ -91,6 +93,8 @@ def tree_sample_verify(tree: TokenTree, target_probs: torch.Tensor, uniform: tor
 def _deepest(ok: torch.Tensor, depth: torch.Tensor) -> torch.Tensor:
     """[B] pass index of the deepest node with `ok` [B, N] (ties: the first), 0 (the root) when none."""
     N = ok.shape[1]
+    if N == 0:
+        return torch.zeros(ok.shape[0], dtype=torch.long, device=ok.device)
     order = torch.arange(N, device=ok.device)[None, :]  # [1, N]
     score = torch.where(ok, depth * (N + 1) + (N - order), -1)  # [B, N]
     best = score.argmax(dim=1)  # [B]

@@ -9,8 +9,9 @@ from ..checks import checked_cache
 from ..options import SpeculativeOptions
 from ..vocab import tokenizer_relation, vocab_size
 from .base import Drafter, is_drafter, with_counters
-from .hybrid import HybridDrafter
-from .model import ModelDrafter
+from .hybrid_tree import TreeHybridDrafter
+from .lookup_tree import TreeLookupDrafter
+from .model_tree import TreeModelDrafter
 from .other_tokenizer import OtherTokenizerDrafter
 from .prompt_lookup import PromptLookupDrafter
 
@@ -28,7 +29,7 @@ def make_drafter(target, draft, options: SpeculativeOptions) -> tuple[Drafter, i
         model, V = model_drafter(target, draft, tokenizer=options.tokenizer,
                                  assistant_tokenizer=options.assistant_tokenizer, cache=checked_cache(draft),
                                  confidence_threshold=options.draft_confidence_threshold)
-        return (model if lookup is None else HybridDrafter(lookup, model, options.max_draft_tokens)), V
+        return (model if lookup is None else TreeHybridDrafter(lookup, model, options.max_draft_tokens)), V
     if is_drafter(draft):
         if lookup is not None:
             raise ValueError("prompt_lookup_num_tokens combines with a draft model, not with a drafter object.")
@@ -43,12 +44,12 @@ def model_drafter(target, draft_model, *, tokenizer=None, assistant_tokenizer=No
                   confidence_threshold: float | None = None):
     """The drafter for a draft model and the id range V both distributions live on: `(drafter, V)`.
 
-    One tokenizer: `ModelDrafter`, V = the larger vocab_size. Two: `OtherTokenizerDrafter`, V = the target's
+    One tokenizer: `TreeModelDrafter`, V = the larger vocab_size. Two: `OtherTokenizerDrafter`, V = the target's
     (which of the two applies: `speculoos_hf.vocab.tokenizer_relation`)."""
     relation, toks = tokenizer_relation(target, draft_model, tokenizer, assistant_tokenizer)
     vt = vocab_size(target)
     if relation == "same":
-        return ModelDrafter(draft_model, cache, confidence_threshold), max(vt, vocab_size(draft_model))
+        return TreeModelDrafter(draft_model, cache, confidence_threshold), max(vt, vocab_size(draft_model))
     tok_t, tok_d = toks
     drafter = OtherTokenizerDrafter(draft_model, tok_t, tok_d, vt, cache=cache,
                                     confidence_threshold=confidence_threshold)
@@ -61,5 +62,5 @@ def _lookup_drafter(options: SpeculativeOptions, hybrid: bool) -> PromptLookupDr
     if options.prompt_lookup_num_tokens is None:
         return None
     ngram = options.max_matching_ngram_size
-    return PromptLookupDrafter(options.prompt_lookup_num_tokens, ngram, 2 if hybrid and ngram != 1 else 1,
+    return TreeLookupDrafter(options.prompt_lookup_num_tokens, ngram, 2 if hybrid and ngram != 1 else 1,
                                cache=options.suffix_cache)

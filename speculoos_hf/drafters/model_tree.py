@@ -1,0 +1,137 @@
+"""Token trees from a draft model: at every node the tree's shape expands, the draft's top-b continuations, drawn
+without replacement (sampling: Gumbel-top-b, i.e. one after the other from q with the earlier ones removed; greedy:
+the b best), one draft forward per depth over all of that depth's nodes to expand (SpecInfer, Miao et al. 2024;
+Sequoia, Chen et al. 2024). Each node reports the q_i it was drawn from, which is all recursive rejection sampling
+(tree_verify.py) needs to stay exact. After the round the draft keeps the accepted path's fed nodes in its cache
+and the others become holes, as rejected chain drafts do.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..processors import apply_processors
+from ..state import DecodeContext, DecodeState
+from ..tree import TokenTree, TreePlan, TreeShape, node_prefixes
+from ..tree_models import tree_reason
+from .base import RoundOutcome
+from .model import ModelDrafter
+
+
+@dataclass(frozen=True)
+class _FedTree:
+    """The tree nodes a proposal fed to the draft cache after its pending chunk, in feeding order from `first_slot`."""
+
+    first_slot: int
+    nodes: tuple[int, ...]  # node index of each fed slot
+
+
+class TreeModelDrafter(ModelDrafter):
+    """A `ModelDrafter` that also drafts trees (`propose_tree`, `commit_tree`); its chains are the same as ever."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._fed_tree: _FedTree | None = None
+
+    def tree_reason(self) -> str | None:
+        """Why this draft cannot draft a tree in one forward per depth (None: it can). Asked after `start`."""
+        return tree_reason(self.model, self.runner.kv)
+
+    def propose_tree(self, state: DecodeState, plan: TreePlan) -> TokenTree:
+        """A tree of `plan.shape` in every row below its last committed token."""
+        return self.draft_tree(state, plan.shape)
+
+    def draft_tree(self, state: DecodeState, shape: TreeShape, exclude: torch.Tensor | None = None) -> TokenTree:
+        """A tree of `shape` in every row below its last committed token. `exclude` [B, E] (device, -1: none):
+        tokens the root's children never take (a hybrid offers them as copies beside them)."""
+        logits = self.runner.feed(*self._pending(state))  # [B, V_draft] after the last committed token
+        first = self.runner.take_fed().first_slot
+        B, N = state.batch_size, shape.size
+        fan = shape.fan_out()  # children per pass index
+        tokens = torch.zeros(B, N, dtype=torch.long, device=state.seq.device)
+        probs = torch.zeros(B, N, self.ctx.vocab_size, device=self.ctx.device) if self.ctx.do_sample else None
+        paths = torch.zeros(B, N + 1, shape.depth, dtype=torch.long, device=tokens.device)  # by pass index
+        expanding, fed = [-1], []
+        for depth in range(shape.depth):
+            scores = self._scores(state, logits, paths[:, [n + 1 for n in expanding], :depth], depth)  # [B, m, V]
+            kids, q = _children(self.ctx, scores, max(fan[n + 1] for n in expanding),
+                                exclude if depth == 0 else None)  # [B, m, c], [B, m, c, V] or None
+            level = shape.at_depth(depth + 1)
+            j = [expanding.index(shape.parents[n]) for n in level]
+            r = [shape.ranks[n] for n in level]
+            tokens[:, level] = kids[:, j, r]
+            if probs is not None:
+                probs[:, level] = q[:, j, r]
+            paths[:, [n + 1 for n in level]] = paths[:, [shape.parents[n] + 1 for n in level]]
+            paths[:, [n + 1 for n in level], depth] = tokens[:, level]
+            expanding = [n for n in level if fan[n + 1]]
+            if expanding:
+                logits = self._feed_nodes(shape, tokens, expanding, fed, first)  # [B, m, V_draft]
+                fed += expanding
+        self._fed_tree = _FedTree(first, tuple(fed))
+        return TokenTree.from_shape(shape, tokens, torch.ones(B, N, dtype=torch.bool), probs)
+
+    def commit_tree(self, state: DecodeState, outcome: RoundOutcome, path: torch.Tensor) -> None:
+        """Keep the accepted path's fed nodes that were committed (`path` [B, D] host: node by depth, -1 beyond);
+        the other fed nodes become holes."""
+        fed, self._fed_tree = self._fed_tree, None
+        if fed is None:
+            return
+        slot = {n: s for s, n in enumerate(fed.nodes)}
+        kept = torch.zeros(state.batch_size, len(fed.nodes), dtype=torch.bool)
+        own = []
+        for i, nodes in enumerate(path.tolist()):  # rows x depth: host ints
+            count = 0
+            for n in nodes[: outcome.cached_drafts(i)]:
+                if n not in slot:
+                    break
+                kept[i, slot[n]] = True
+                count += 1
+            own.append(count)
+        self.runner.kv.keep_marked(fed.first_slot, kept)
+        self.cached_len = [outcome.old_lengths[i] + own[i] for i in range(state.batch_size)]
+
+    # -- steps ------------------------------------------------------------------------------------------------------
+
+    def _scores(self, state: DecodeState, logits: torch.Tensor, paths: torch.Tensor, depth: int) -> torch.Tensor:
+        """Processed scores [B, m, V] at m nodes of one depth (logits [B, m, V_draft], or [B, V_draft] at the root),
+        each with its own prefix: the committed tokens and its path `paths` [B, m, depth]."""
+        B, m = paths.shape[:2]
+        raw = self.vocab.scores(logits.reshape(B * m, -1), self.ctx)  # [B*m, V]
+        if not len(self.ctx.processors):
+            return raw.view(B, m, -1)
+        seqs, lengths = node_prefixes(state.seq, state.lengths, paths, torch.full((B, m), depth))
+        rows = [r for r in state.rows for _ in range(m)]
+        return apply_processors(self.ctx.processors, seqs, lengths, raw, rows).view(B, m, -1)
+
+    def _feed_nodes(self, shape: TreeShape, tokens: torch.Tensor, nodes: list[int], fed: list[int],
+                    first: int) -> torch.Tensor:
+        """One draft forward over `nodes` (one depth), each seeing its fed ancestors and itself. [B, m, V_draft]"""
+        B, m = tokens.shape[0], len(nodes)
+        sees = shape.lineage[nodes][:, fed + nodes]  # [m, fed + m] its ancestors (all fed: they have children), itself
+        steps = torch.full((B, m), shape.depths[nodes[0]] - 1)  # the first node sits right after the root
+        ids = self.vocab.draft_ids(tokens[:, nodes].reshape(-1)).view(B, m)
+        return self.runner.kv.forward_tree(ids, torch.ones(B, m, dtype=torch.bool), steps,
+                                           sees.expand(B, *sees.shape), since=first)
+
+
+def _children(ctx: DecodeContext, scores: torch.Tensor, count: int,
+              exclude: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The first `count` children of each node: tokens [B, m, c] and, sampling, the q_i each was drawn from
+    [B, m, c, V] (q without `exclude` [B] and the earlier ranks' tokens, renormalised; 0 past q's support)."""
+    if exclude is not None:  # [B, E] -1: nothing
+        banned = torch.zeros(scores.shape[0], scores.shape[-1], device=scores.device)  # [B, V]
+        banned.scatter_add_(1, exclude.clamp(min=0), (exclude >= 0).to(banned.dtype))
+        scores = scores.masked_fill(banned[:, None, :] > 0, float("-inf"))  # [B, m, V]
+    if not ctx.do_sample:
+        return scores.topk(count, dim=-1).indices, None
+    nothing = scores.amax(dim=-1, keepdim=True) == float("-inf")  # [B, m, 1]
+    q = torch.softmax(scores.masked_fill(nothing, 0.0), dim=-1).masked_fill(nothing, 0.0)  # [B, m, V]
+    race = q / torch.empty_like(q).exponential_()  # Gumbel-top-c: a draw without replacement
+    kids = race.topk(count, dim=-1).indices  # [B, m, c]
+    q_i = q[:, :, None, :].repeat(1, 1, count, 1)  # [B, m, c, V]
+    for r in range(1, count):
+        q_i[:, :, r].scatter_(-1, kids[:, :, :r], 0.0)  # without the earlier ranks' tokens
+    return kids, q_i / q_i.sum(-1, keepdim=True).clamp(min=torch.finfo(q.dtype).tiny)

@@ -1,0 +1,172 @@
+"""Which tree a round drafts, if any: a small cost rule over the cost model's measurements.
+
+The draft model's tree: with c(d, r) the chance that the rank-r candidate at depth d is accepted once the earlier
+ranks were rejected (rank 0: the cost model's acceptance by position, alpha_d; runner-ups: measured here over tree
+rounds, shared by all depths), a node's chance to be on the accepted path is its parent's times
+prod_{s<r} (1 - c(d, s)) * c(d, r), and a tree's expected accepted drafts are the sum over its nodes. For a node
+budget N the best tree takes the N likeliest nodes (Sequoia, Chen et al. 2024, with a positional acceptance
+vector); its round costs the draft's forwards (its root's, then one per depth over that depth's nodes to expand,
+each priced as the target's pass over as many tokens per row, relative to a one-token pass) and one target pass
+over N + 1 tokens per row. The tree is drafted where some budget's expected tokens per second beat the chain's
+with the pacer's k by `TREE_MARGIN`; where passes are not flat the chain wins by itself.
+
+Prompt lookup and the suffix cache: each row's trie of copies is cut where a wider pass stops paying
+(`gain.best_copy` over the nodes' confidences, in the trie's order, which keeps parents first).
+
+Every choice uses earlier rounds' measurements only, never this round's drafts' fate: exact whatever it picks.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from .tree import TokenTree, TreePlan, TreeShape
+
+TREE_MARGIN = 1.03  # a tree must beat the chain by this factor (noise in the timings)
+MAX_TREE_NODES = 48  # the draft model's largest tree
+MAX_BRANCHES = 4  # children per node at most
+COPY_NODES = 64  # the largest trie of copies offered before it is cut
+
+
+@dataclass
+class RunnerUps:
+    """c(r) for ranks r >= 1: accepted over tried at rank r, the earlier ranks rejected (all depths), with `prior`
+    counting as `pseudo` trials, forgotten at rate `forget` per round."""
+
+    prior: float = 0.3
+    pseudo: float = 4.0
+    forget: float = 0.98
+    hits: list[float] = field(default_factory=lambda: [0.0] * MAX_BRANCHES)
+    trials: list[float] = field(default_factory=lambda: [0.0] * MAX_BRANCHES)
+
+    def rate(self, r: int) -> float:
+        r = min(r, MAX_BRANCHES - 1)
+        return (self.hits[r] + self.pseudo * self.prior) / (self.trials[r] + self.pseudo)
+
+    def observe(self, tried: list[int], accepted: list[int]) -> None:
+        """Per rank: candidates tried and accepted this round (all rows)."""
+        for r in range(1, MAX_BRANCHES):
+            self.hits[r] = self.forget * self.hits[r] + accepted[r]
+            self.trials[r] = self.forget * self.trials[r] + tried[r]
+
+
+def best_tree(alpha: list[float], runner_up, nodes: int, depth: int, branches: int = MAX_BRANCHES
+              ) -> tuple[TreeShape, float]:
+    """The `nodes` likeliest nodes (module docstring) at most `depth` deep and `branches` wide: (shape, expected
+    accepted drafts). alpha[d]: rank 0's acceptance at depth d + 1; runner_up(r): c(r) for r >= 1."""
+    def chance(d: int, r: int) -> float:  # rank r accepted at depth d (0-based), its node's parent reached
+        c = [alpha[min(d, len(alpha) - 1)]] + [runner_up(s) for s in range(1, r + 1)]
+        return math.prod(1.0 - x for x in c[:r]) * c[r]
+
+    heap = [(-chance(0, 0), 0, -1, 0, 0)]  # (-value, tie, parent, depth index, rank)
+    parents, ranks, values, tie = [], [], [], 1
+    while heap and len(parents) < nodes:
+        neg, _, parent, d, r = heapq.heappop(heap)
+        n = len(parents)
+        parents.append(parent), ranks.append(r), values.append(-neg)
+        if d + 1 < depth:
+            heapq.heappush(heap, (neg * chance(d + 1, 0), tie, n, d + 1, 0))
+            tie += 1
+        if r + 1 < branches:
+            base = values[parent] if parent >= 0 else 1.0
+            heapq.heappush(heap, (-base * chance(d, r + 1), tie, parent, d, r + 1))
+            tie += 1
+    return TreeShape(tuple(parents), tuple(ranks)), sum(values)
+
+
+class TreePlanner:
+    """Picks each round's tree (module docstring), or none (the chain), and learns from the tree rounds.
+
+    kind:  "model", "lookup" or "hybrid" (what the drafter drafts with).
+    fixed: the user's branching per depth (`draft_tree=(...)`): a tree of that shape in every round with drafts.
+    """
+
+    def __init__(self, kind: str, fixed: tuple[int, ...] | None = None):
+        self.kind = kind
+        self.fixed = fixed
+        self.runner_ups = RunnerUps()
+        self.last: dict = {}
+
+    def plan(self, k: int, batch: int, cost_model) -> TreePlan | None:
+        """The next round's tree for a round the pacer gave k drafts (k >= 1), or None: the chain."""
+        if self.fixed is not None:
+            shape = _cut(TreeShape.from_branching(self.fixed), k)
+            return self._with_copies(shape if self.kind != "lookup" else None, k, shape.size, max(self.fixed))
+        if cost_model is None or cost_model.target_time(batch, batch) is None:
+            return None  # nothing timed: the chain
+        if self.kind == "lookup":
+            return TreePlan(None, COPY_NODES, k, MAX_BRANCHES - 1)
+        shape = self._best_shape(k, batch, cost_model)
+        return None if shape is None else self._with_copies(shape, k, shape.size, MAX_BRANCHES - 1)
+
+    def _with_copies(self, shape: TreeShape | None, k: int, copy_nodes: int, branches: int) -> TreePlan:
+        copies = copy_nodes if self.kind in ("lookup", "hybrid") else 0
+        return TreePlan(shape, copies, k, branches)
+
+    def _best_shape(self, k: int, batch: int, cm) -> TreeShape | None:
+        """The draft model's best tree against the chain of k (module docstring), or None."""
+        alpha = cm.acceptance()
+        one = cm.target_time(batch, batch)
+        step = cm.draft_time(batch) or 0.0
+        chain = cm.expected_tokens(k) / (k * step + cm.target_time((k + 1) * batch, batch))
+        best, best_rate = None, chain * TREE_MARGIN
+        for nodes in range(k + 1, MAX_TREE_NODES + 1, max(1, k // 2)):
+            shape, value = best_tree(alpha, self.runner_ups.rate, nodes, k)
+            forwards = 1.0 + sum(cm.target_time(len(level) * batch, batch) / one for level in _expanding(shape))
+            rate = (1.0 + value) / (forwards * step + cm.target_time((shape.size + 1) * batch, batch))
+            if rate > best_rate:
+                best, best_rate = shape, rate
+        self.last = {"chain_rate": chain, "tree_rate": best_rate if best is not None else None,
+                     "tree_nodes": best.size if best is not None else 0}
+        return best
+
+    def cut_copies(self, tree: TokenTree, pass_time: torch.Tensor) -> TokenTree:
+        """A lookup tree cut per row where a wider pass stops paying (`gain.best_copy` over its nodes in order).
+        pass_time [W + 1] CPU: seconds of a pass over m + 1 tokens per row."""
+        from .gain import best_copy
+
+        if tree.confidence is None or not tree.size:
+            return tree
+        counts = tree.valid.sum(1).tolist()
+        keep = best_copy(tree.confidence, counts, pass_time).length  # [B]
+        return tree.first_nodes(keep)
+
+    def observe(self, tree: TokenTree, path: torch.Tensor, accepted: list[int]) -> None:
+        """A tree round's outcome: per rank, candidates tried and accepted along each row's walk. path [B, D] host."""
+        if tree.size == 0:
+            return
+        children = tree.children  # [B, N+1, R] host pass indices
+        rank = torch.zeros(tree.batch_size, tree.size + 1, dtype=torch.long)
+        rank.scatter_(1, children.flatten(1), torch.arange(children.shape[2]).repeat(children.shape[1])
+                      .expand(tree.batch_size, -1).contiguous())
+        fan = (children > 0).sum(-1)  # [B, N+1]
+        tried, hits = [0] * MAX_BRANCHES, [0] * MAX_BRANCHES
+        for b, (nodes, a) in enumerate(zip(path.tolist(), accepted)):
+            at = 0  # pass index reached
+            for d in range(a + 1):
+                if d < a:
+                    r = int(rank[b, nodes[d] + 1])
+                    hits[min(r, MAX_BRANCHES - 1)] += 1
+                else:
+                    r = int(fan[b, at])  # every candidate was tried and rejected
+                for s in range(min(r + (d < a), MAX_BRANCHES)):
+                    tried[s] += 1
+                at = nodes[d] + 1 if d < a else at
+        self.runner_ups.observe(tried, hits)
+
+
+def _cut(shape: TreeShape, depth: int) -> TreeShape:
+    """`shape`'s nodes at most `depth` deep."""
+    keep = [n for n, d in enumerate(shape.depths) if d <= depth]
+    index = {n: i for i, n in enumerate(keep)}
+    return TreeShape(tuple(index.get(shape.parents[n], -1) for n in keep), tuple(shape.ranks[n] for n in keep))
+
+
+def _expanding(shape: TreeShape) -> list[list[int]]:
+    """The nodes the draft feeds, depth by depth (those with children)."""
+    fan = shape.fan_out()
+    return [[n for n in shape.at_depth(d) if fan[n + 1]] for d in range(1, shape.depth)]

@@ -1,0 +1,198 @@
+"""Rounds over token trees, beside decoding.py's chain round: the drafter proposes a tree per row (tree.py), one
+target pass scores every node (a 4D mask: each node sees the committed context, its ancestors and itself; each
+node's position is its depth after x0), the exact rule keeps one root path per row (tree_verify.py), the stops
+apply to it as to a chain's accepted drafts, the target keeps the path's KV slots and the rest become holes, and the
+drafter rolls back to the path.
+
+`tree_steps` gives the loop its round function: the chain's where trees cannot apply (the target or the draft
+cannot take a custom mask, see tree_models.py; recurrent state; a drafter without trees; block verification;
+draft_tree=False), else one that asks the pacer for k as the chain does, then the planner (tree_planner.py) for a
+tree, and runs the chain's round where the planner says the chain pays.
+
+Host syncs: the stop decision's, as in a chain round; the accepted path is copied to the host without waiting
+(that sync completes it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+
+from . import decoding as chain
+from .drafters.base import Proposal, RoundOutcome
+from .kv_slots import KVSlots
+from .logits import pad_vocab
+from .processors import apply_processors
+from .state import DecodeContext, DecodeState
+from .stops import apply_stops
+from .tree import TokenTree, TreePlan, node_prefixes
+from .tree_models import tree_reason
+from .tree_planner import TreePlanner
+from .tree_verify import TreeVerdict, tree_greedy_verify, tree_sample_verify
+
+
+def tree_steps(target, tgt: KVSlots, drafter, options, chain_round):
+    """The round function for this call: `chain_round` itself where trees cannot apply, else `TreeSteps`. Called
+    after the drafter's `start` (a draft model's cache exists then)."""
+    planner = _planner(target, tgt, drafter, options)
+    return chain_round if planner is None else TreeSteps(chain_round, planner)
+
+
+def chain_reason(target, tgt: KVSlots, drafter, options) -> str | None:
+    """Why this call's rounds stay chains (None: trees may be drafted)."""
+    if options.draft_tree is False:
+        return "draft_tree=False"
+    if options.block_verification:
+        return "block verification verifies chains"
+    if not callable(getattr(drafter, "propose_tree", None)):
+        return "the drafter offers no trees"
+    return tree_reason(target, tgt) or drafter.tree_reason()
+
+
+def _planner(target, tgt: KVSlots, drafter, options) -> TreePlanner | None:
+    if chain_reason(target, tgt, drafter, options) is not None:
+        return None
+    fixed = options.draft_tree if isinstance(options.draft_tree, tuple) else None
+    if fixed is None and not options.auto_k:
+        return None  # a given K and no shape: the chains asked for
+    kind = "lookup" if options.lookup_only else ("hybrid" if options.prompt_lookup_num_tokens else "model")
+    return TreePlanner(kind, fixed)
+
+
+class TreeSteps:
+    """Each round: the pacer's k as for a chain, then the planner's tree, or the chain's round with that k."""
+
+    def __init__(self, chain_round, planner: TreePlanner):
+        self.chain_round = chain_round
+        self.planner = planner
+
+    def __call__(self, run, tgt: KVSlots, drafter, pacer) -> None:
+        state = run.state
+        ends = run.out.ends_of(state.rows)
+        k, limits = pacer.choose_k(state.rows, remaining=max(e - n for e, n in zip(ends, state.lengths)))
+        plan = None
+        if k > 0 and not run.plain_first:
+            plan = self.planner.plan(k, state.batch_size, pacer.cost_model())
+        if plan is None:
+            return self.chain_round(run, tgt, drafter, _Chosen(pacer, k, limits))
+        tree_round(run, tgt, drafter, pacer, plan, self.planner)
+
+
+class _Chosen:
+    """A pacer whose next `choose_k` answer is already known (asked once by `TreeSteps`); the rest is the pacer's."""
+
+    def __init__(self, pacer, k: int, limits):
+        self._pacer, self._answer = pacer, (k, limits)
+
+    def choose_k(self, rows, remaining):
+        return self._answer
+
+    def __getattr__(self, name):
+        return getattr(self._pacer, name)
+
+
+def tree_round(run, tgt: KVSlots, drafter, pacer, plan: TreePlan, planner: TreePlanner) -> None:
+    """One round over trees: propose, score, verify, apply stops, commit, keep the path, retire finished rows."""
+    ctx, state, stats = run.ctx, run.state, run.stats
+    ends = run.out.ends_of(state.rows)
+    forwards = drafter.forward_passes
+    with pacer.drafting():
+        tree = drafter.propose_tree(state, plan)
+        if plan.shape is None and (cm := pacer.cost_model()) is not None:  # copies alone: cut where they stop paying
+            tree = planner.cut_copies(tree, _pass_times(cm, state.batch_size, tree.size))
+    first_slot = tgt.num_slots
+    stats.target_cache_slots = max(stats.target_cache_slots, first_slot + tree.size + 1)
+    with pacer.scoring():
+        scores = score_tree(tgt, ctx, state, tree)  # [B, N+1, V]
+    verdict = verify_tree(ctx, tree, scores)
+    path = verdict.path.to("cpu", non_blocking=True)  # [B, D] complete once the stop decision has synced
+    outcome = apply_stops(run.stops, state, verdict.accepted, verdict.candidates, ends)
+    view = _as_chain(tree, path, drafter.forward_passes - forwards)
+    pacer.after_round(view, replace(outcome, accepted=_first_ranks(tree, path, outcome.accepted)))
+    planner.observe(tree, path, outcome.accepted)
+    chain.commit(state, outcome, stats, run.streamer, replace(view, num_proposed=_depths(tree)))
+    tgt.keep_marked(first_slot, kept_slots(tree, path, outcome))
+    drafter.commit_tree(state, outcome, path)
+    chain.retire_finished(state, run.stops, outcome, run.out, tgt, drafter)
+
+
+def score_tree(tgt: KVSlots, ctx: DecodeContext, state: DecodeState, tree: TokenTree) -> torch.Tensor:
+    """One target forward over [x0, the tree's nodes], each node with its ancestors; processors applied at every
+    node with its own prefix (the committed tokens and its path). Returns processed scores [B, N+1, V]."""
+    B, N = tree.batch_size, tree.size
+    C = state.lengths_tensor()  # [B]
+    x0 = state.seq.gather(1, (C - 1)[:, None])  # [B, 1]
+    valid = torch.cat([torch.ones(B, 1, dtype=torch.bool), tree.valid], dim=1)  # [B, N+1] host
+    logits = tgt.forward_tree(torch.cat([x0, tree.tokens], 1), valid, tree.pass_depth(), tree.attention(),
+                              since=tgt.num_slots)
+    logits = pad_vocab(logits.to(ctx.device), ctx.vocab_size)  # [B, N+1, V]
+    if not len(ctx.processors):
+        return logits
+    seqs, lengths = node_prefixes(state.seq, state.lengths, tree.path_tokens(), tree.pass_depth())
+    rows = [r for r in state.rows for _ in range(N + 1)]
+    Vt = logits.shape[-1]
+    return apply_processors(ctx.processors, seqs, lengths, logits.reshape(B * (N + 1), Vt), rows).view(B, N + 1, Vt)
+
+
+def verify_tree(ctx: DecodeContext, tree: TokenTree, scores: torch.Tensor) -> TreeVerdict:
+    """The exact rule on the device: greedy, the deepest matching path; sampling, recursive rejection sampling."""
+    if not ctx.do_sample:
+        return tree_greedy_verify(tree, scores.argmax(dim=-1))
+    B, V = scores.shape[0], scores.shape[-1]
+    uniform = torch.rand(B, tree.size, device=scores.device)  # [B, N] one per node
+    exp_noise = torch.empty(B, V, device=scores.device).exponential_()  # [B, V]
+    return tree_sample_verify(tree, torch.softmax(scores, dim=-1), uniform, exp_noise)
+
+
+def kept_slots(tree: TokenTree, path: torch.Tensor, outcome: RoundOutcome) -> torch.Tensor:
+    """[B, N+1] host bool: the target keeps x0 and the path's first `cached_drafts` nodes (the last committed token
+    is fed next round)."""
+    B, D = path.shape
+    keep = torch.zeros(B, tree.size + 2, dtype=torch.bool)  # a spare column takes the nodes not kept
+    cached = torch.tensor([outcome.cached_drafts(i) for i in range(B)])[:, None]  # [B, 1]
+    column = torch.where((torch.arange(D)[None, :] < cached) & (path >= 0), path + 1, tree.size + 1)  # [B, D]
+    keep.scatter_(1, column, True)
+    keep[:, 0] = True
+    return keep[:, : tree.size + 1]
+
+
+def _pass_times(cm, batch: int, nodes: int) -> torch.Tensor:
+    """[nodes + 1] CPU: the cost model's seconds of a target pass over m + 1 tokens per row, m = 0..nodes."""
+    return torch.tensor([cm.target_time((m + 1) * batch, batch) for m in range(nodes + 1)], dtype=torch.float64)
+
+
+def _depths(tree: TokenTree) -> list[int]:
+    """Each row's deepest node (host ints): a tree round's drafts proposed, as the stats count them."""
+    return (tree.depth * tree.valid).amax(1).tolist() if tree.size else [0] * tree.batch_size
+
+
+def _first_ranks(tree: TokenTree, path: torch.Tensor, accepted: list[int]) -> list[int]:
+    """Per row, how many of the accepted path's nodes are first candidates from the root on: what a chain of the
+    drafter's first choices would have had accepted (the cost model's acceptance by position)."""
+    first = tree.children[:, :, 0]  # [B, N+1] each pass index's first child
+    out = []
+    for b, (nodes, a) in enumerate(zip(path.tolist(), accepted)):
+        at, n = 0, 0
+        while n < a and int(first[b, at]) == nodes[n] + 1:
+            at, n = nodes[n] + 1, n + 1
+        out.append(n)
+    return out
+
+
+def _as_chain(tree: TokenTree, path: torch.Tensor, forwards: int) -> Proposal:
+    """The round as the pacer sees a chain: a pass over N + 1 tokens per row, `forwards` draft forwards, and the
+    first candidates' chain (its depth per row)."""
+    return Proposal(tree.tokens, None, _first_chain(tree), forwards=forwards)
+
+
+def _first_chain(tree: TokenTree) -> list[int]:
+    """Per row, the length of the chain of first candidates from the root (host ints)."""
+    first = tree.children[:, :, 0]  # [B, N+1]
+    at = torch.zeros(tree.batch_size, dtype=torch.long)
+    length = torch.zeros(tree.batch_size, dtype=torch.long)
+    for _ in range(tree.max_depth):
+        nxt = first.gather(1, at[:, None]).squeeze(1)
+        length += (nxt > 0).long()
+        at = torch.where(nxt > 0, nxt, at)
+    return length.tolist()

@@ -1,0 +1,73 @@
+"""Token trees through generate(): greedy output equal to the target's own generate() token for token (float32),
+at batch 1 and in left-padded batches, with trees from the draft model, from prompt lookup and from both (the
+hybrid), in every architecture trees are offered on; the chain kept where trees cannot apply."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import left_pad_batch, make_prompt, tiny_model, tiny_pair
+from speculoos_hf import enable_speculative
+
+DRAFTERS = {
+    "model": lambda d: dict(draft_model=d, num_draft_tokens=4, draft_tree=(3, 2, 1, 1)),
+    "lookup": lambda d: dict(prompt_lookup_num_tokens=6, draft_tree=(2, 2, 1, 1, 1, 1)),
+    "hybrid": lambda d: dict(draft_model=d, prompt_lookup_num_tokens=6, num_draft_tokens=5, draft_tree=(2, 2, 1, 1, 1)),
+}
+
+
+def _repetitive(n: int, seed: int) -> torch.Tensor:
+    """A prompt that repeats itself (lookup finds matches with several continuations)."""
+    base = make_prompt(5, seed=seed)[0]
+    return torch.cat([base, base[:3], base[1:], base[:2]])[:n]
+
+
+@pytest.fixture(scope="module", params=["llama", "gpt2", "qwen2"])
+def arch_pair(request):
+    return tiny_pair(request.param)
+
+
+@pytest.mark.parametrize("drafter", list(DRAFTERS))
+def test_greedy_trees_equal_the_target(arch_pair, drafter):
+    target, draft = arch_pair
+    prompts = [_repetitive(12, 1), make_prompt(3, seed=2)[0], _repetitive(9, 3)]
+    ids, mask = left_pad_batch(prompts)
+    kw = DRAFTERS[drafter](draft)
+    for batch in (ids[:1, -12:], ids):  # batch 1 (no padding), then the left-padded batch
+        m = mask[: len(batch), -batch.shape[1]:]
+        ref = target.generate(batch, attention_mask=m, do_sample=False, max_new_tokens=20)
+        out = target.generate(batch, attention_mask=m, do_sample=False, max_new_tokens=20, **kw)
+        assert torch.equal(out, ref), f"{drafter}: {out.tolist()} != {ref.tolist()}"
+    assert target.speculative_stats.draft_tokens_accepted > 0
+
+
+def test_trees_take_fewer_passes_than_the_chain():
+    """Same draft forwards (depth 4): the tree's runner-ups save target passes."""
+    target, draft = tiny_pair("llama", noise=0.15)
+    ids = make_prompt(6, seed=5, batch=4)
+    passes = {}
+    for name, tree in (("chain", False), ("tree", (3, 2, 1, 1))):
+        out = target.generate(ids, do_sample=False, max_new_tokens=40, draft_model=draft, num_draft_tokens=4,
+                              draft_tree=tree)
+        passes[name] = target.speculative_stats.target_forward_passes
+    assert passes["tree"] < passes["chain"], passes
+
+
+def test_chain_kept_where_the_mask_cannot_reach():
+    """A sliding-window target counts slots: trees are not offered, the chain runs and output stays exact."""
+    from test_architectures import tiny_arch
+
+    target = enable_speculative(tiny_arch("mistral", window=4))
+    draft = tiny_arch("mistral", window=4, seed=1)
+    ids = make_prompt(6, seed=6)
+    ref = target.generate(ids, do_sample=False, max_new_tokens=12)
+    out = target.generate(ids, do_sample=False, max_new_tokens=12, draft_model=draft, num_draft_tokens=3,
+                          draft_tree=(2, 1, 1))
+    assert torch.equal(out, ref)
+
+
+def test_draft_tree_refused_when_malformed():
+    target, draft = tiny_pair("llama")
+    with pytest.raises(ValueError, match="draft_tree"):
+        target.generate(make_prompt(4), max_new_tokens=4, draft_model=draft, draft_tree=(2, 0))
