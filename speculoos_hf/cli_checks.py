@@ -168,6 +168,19 @@ def device_map_problem(text: str) -> str | None:
     return f"expected {', '.join(DEVICE_MAPS)}, a device or a JSON object {{module: device}}; {problem}"
 
 
+def placement_problems(max_memory, offload_folder, device_map=None, has_device_map: bool = False):
+    """(flag, problem) for the target's placement: --target-device-map (where the command has it),
+    --target-max-memory, and --offload-folder, which needs one of them."""
+    if device_map is not None:
+        yield "--target-device-map", device_map_problem(device_map)
+    if max_memory is not None:
+        yield "--target-max-memory", max_memory_problem(max_memory)
+    if offload_folder is not None:
+        placed = max_memory is not None or device_map is not None
+        needs = " or ".join(["--target-max-memory"] + (["--target-device-map"] if has_device_map else []))
+        yield "--offload-folder", folder_problem(offload_folder) if placed else f"needs {needs}"
+
+
 def folder_problem(text: str) -> str | None:
     """Why a folder cannot be made at `text` (it is a file, or its parent cannot be written), or None."""
     path = Path(text)

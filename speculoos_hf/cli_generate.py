@@ -21,9 +21,8 @@ from pathlib import Path
 
 import torch
 
-from .cli_checks import (OneLineParser, device_map_problem, device_problem, file_problem, folder_problem, int_at_least,
-                         max_memory_problem, model_problem, number_in, positive_number, refuse_first,
-                         tokenizer_problem)
+from .cli_checks import (OneLineParser, device_problem, file_problem, int_at_least, model_problem, number_in,
+                         placement_problems, positive_number, refuse_first, tokenizer_problem)
 from .dataset import DatasetJob, DatasetRun, ForeignOutputError, distributed_state
 from .dataset.lock import OutputBusyError
 from .dataset.option_checks import OptionError
@@ -163,14 +162,8 @@ def value_problems(args):
         yield "--tokenizer", tokenizer_problem(args.tokenizer)
     if args.device is not None:
         yield "--device", device_problem(args.device)
-    if args.target_device_map is not None:
-        yield "--target-device-map", device_map_problem(args.target_device_map)
-    if args.target_max_memory is not None:
-        yield "--target-max-memory", max_memory_problem(args.target_max_memory)
-    if args.offload_folder is not None:
-        placed = args.target_max_memory is not None or args.target_device_map is not None
-        yield "--offload-folder", folder_problem(args.offload_folder) if placed else \
-            "needs --target-max-memory or --target-device-map"
+    yield from placement_problems(args.target_max_memory, args.offload_folder, args.target_device_map,
+                                  has_device_map=True)
 
 
 def input_problem(text: str) -> str | None:

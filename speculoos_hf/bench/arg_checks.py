@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from ..cli_checks import file_problem, folder_problem, max_memory_problem, model_problem, refuse_first
+from ..cli_checks import file_problem, folder_problem, model_problem, placement_problems, refuse_first
 from .methods import build_methods, custom, is_hand_set
 from .pass_profile import ProfileOptions
 from .prompts import select_prompts
@@ -38,11 +38,7 @@ def problems(args):
     yield "--out", folder_problem(args.out)
     if args.profile_png is not None:
         yield "--profile-png", file_problem(args.profile_png)
-    if args.target_max_memory is not None:
-        yield "--target-max-memory", max_memory_problem(args.target_max_memory)
-    if args.offload_folder is not None:
-        yield "--offload-folder", folder_problem(args.offload_folder) if args.target_max_memory else \
-            "needs --target-max-memory"
+    yield from placement_problems(args.target_max_memory, args.offload_folder)
     yield "--target", model_problem(args.target)
     yield "--draft", model_problem(args.draft)
 
