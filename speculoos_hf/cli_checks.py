@@ -9,7 +9,6 @@ import argparse
 import json
 import math
 import re
-import sys
 from pathlib import Path
 
 import torch
@@ -197,24 +196,8 @@ def file_problem(text: str) -> str | None:
     return unwritable(path)
 
 
-def json_object(text: str) -> dict:
-    """argparse type: a JSON object."""
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise argparse.ArgumentTypeError(f"not valid JSON ({e.msg} at column {e.colno}): {text!r}") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"expected a JSON object {{...}}, got {text!r}")
-    return value
-
-
 def refuse_first(parser: OneLineParser, checks) -> None:
     """Exit 2 at the first (flag, problem) of `checks` whose problem is not None."""
     for flag, problem in checks:
         if problem is not None:
             parser.refuse(flag, problem)
-
-
-def stderr_line(prog: str, message: str) -> None:
-    """`prog: error: message` on one line of stderr."""
-    print(f"{prog}: error: {' '.join(str(message).split())}", file=sys.stderr)

@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-from pathlib import Path
 
 import torch
 
@@ -26,6 +24,7 @@ from .cli_checks import (OneLineParser, device_problem, file_problem, int_at_lea
 from .dataset import DatasetJob, DatasetRun, ForeignOutputError, distributed_state
 from .dataset.lock import OutputBusyError
 from .dataset.option_checks import OptionError
+from .dataset.source import input_problem, open_input
 from .dataset.store import OutputPathError
 from .drafters import int8_draft
 from .generation import enable_speculative
@@ -166,19 +165,6 @@ def value_problems(args):
                                   has_device_map=True)
 
 
-def input_problem(text: str) -> str | None:
-    """A path that does not exist is refused unless it reads as a dataset name (checked when loaded)."""
-    path = Path(text).expanduser()
-    if path.exists():
-        return None
-    looks_like_path = text.startswith(("/", ".", "~")) or os.sep in text and path.parent.is_dir() or \
-        path.suffix.lower() in DATA_SUFFIXES
-    return f"{text}: no such file or directory" if looks_like_path else None
-
-
-DATA_SUFFIXES = {".jsonl", ".json", ".txt", ".csv", ".tsv", ".parquet", ".gz", ".zst", ".ndjson"}
-
-
 def _dtype(choice: str, name: str):
     """`--dtype` for one model: "auto" is from_pretrained's own (the checkpoint's dtype); the offline aliases are
     converted from GGUF into a cache kept in a concrete dtype, bfloat16 (their original checkpoints' dtype)."""
@@ -213,68 +199,37 @@ def _device_map(text: str | None):
 
 
 def _load_tokenizer(args):
-    """The tokenizer (before the models: a bad one is refused first); (tokenizer, None) or (None, why not)."""
+    """The tokenizer, loaded before the models: a bad one is an OptionError naming --tokenizer (or --target)."""
     name = args.tokenizer or args.target
     try:
-        return load_tokenizer(name), None
+        return load_tokenizer(name)
     except Exception as e:  # noqa: BLE001 - any failure means this option cannot work
-        flag = "--tokenizer" if args.tokenizer else "--target"
-        return None, (flag, f"cannot load a tokenizer from {name}: {type(e).__name__}: {e}")
-
-
-def _load_data(args):
-    """The input: a file's path (read by the run), or a `datasets.Dataset`; (data, None) or (None, (flag, why))."""
-    path = Path(args.input).expanduser()
-    if path.exists() and not path.is_dir():
-        return (str(path), None) if args.split is None else (None, ("--split", "applies to a dataset, not a file"))
-    import datasets
-
-    split = args.split or "train"
-    if path.is_dir():
-        try:
-            data = datasets.load_from_disk(str(path))
-        except Exception as e:  # noqa: BLE001
-            return None, ("--input", f"{path} is a directory but not a dataset saved by save_to_disk ({e})")
-        if not isinstance(data, datasets.DatasetDict):
-            return (data, None) if args.split is None else \
-                (None, ("--split", f"{path} holds one dataset, not splits"))
-        if split not in data:
-            return None, ("--split", f"no split {split!r} in {path} (splits: {', '.join(data)})")
-        return data[split], None
-    try:
-        return datasets.load_dataset(args.input, split=split), None
-    except ValueError as e:
-        if "split" in str(e).lower():
-            return None, ("--split", f"{split!r}: {e}")
-        return None, ("--input", f"{args.input}: no such file or directory, and load_dataset failed: {e}")
-    except Exception as e:  # noqa: BLE001 - a name that is neither a file nor a loadable dataset
-        return None, ("--input", f"{args.input}: no such file or directory, and load_dataset failed: "
-                                 f"{type(e).__name__}: {e}")
+        raise OptionError("tokenizer" if args.tokenizer else "target",
+                          f"cannot load a tokenizer from {name}: {type(e).__name__}: {e}") from None
 
 
 def main(argv=None) -> int:
-    """The command; exit status 0, or 2 with one line naming the option or the file that is wrong."""
+    """The command; exit status 0, or 2 with one line naming the option that is wrong (the output's problems name
+    --output), before any model is loaded."""
     p = parser()
     args = p.parse_args(argv)
     try:
         job = job_from_args(args)
     except OptionError as e:
-        p.refuse(flag_of(e.option), e.reason)  # exits with status 2, before anything is loaded
+        p.refuse(flag_of(e.option), e.reason)
     refuse_first(p, value_problems(args))
     state = distributed_state()
-    data, problem = _load_data(args)
-    if problem is not None:
-        p.refuse(*problem)
     try:
-        run = DatasetRun(data, args.output, job, state)
+        run = DatasetRun(open_input(args.input, args.split), args.output, job, state)
     except OptionError as e:
         p.refuse(flag_of(e.option), e.reason)
     except (ForeignOutputError, OutputPathError, OutputBusyError) as e:
         p.refuse("--output", str(e))
     with run:
-        tokenizer, problem = _load_tokenizer(args)
-        if problem is not None:
-            p.refuse(*problem)
+        try:
+            tokenizer = _load_tokenizer(args)
+        except OptionError as e:
+            p.refuse(flag_of(e.option), e.reason)
         target, draft = _load_models(args, state)
         summary = run.generate(target, draft, tokenizer)
     if state.is_main_process:
