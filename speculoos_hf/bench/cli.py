@@ -174,7 +174,7 @@ def write_reports(args, result: dict, out: Path) -> None:
     head = format_comparison(result["comparison"], machine, markdown=True) if args.table else f"machine: {machine}"
     md = head + "\n\n" + format_table(rows, markdown=True)
     (out / "bench.md").write_text(md.strip() + "\n")
-    plot(rows, out / "speedup_vs_k.png")
+    plot(rows, out / "speedup_vs_k.png", machine)
     if args.quiet:
         return
     c, t_cost, d_cost = result["cost_ratio_c"], result["target_forward_s"], result["draft_forward_s"]

@@ -168,10 +168,10 @@ def write_json(result: dict, path: Path) -> None:
     path.write_text(json.dumps(result, indent=1))
 
 
-def plot(rows: list[dict], path: Path) -> None:
-    """Speedup vs K, one panel per prompt class: speculoos at fixed K (line) with its bound (dashed), dynamic
-    lookahead (stars), hybrid (crosses), transformers' assisted generation (squares; dotted: defaults) and the
-    prompt lookups (dash-dot: speculoos, thin dash-dot: transformers)."""
+def plot(rows: list[dict], path: Path, machine: str = "") -> None:
+    """Speedup vs K, one panel per prompt class, the machine named above: speculoos at fixed K (line) with its bound
+    (dashed), the plain call (thick dashed), dynamic lookahead (stars), hybrid (crosses), transformers' assisted
+    generation (squares; dotted: defaults) and the prompt lookups (dash-dot: speculoos, thin dash-dot: transformers)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -183,16 +183,18 @@ def plot(rows: list[dict], path: Path) -> None:
         for mode, colour in (("greedy", "tab:blue"), ("sample", "tab:orange")):
             mine = [r for r in rows if r["prompt_class"] == cls and r["mode"] == mode]
             _plot_mode(ax, mine, mode, colour)
-        ax.axhline(1.0, color="grey", lw=0.8)
+        ax.axhline(1.0, color="grey", lw=0.8, label="the target alone")
         ax.set_title(f"{cls} prompts")
         ax.set_xlabel("draft tokens per round K")
-        ax.set_ylabel("speedup over target alone")
+        ax.set_ylabel("x the target alone (tokens/s)")
         ax.grid(alpha=0.3)
     labels = {}  # one legend for the panels, outside them
     for ax in axes[0]:
         for handle, label in zip(*ax.get_legend_handles_labels()):
             labels.setdefault(label, handle)
     fig.legend(labels.values(), labels.keys(), loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7)
+    if machine:
+        fig.suptitle(machine, fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
@@ -202,11 +204,14 @@ def _plot_mode(ax, rows, mode, colour) -> None:
     fixed = sorted((r for r in rows if "theoretical_speedup" in r and r["threshold"] is None), key=lambda r: r["K"])
     if fixed:
         ks = [r["K"] for r in fixed]
-        ax.plot(ks, [r["speedup"] for r in fixed], "o-", color=colour, label=f"speculoos {mode}")
-        ax.plot(ks, [r["theoretical_speedup"] for r in fixed], "--", color=colour, alpha=0.6, label=f"bound {mode}")
+        ax.plot(ks, [r["speedup"] for r in fixed], "o-", color=colour, label=f"speculoos, fixed K ({mode})")
+        ax.plot(ks, [r["theoretical_speedup"] for r in fixed], "--", color=colour, alpha=0.6,
+                label=f"Leviathan bound ({mode})")
     for r in rows:
-        label = r["method"]
-        if r["kind"] == "speculoos" and r["drafter"] == "model" and r["threshold"] is not None:
+        label = method_label(r["method"])
+        if r["kind"] == "speculoos" and r["drafter"] == "model" and not isinstance(r["K"], int):
+            ax.axhline(r["speedup"], color=colour, ls="--", lw=2, alpha=0.8, label=label)
+        elif r["kind"] == "speculoos" and r["drafter"] == "model" and r["threshold"] is not None:
             ax.plot([r["K"]], [r["speedup"]], "*", ms=11, color=colour, label=label)
         elif r["kind"] == "speculoos" and r["drafter"] == "hybrid" and isinstance(r["K"], int):
             ax.plot([r["K"]], [r["speedup"]], "X", ms=9, color=colour, label=label)
@@ -217,3 +222,19 @@ def _plot_mode(ax, rows, mode, colour) -> None:
             ax.axhline(r["speedup"], color=colour, ls=":", alpha=0.8, label=label)
         elif r["kind"] == "assisted":
             ax.plot([r["K"]], [r["speedup"]], "s", color=colour, mfc="none", label=label)
+
+
+WHO = {"target": "the target alone", "assisted": "transformers' assisted generation", "transformers": "transformers'",
+       "speculoos": "speculoos"}
+DETAILS = {"plain": "the plain call", "K=auto": "cost-model K", "(defaults)": "its defaults", "lookup": "prompt lookup",
+           "conf": "confidence"}
+
+
+def method_label(method: str) -> str:
+    """A bench method's name in the README's words: "assisted greedy (defaults)" -> "transformers' assisted
+    generation, its defaults (greedy)"; "speculoos sample plain" -> "speculoos, the plain call (sample)"."""
+    who, mode, *detail = method.split(" ")
+    words = " ".join(DETAILS.get(w, w) for w in detail)
+    if who == "transformers":
+        return f"transformers' {words} ({mode})"
+    return f"{WHO.get(who, who)}{', ' + words if words else ''} ({mode})"

@@ -8,9 +8,13 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from .report import method_label
+
 FAST_BF16 = ("avx512_bf16", "amx_bf16")  # CPU flags under which a bf16 pass over several tokens costs about one
 KINDS = ("flat-pass CPU", "AVX2-only CPU", "GPU")  # machine kinds, in the order the summary shows them
 DTYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "float32"}
+ASSISTED = "transformers' assisted generation, its defaults"
+LOOKUP = "transformers' prompt lookup"
 
 
 @dataclass(frozen=True)
@@ -125,7 +129,7 @@ def _pick(rows: list[dict], where: dict, what: str) -> dict:
 
 def _comparison(data, where, versus):
     r = _pick(data["comparison"], where, "comparison")
-    theirs = ("assisted generation, its defaults", r["vs_assisted_defaults"]) if r.get("vs_assisted_defaults") else None
+    theirs = (ASSISTED, r["vs_assisted_defaults"]) if r.get("vs_assisted_defaults") else None
     return r["vs_target"], theirs, r.get("tokens_per_target_pass")
 
 
@@ -134,9 +138,9 @@ def _result(data, where, versus):
     r = _pick(rows, where, "results")
     if versus:
         other = _pick(rows, {**{k: v for k, v in where.items() if k != "method"}, "method": versus}, "versus")
-        theirs = (_method_name(versus), r["tokens_per_s"] / other["tokens_per_s"])
+        theirs = (method_label(versus), r["tokens_per_s"] / other["tokens_per_s"])
     elif r.get("speedup_vs_transformers_lookup"):
-        theirs = ("transformers' prompt lookup", r["speedup_vs_transformers_lookup"])
+        theirs = (LOOKUP, r["speedup_vs_transformers_lookup"])
     else:
         theirs = None
     per_pass = r.get("tokens_per_target_forward")
@@ -145,16 +149,10 @@ def _result(data, where, versus):
     return r.get("speedup", r.get("ratio")), theirs, per_pass
 
 
-def _method_name(method: str) -> str:
-    """A bench method's name in the README's words ("assisted greedy (defaults)": assisted generation, its defaults)."""
-    return "assisted generation, its defaults" if method.startswith("assisted") and "(defaults)" in method else method
-
-
 def _reported(data, where, versus):
     r = _pick(data["reported"], where, "reported")
-    theirs = next(((name, r[key]) for key, name in (("vs_assisted_defaults", "assisted generation, its defaults"),
-                                                     ("vs_transformers_lookup", "transformers' prompt lookup"))
-                   if r.get(key)), None)
+    names = (("vs_assisted_defaults", ASSISTED), ("vs_transformers_lookup", LOOKUP))
+    theirs = next(((name, r[key]) for key, name in names if r.get(key)), None)
     return r.get("vs_target"), theirs, r.get("tokens_per_target_pass")
 
 
