@@ -244,3 +244,17 @@ def test_sampling_options_are_stored_as_generate_gets_them():
                                     "model": "--target t --dtype auto"}
     with pytest.raises(OptionError, match="temperature applies only when sampling"):
         DatasetJob(temperature=0.7)
+
+
+def test_objects_in_generation_kwargs_are_stated_by_their_type():
+    """A processor object is stated by its type: its text holds an address that differs at every run, and a resume
+    would be refused for it."""
+    from transformers import LogitsProcessorList, MinLengthLogitsProcessor
+
+    def options():
+        processors = LogitsProcessorList([MinLengthLogitsProcessor(3, eos_token_id=0)])
+        return DatasetJob(generation_kwargs={"logits_processor": processors, "min_new_tokens": 2}).record_options()
+
+    assert options() == options()
+    assert options()["generation_kwargs"] == {
+        "logits_processor": "<transformers.generation.logits_process.LogitsProcessorList>", "min_new_tokens": 2}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
@@ -119,7 +120,7 @@ class DatasetJob:
             options.update(temperature=1.0 if self.temperature is None else self.temperature,
                            top_p=1.0 if self.top_p is None else self.top_p, top_k=self.top_k or 0, seed=self.seed)
         if self.generation_kwargs:
-            options["generation_kwargs"] = dict(self.generation_kwargs)
+            options["generation_kwargs"] = {k: _stable(v) for k, v in self.generation_kwargs.items()}
         if self.model is not None:
             options["model"] = self.model
         return options
@@ -127,6 +128,16 @@ class DatasetJob:
     def batch_seed(self, first_index: int) -> int:
         """The seed of the batch whose first record has this index: the same on any number of processes."""
         return (self.seed * 1_000_003 + first_index) % (2**63)
+
+
+def _stable(value):
+    """`value` as the records state it: itself where it is JSON, else its type (an object's text would hold its
+    address, different at every run)."""
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError):
+        return f"<{type(value).__module__}.{type(value).__qualname__}>"
+    return value
 
 
 def _check_suffix_cache(value) -> None:
