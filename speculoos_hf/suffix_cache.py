@@ -22,8 +22,20 @@ DEFAULT_MAX_TOKENS = 1 << 20
 
 
 class SuffixCache:
-    """Token sequences of earlier calls (each row's prompt and output) for prompt lookup to copy from:
-    `model.generate(ids, prompt_lookup_num_tokens=N, suffix_cache=cache)`."""
+    """Prompts and outputs of earlier calls, for prompt lookup to copy from in later ones.
+
+    `model.generate(ids, suffix_cache=cache)` turns prompt lookup on (N=32 unless `prompt_lookup_num_tokens=` says
+    otherwise; with `draft_model=`, the hybrid) and adds each row's prompt and output when the row finishes.
+
+    Args:
+        max_tokens (`int`, *optional*, defaults to 1,048,576): the most tokens held; the oldest sequences leave when
+            an addition passes it, and a longer sequence keeps its last `max_tokens` tokens.
+
+    Copies from the cache are verified like any draft, so the output is exact whatever the cache holds. It costs
+    memory for the tokens and their suffix index, and an index update per `add`. Thread-safe: `add` and `view` hold
+    a lock, and a call drafts from the snapshot taken when it starts. `save(path)` writes a plain .npz of int arrays;
+    `SuffixCache.load(path)` reads it with `allow_pickle=False`, so loading runs no code.
+    """
 
     def __init__(self, max_tokens: int = DEFAULT_MAX_TOKENS):
         if isinstance(max_tokens, bool) or not isinstance(max_tokens, (int, np.integer)) or max_tokens < 1:

@@ -24,8 +24,20 @@ from .prompt_lookup import PromptLookupDrafter
 
 
 class HybridDrafter:
-    """Per row, prompt lookup's copy or the draft model's drafts (up to `num_model_tokens` per round): by expected
-    gain when the pacer passes `RoundCosts`, else the copy wherever the lookup finds one."""
+    """Per row and round, prompt lookup's copy or the draft model's drafts: what `draft_model=` together with
+    `prompt_lookup_num_tokens=` builds.
+
+    Args:
+        lookup (`PromptLookupDrafter`): the copies.
+        model (`Drafter`): the draft model's drafter (`ModelDrafter` or `OtherTokenizerDrafter`).
+        num_model_tokens (`int`): the most drafts the model proposes per round.
+
+    With the cost model (`num_draft_tokens="auto"`, the pacer passes `RoundCosts`) each row takes whichever is
+    expected to give more tokens per second, and a row that asks the model carries its copy past the model's drafts
+    where the wider pass pays; with a fixed `num_draft_tokens`, a row copies wherever the lookup finds a match. The
+    model does not run in a round where every row copies. Exact: copies are one-hot proposals, the model's drafts
+    carry their q.
+    """
 
     def __init__(self, lookup: PromptLookupDrafter, model: Drafter, num_model_tokens: int):
         self.lookup = lookup

@@ -23,10 +23,19 @@ from .runner import DraftRunner, SharedVocab
 
 
 class ModelDrafter:
-    """Proposes with a transformers causal LM that shares the target's token ids.
+    """Proposes with a transformers causal LM that shares the target's token ids: what `draft_model=<model>` builds.
 
-    `confidence_threshold` (dynamic lookahead): stop drafting a round once, in every row, the draft gave its latest
-    token less than that probability (see `DraftRunner`).
+    Args:
+        model (`PreTrainedModel`): the draft, a causal LM whose token ids are the target's (padded embeddings of a
+            different size are fine). Each draft token is drawn from its processed distribution q (greedy: its
+            argmax), which the accept/reject rule takes into account: the output is exact whatever the draft.
+        cache (`Cache`, *optional*): the draft's KV cache for the call (default: a fresh `DynamicCache`). It is kept
+            for the whole generation; rejected drafts become masked holes, never recomputed.
+        confidence_threshold (`float`, *optional*): dynamic lookahead: stop drafting a round once, in every row,
+            the draft gave its latest token less than this probability. Exact; costs one host sync per draft token.
+
+    What it costs: one draft forward per drafted token, and one forward over the tokens it did not propose itself
+    (the prompt, read lazily with the first proposal, and the target's bonus or replacement tokens).
     """
 
     def __init__(self, model, cache=None, confidence_threshold: float | None = None):

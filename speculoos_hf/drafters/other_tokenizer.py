@@ -242,10 +242,20 @@ class _Row:
 
 
 class OtherTokenizerDrafter:
-    """Proposes with a causal LM whose tokenizer differs from the target's; proposals are in target ids.
+    """Proposes with a causal LM whose tokenizer differs from the target's; proposals are in target ids. What
+    `draft_model=` with `tokenizer=` and `assistant_tokenizer=` builds when the two tokenizers differ.
 
-    target_tokenizer / draft_tokenizer: the two tokenizers (transformers' `tokenizer=` / `assistant_tokenizer=`).
-    confidence_threshold: dynamic lookahead as in `ModelDrafter` (sampling only).
+    Args:
+        model (`PreTrainedModel`): the draft causal LM.
+        target_tokenizer / draft_tokenizer: the two tokenizers (transformers' `tokenizer=` / `assistant_tokenizer=`).
+        target_vocab_size (`int`): the target's logits width.
+        cache (`Cache`, *optional*): the draft's KV cache (default: a fresh `DynamicCache`).
+        confidence_threshold (`float`, *optional*): dynamic lookahead as in `ModelDrafter` (sampling only).
+        window (`int`, *optional*, defaults to 8): draft tokens kept after the anchor and re-tokenised each round.
+
+    Exact (Timor et al. 2025): sampling proposes only the draft's tokens whose bytes are exactly one target token,
+    with q their restricted distribution; greedy proposes the draft's greedy text re-encoded in target ids. It costs
+    the draft's forwards plus re-tokenising a short tail of text each round.
     """
 
     def __init__(self, model, target_tokenizer, draft_tokenizer, target_vocab_size: int, cache=None,

@@ -24,8 +24,24 @@ DEFAULT_MULTIPLE = 8.0  # the copy is at most this multiple of the match length
 
 
 class PromptLookupDrafter:
-    """Copies continuations of each row's longest recurring suffix from its prompt and output, and from `cache`
-    (a `speculoos_hf.SuffixCache`: searched as it was at `start`; rows are added to it as they finish)."""
+    """Copies continuations of each row's longest recurring suffix from its prompt and output, and from `cache`:
+    what `generate(ids, prompt_lookup_num_tokens=N)` builds without a draft model.
+
+    Args:
+        num_tokens (`int`, *optional*, defaults to 32): the most tokens copied per row and round
+            (`prompt_lookup_num_tokens`).
+        max_ngram_size (`int`, *optional*, defaults to 64): the longest suffix matched (`max_matching_ngram_size`).
+        min_ngram_size (`int`, *optional*, defaults to 1): the shortest suffix that may start a copy.
+        threshold (`float`, *optional*, defaults to 0.1): the copy goes on while at least this share of the
+            suffix's occurrences continued that way.
+        multiple (`float`, *optional*, defaults to 8.0): a copy is at most this multiple of the match length
+            (None: no such cap).
+        cache (`SuffixCache`, *optional*): earlier calls' prompts and outputs, searched as they were at `start`;
+            each row is added to it when it finishes.
+
+    A copy depends only on committed tokens and is verified as a one-hot proposal, so the output is exact. It costs
+    no model forward; the target pass grows with the copied tokens, which the cost model prices (`gain.best_copy`).
+    """
 
     forward_passes = 0  # no model: nothing to count
     input_tokens = 0

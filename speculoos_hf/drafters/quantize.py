@@ -79,8 +79,20 @@ def offloaded_tensors(model: nn.Module) -> int:
 
 
 def int8_draft(model, backend: str = DEFAULT_BACKEND):
-    """An int8 copy of `model` for drafting (the original is left untouched). `backend`: one of BACKENDS ("auto":
-    DEFAULT_BACKEND). Refuses a model with offloaded ("meta") weights or none left to quantise."""
+    """An int8 copy of `model` for drafting; the original is left untouched.
+
+    Args:
+        model (`PreTrainedModel`): the draft. A model with offloaded ("meta") weights, or none left to quantise, is
+            refused with a ValueError.
+        backend (`str`, *optional*, defaults to `"int8pack"`): `"int8pack"` (or `"auto"`): weight-only int8 per
+            output channel on aten's `_weight_int8pack_mm`, computing in bf16 on CPU, sharing every weight but the
+            Linear ones; `"torch.ao"`: torch.ao's dynamic int8 (deprecated by torch; CPU only; float32 activations);
+            `"torchao"` / `"torchao_weight_only"`: torchao's configs (the optional `torchao` extra).
+
+    The output of speculative generation never depends on the draft, so this is exact; it changes only how often
+    drafts are accepted and what a draft step costs. `draft_quantization="auto"` (generate()'s default) makes the
+    int8pack copy by itself where it pays; making one takes seconds for a 0.5B draft.
+    """
     if backend not in BACKENDS:
         raise ValueError(f"int8_draft: backend must be one of {BACKENDS}, not {backend!r}.")
     if offloaded_tensors(model):

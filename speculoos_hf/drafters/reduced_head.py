@@ -62,9 +62,9 @@ def frequent_token_ids(
     tokenizer=None,
     always: Iterable[int] = (),
 ) -> torch.Tensor:
-    """The `size` ids to keep, sorted: the tokenizer's special ids and `always`, then ids by count in `token_ids`
-    (flat or nested) and in `texts` (tokenised with `tokenizer`), then the remaining ids in increasing id order
-    (merge rank for BPE vocabularies)."""
+    """The `size` ids to keep out of `vocab_size`, sorted: the tokenizer's special ids and `always`, then ids by count
+    in `token_ids` (flat or nested) and in `texts` (tokenised with `tokenizer`), then the remaining ids in increasing
+    id order (merge rank for BPE vocabularies)."""
     counts: Counter[int] = Counter()
     if token_ids is not None:
         for item in token_ids:
