@@ -7,6 +7,11 @@ The stock generate() merges the generation config, builds logits processors and 
 
 from __future__ import annotations
 
+import ast
+import copy
+import logging
+import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from transformers import AutoModelForCausalLM, GenerationMixin, PreTrainedModel
@@ -64,24 +69,67 @@ class SpeculativeGenerationMixin:
 
 
 def speculative_generate(model, inputs=None, generation_config=None, *, draft_model=None, **kwargs):
-    """Speculative generate() for `model` (any transformers causal LM) with `draft_model` proposing tokens:
-    `num_draft_tokens` per round, or fewer when `draft_confidence_threshold` (0..1) stops drafting early.
-    `draft_model` is a causal LM or a drafter object; `prompt_lookup_num_tokens` copies n-gram continuations from
-    the context, alone (no draft_model) or together with a draft model (hybrid). `block_verification=True` verifies
-    sampled blocks jointly (Sun et al. 2024): still exact, never fewer accepted tokens on average.
-    `draft_quantization` ("auto" by default, "int8", None) drafts with an int8 copy of the draft, made once and reused,
-    where `drafters.prepared.int8_pays` (auto) or always (int8). Every other keyword
-    goes to stock generate(), which prepares the call and runs our loop as its `custom_generate`."""
+    """Speculative generate() for `model` (any transformers causal LM): what `model.generate(..., draft_model=...)`
+    runs. A draft (or a copy from the context) proposes tokens, the target verifies them in one forward pass, and
+    the rule of Leviathan et al. / Chen et al. keeps the output exactly the target's: sampled output has the target's
+    distribution, greedy output is the target's own greedy output token for token (float32; in bf16/fp16 exact ties
+    can break the other way).
+
+    Args:
+        inputs, generation_config, **kwargs: as stock `GenerationMixin.generate`: greedy or sampling, processors,
+            stopping criteria, stop strings, streamer, left-padded batches, `num_return_sequences`,
+            `return_dict_in_generate`. Every other keyword goes to stock generate(), which prepares the call and runs
+            the speculative loop as its `custom_generate`. What cannot be exact (beam search and other decoding
+            modes, encoder-decoder models, `output_scores`, ...) is refused with a ValueError before any work.
+        draft_model (`PreTrainedModel` or drafter, *optional*): a causal LM sharing the target's tokenizer, a draft
+            with another tokenizer (with `tokenizer` and `assistant_tokenizer`), or any object with the `Drafter`
+            methods (`speculoos_hf.drafters`). Needed unless prompt lookup or `suffix_cache` is asked for.
+        num_draft_tokens (`int` or `"auto"`, *optional*, defaults to `"auto"`): drafts per round. `"auto"` (or None):
+            a cost model times the target's passes and the draft's steps as the call runs and picks each round's k
+            for the most tokens per second, 0 (no drafting) where drafts cannot pay. An int fixes it.
+        draft_confidence_threshold (`float` in [0, 1), *optional*): dynamic lookahead: a round stops drafting once,
+            in every row, the draft gave its latest token less than this probability. Costs one host sync per draft.
+        prompt_lookup_num_tokens (`int`, *optional*): copy up to N tokens per round from each row's prompt and output
+            (the longest recurring suffix; transformers' name). Alone: no draft model runs; with `draft_model`: the
+            hybrid, which takes per row and round the copy or the model's drafts, by expected gain.
+        max_matching_ngram_size (`int`, *optional*, defaults to 64): the longest suffix prompt lookup matches.
+        suffix_cache (`SuffixCache`, *optional*): earlier calls' prompts and outputs to copy from; turns prompt lookup
+            on (N=32 unless given) and receives this call's rows as they finish.
+        block_verification (`bool`, *optional*, defaults to `False`): sampling verifies each draft block jointly
+            (Sun et al. 2024): as exact, never fewer accepted tokens on average, a little more work per round.
+        draft_quantization (`"auto"`, `"int8"` or `None`, *optional*, defaults to `"auto"`): `"auto"` drafts with an
+            int8 copy of a draft model on CPU where its step is a large share of a round (`drafters.prepared.
+            int8_pays`); `"int8"` always; None never. The copy is made once per draft object (seconds) and reused.
+            Exact either way: the output never depends on the draft.
+        tokenizer, assistant_tokenizer (*optional*): the target's tokenizer (needed for `stop_strings`) and the
+            draft's, when it differs (transformers' names).
+
+    Returns:
+        As stock generate(): the sequences `[B, L]`, or with `return_dict_in_generate=True` a
+        `SpeculativeGenerateOutput` (`.sequences`, `.speculative_stats`). `model.speculative_stats` holds the
+        call's `SpeculativeStats` (proposed and accepted drafts, target passes, per row, the cost model's figures).
+    """
+    model.speculative_stats = None  # a call that raises leaves no earlier call's numbers behind
     options = SpeculativeOptions.from_generate(model, generation_config, draft_model, kwargs)
     check_models(model, draft_model)
     _refuse_other_drafting(kwargs)
     prepared = prepare_draft(draft_model, options.draft_quantization, model)
     decode = _SpeculativeDecode(options, prepared, streamer=kwargs.pop("streamer", None))
+    given = set(kwargs)
     generation_config = _stock_arguments(model, generation_config, options, kwargs)
-    return GenerationMixin.generate(model, inputs, generation_config, custom_generate=decode, **kwargs)
+    with _quiet_about(set(kwargs) - given if generation_config is not None else set()):
+        return GenerationMixin.generate(model, inputs, generation_config, custom_generate=decode, **kwargs)
+
+
+_IMAGE_INPUTS = ("pixel_values", "pixel_values_images", "pixel_values_videos", "image_patches", "mm_encoder_outputs")
+_NO_IMAGES = ("Image or video inputs are not supported with draft_model: speculative generation serves multimodal "
+              "models with text prompts. Generate without draft_model for image inputs.")
 
 
 def _refuse_other_drafting(kwargs: dict) -> None:
+    if any(kwargs.get(name) is not None and not (isinstance(kwargs[name], dict) and not kwargs[name])
+           for name in _IMAGE_INPUTS):
+        raise ValueError(_NO_IMAGES)
     if kwargs.get("assistant_model") is not None:
         raise ValueError("Pass either draft_model (speculoos) or assistant_model (transformers), not both.")
     if kwargs.get("custom_generate") is not None:
@@ -91,7 +139,7 @@ def _refuse_other_drafting(kwargs: dict) -> None:
 def _stock_arguments(model, generation_config, options: SpeculativeOptions, kwargs: dict):
     """Prepare what stock generate() gets (in place), and the generation config to hand it: prompt lookup and stop
     strings are ours (stock would start its own lookup, and cannot hand its tokenizer to a custom_generate)."""
-    kwargs["prompt_lookup_num_tokens"] = None  # a None keyword overrides the model's config, which stock would read
+    generation_config = _without_stock_lookup(model, generation_config, kwargs)
     check_generate_arguments(model, generation_config, kwargs)
     stop_strings, generation_config = pop_stop_strings(model, generation_config, kwargs)
     if stop_strings:
@@ -101,6 +149,41 @@ def _stock_arguments(model, generation_config, options: SpeculativeOptions, kwar
         criteria.append(StopStringCriteria(tokenizer=options.tokenizer, stop_strings=stop_strings))
         kwargs["stopping_criteria"] = criteria
     return generation_config
+
+
+def _without_stock_lookup(model, generation_config, kwargs: dict):
+    """The generation config to hand stock generate(), with no prompt lookup of its own in force: a given config's
+    is unset in a copy; the model's needs a None keyword (stock fills a config's None fields from the model's), added
+    only then, so that stock has no keyword of ours to warn about beside a given config."""
+    if generation_config is not None and generation_config.prompt_lookup_num_tokens is not None:
+        generation_config = copy.deepcopy(generation_config)
+        generation_config.prompt_lookup_num_tokens = None
+    if getattr(model.generation_config, "prompt_lookup_num_tokens", None) is not None:
+        kwargs["prompt_lookup_num_tokens"] = None
+    return generation_config
+
+
+_MIXED_ARGUMENTS = re.compile(r"Passing `generation_config` together with generation-related arguments=\((\{.*?\})\)")
+
+
+@contextmanager
+def _quiet_about(added: set[str]):
+    """Stock warns when a generation config comes with generation keywords: not about keywords the glue added itself
+    (None overrides of the model's prompt lookup and stop strings), which the user never passed."""
+    if not added:
+        yield
+        return
+    stock_logger = logging.getLogger("transformers.generation.utils")
+
+    def user_caused(record: logging.LogRecord) -> bool:
+        named = _MIXED_ARGUMENTS.search(record.getMessage())
+        return named is None or not ast.literal_eval(named.group(1)) <= added
+
+    stock_logger.addFilter(user_caused)
+    try:
+        yield
+    finally:
+        stock_logger.removeFilter(user_caused)
 
 
 class _SpeculativeDecode:
@@ -116,8 +199,9 @@ class _SpeculativeDecode:
         config = generation_config
         _check_prepared(model, input_ids, logits_processor, config, model_kwargs, self.streamer)
         cache = checked_cache(model, model_kwargs.get("cache"))
-        drafter, V = make_drafter(model, self.prepared.model, self.options)
-        pacer = make_pacer(self.options, model, self.prepared.model)
+        options = self.options.within(config.max_length - input_ids.shape[1] - 1)  # at most what can be drafted
+        drafter, V = make_drafter(model, self.prepared.model, options)
+        pacer = make_pacer(options, model, self.prepared.model)
         if self.streamer is not None:
             self.streamer.put(input_ids.cpu())
         request = DecodeRequest(
@@ -130,7 +214,7 @@ class _SpeculativeDecode:
             vocab_size=V,
         )
         user = UserObjects(logits_processor, stopping_criteria, self.streamer, cache)
-        sequences, stats = speculative_decode(model, drafter, request, self.options, user, pacer)
+        sequences, stats = speculative_decode(model, drafter, request, options, user, pacer)
         stats.record_draft(self.prepared.quantization, self.prepared.prepare_s)
         note_draft_step(self.prepared, model, stats.cost_model)
         model.speculative_stats = stats
@@ -142,7 +226,10 @@ class _SpeculativeDecode:
 def _check_prepared(model, input_ids, logits_processor, config, model_kwargs: dict, streamer) -> None:
     """Refuse what stock generate() prepared but speculative decoding cannot do exactly."""
     check_generation_config(config)
-    unknown = {k for k, v in model_kwargs.items() if v is not None and k not in _KNOWN_MODEL_KWARGS}
+    if model_kwargs.get("mm_encoder_outputs"):
+        raise ValueError(_NO_IMAGES)
+    unknown = {k for k, v in model_kwargs.items()
+               if v is not None and k not in _KNOWN_MODEL_KWARGS and not (k == "mm_encoder_outputs" and not v)}
     if unknown:
         raise ValueError(f"Speculative generation supports plain input_ids prompts; unsupported inputs: {unknown}.")
     if streamer is not None and input_ids.shape[0] > 1:
