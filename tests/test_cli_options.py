@@ -20,6 +20,7 @@ GENERATE, BENCH = "speculoos-generate", "speculoos-bench"
 # (command, option, the arguments added to a good command line, what the message says after "argument OPTION: ")
 CASES = [
     (GENERATE, "--input", ["--input", "{tmp}/prompts.jsnol"], "{tmp}/prompts.jsnol: no such file or directory"),
+    (GENERATE, "--input", ["--input", "prompts.jsnol"], "prompts.jsnol: no such file or directory"),
     (GENERATE, "--input", ["--input", "{dir}"], "is a directory but not a dataset saved by save_to_disk"),
     (GENERATE, "--split", ["--split", "test"], "applies to a dataset, not a file"),
     (GENERATE, "--split", ["--input", "{splits}", "--split", "validation"], "no split 'validation' in"),

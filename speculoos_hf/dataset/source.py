@@ -14,12 +14,13 @@ DATA_SUFFIXES = {".jsonl", ".json", ".ndjson", ".txt", ".csv", ".tsv", ".parquet
 
 def input_problem(text: str) -> str | None:
     """Why `text` names no input, as far as can be told without loading anything: a path that does not exist is
-    refused unless it reads as a dataset name (no file's suffix, no folder; tried when loaded)."""
+    refused unless it reads as a dataset name (`name` or `owner/name`, without a data file's suffix; tried when
+    loaded)."""
     path = Path(text).expanduser()
     if path.exists():
         return None
     looks_like_path = text.startswith(("/", ".", "~")) or (os.sep in text and path.parent.is_dir()) or \
-        path.suffix.lower() in DATA_SUFFIXES
+        path.suffix.lower() in DATA_SUFFIXES or (path.suffix and "/" not in text)  # hub ids: name or owner/name
     return f"{text}: no such file or directory" if looks_like_path else None
 
 
