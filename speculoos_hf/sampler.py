@@ -77,7 +77,21 @@ def auto_regressive_sampling(
 
 
 class SpeculativeSampler:
-    """Draft + target pair with the seed README's methods. Models may be hub ids, local paths or loaded models."""
+    """A draft and a target with the seed README's methods (`sample`, `auto_regressive_sample`, `sample_and_decode`,
+    `auto_regressive_sample_and_decode`, `encode`, `decode`), on top of `generate(draft_model=...)`.
+
+    Args:
+        draft_model_name, target_model_name: hub ids, local paths, offline aliases (`speculoos_hf.models`) or loaded
+            causal LMs sharing a tokenizer.
+        K (`int`, *optional*, defaults to 5): drafts per round.
+        tokenizer (*optional*): defaults to the target's.
+        dtype, device (*optional*): how to load models given by name.
+        temperature, top_k, top_p (*optional*): sampling settings; by default plain sampling (temperature 1, no top-k
+            or top-p), as the seed API had.
+
+    Exact as `generate(draft_model=...)` is: samples have the target's distribution. `last_stats` holds the last
+    call's `SpeculativeStats`.
+    """
     def __init__(
         self,
         draft_model_name,
