@@ -7,7 +7,9 @@ from dataclasses import asdict, dataclass, field
 
 @dataclass
 class RowStats:
-    """Counters of one row of the batch."""
+    """Counters of one row of the batch (`SpeculativeStats.per_row[i]`): draft tokens proposed and accepted, the
+    verification passes the row took part in, its new tokens; `acceptance_rate` and `mean_accepted_length` (new
+    tokens per target pass, the bonus or replacement token included) follow from them."""
 
     draft_tokens_proposed: int = 0
     draft_tokens_accepted: int = 0

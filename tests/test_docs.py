@@ -127,3 +127,48 @@ def test_the_checks_can_fail(tmp_path):
         ["--bogus", "--no-such-flag"]
     assert LINK.findall(prose(page.read_text())) == ["missing.md", "#nowhere", "#title"]
     assert anchors(page) == {"title"}
+
+
+# ---------------------------------------------------------------- docstrings of the public API
+
+import inspect  # noqa: E402
+
+import speculoos  # noqa: E402
+import speculoos_hf  # noqa: E402
+from speculoos_hf import drafters  # noqa: E402
+from speculoos_hf.options import SHARED_OPTIONS, SPECULOOS_OPTIONS  # noqa: E402
+
+PUBLIC = sorted({(module.__name__, name) for module in (speculoos_hf, speculoos, drafters) for name in module.__all__})
+# documented argument by argument, as transformers documents its own: every parameter named in the docstring
+ARGUMENTS_DOCUMENTED = [speculoos_hf.SuffixCache, speculoos_hf.SpeculativeSampler, drafters.ModelDrafter,
+                        drafters.PromptLookupDrafter, drafters.HybridDrafter, drafters.OtherTokenizerDrafter,
+                        drafters.int8_draft, drafters.reduced_head_draft, drafters.frequent_token_ids,
+                        speculoos_hf.enable_speculative]
+
+
+def own_doc(obj) -> str:
+    """The object's own docstring (a dataclass's generated signature does not count)."""
+    doc = inspect.cleandoc(obj.__doc__ or "")
+    return "" if inspect.isclass(obj) and doc.startswith(obj.__name__ + "(") else doc
+
+
+@pytest.mark.parametrize("module, name", PUBLIC, ids=[f"{m}.{n}" for m, n in PUBLIC])
+def test_every_public_name_has_a_docstring(module, name):
+    obj = getattr(__import__(module, fromlist=[name]), name)
+    assert len(own_doc(obj)) > 40, f"{module}.{name} has no docstring of its own"
+
+
+def test_generate_documents_every_argument_it_adds():
+    doc = own_doc(speculoos_hf.speculative_generate)
+    for name in ("draft_model", *SPECULOOS_OPTIONS, *SHARED_OPTIONS):
+        assert re.search(rf"\b{name}\b[^\n]*\(", doc) or f"{name}," in doc, f"speculative_generate: {name} undocumented"
+    for word in ("defaults to", "exact", "Returns"):
+        assert word in doc
+
+
+@pytest.mark.parametrize("obj", ARGUMENTS_DOCUMENTED, ids=lambda o: o.__name__)
+def test_public_arguments_are_documented(obj):
+    doc = own_doc(obj)
+    params = inspect.signature(obj.__init__ if inspect.isclass(obj) else obj).parameters
+    missing = [p for p in params if p not in ("self", "args", "kwargs") and not re.search(rf"\b{p}\b", doc)]
+    assert not missing, f"{obj.__name__}: {missing} not in its docstring"
