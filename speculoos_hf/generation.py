@@ -95,6 +95,10 @@ def speculative_generate(model, inputs=None, generation_config=None, *, draft_mo
         max_matching_ngram_size (`int`, *optional*, defaults to 64): the longest suffix prompt lookup matches.
         suffix_cache (`SuffixCache`, *optional*): earlier calls' prompts and outputs to copy from; turns prompt lookup
             on (N=32 unless given) and receives this call's rows as they finish.
+        draft_tree (`"auto"`, `False` or a tuple of ints, *optional*, defaults to `"auto"`): token trees: the draft
+            model also offers its runner-up continuations, verified in the same target pass, exactly. `"auto"`: trees
+            where the cost model says they pay; False: chains only; a branching per depth (as `(3, 2, 1, 1)`): that
+            tree in every round.
         block_verification (`bool`, *optional*, defaults to `False`): sampling verifies each draft block jointly
             (Sun et al. 2024): as exact, never fewer accepted tokens on average, a little more work per round.
         draft_quantization (`"auto"`, `"int8"` or `None`, *optional*, defaults to `"auto"`): `"auto"` drafts with an
