@@ -79,7 +79,8 @@ def test_bench_reports_every_method(pair_dirs, tmp_path):
     assert json.loads((tmp_path / "bench.json").read_text())["results"] == json.loads(json.dumps(result["results"]))
     saved = json.loads((tmp_path / "bench.json").read_text())  # how the run was made, for benchmarks/
     assert saved["command"].startswith("speculoos-bench --target ") and "--k 1 3" in saved["command"]
-    assert saved["commit"] and saved["date"][:2] == "20" and saved["machine"]["cpu_count"] > 0
+    assert saved["commit"] and saved["date"][:2] == "20" and saved["recorded"] == "at run time"
+    assert saved["machine"]["cpu_count"] > 0 and saved["machine"]["cpu_flags"] is not None
     assert "speculoos greedy K=1" in (tmp_path / "bench.md").read_text()
     assert json.loads((tmp_path / "partial.json").read_text())["prompts_done"] == 2  # saved after every prompt
 

@@ -21,9 +21,10 @@ def command_line(argv: list[str] | None) -> str:
 
 
 def run_record(command: str) -> dict:
-    """The fields every result JSON starts with: the command that made it, the code's commit and the date (UTC)."""
+    """The fields every result JSON starts with: the command that made it, the code's commit, the date (UTC), and
+    that these were recorded by the run itself (files completed afterwards say so in `recorded`)."""
     return {"command": command, "commit": source_commit(),
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "recorded": "at run time"}
 
 
 def source_commit() -> str:
