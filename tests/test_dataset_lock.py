@@ -75,42 +75,45 @@ def _write_when_read(fifo, text: str, reader: subprocess.Popen, timeout: float =
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
 def test_two_commands_on_one_output_exactly_one_writes_and_nothing_is_lost(pair, tmp_path):
-    """Two real `speculoos-generate` processes on one output. The first takes the lock, then waits on its input (a
-    named pipe: a shell's `<(...)`); the second, started meanwhile, is refused at once (exit 2, one line naming
-    --output and the first run's pid) and writes nothing; the first then reads its input and writes every record."""
+    """Two real `speculoos-generate` processes started together on one output, each reading its input from a named
+    pipe (a shell's `<(...)`) that stays empty until the test writes it. The first to take the lock waits on its
+    input while holding it; the other is refused (exit 2, one line naming --output and the holder's pid) and writes
+    nothing; then the holder gets its input and writes every record."""
     target, draft, tok = pair
     models = tmp_path / "models"
     for name, model in (("target", target), ("draft", draft)):
         model.save_pretrained(models / name)
         tok.save_pretrained(models / name)
-    out, lock, fifo = tmp_path / "out.jsonl", tmp_path / "out.jsonl.lock", tmp_path / "in.fifo"
-    os.mkfifo(fifo)
-    text = "".join(json.dumps(r) + "\n" for r in ROWS)
-    (tmp_path / "in.jsonl").write_text(text)
+    out, lock = tmp_path / "out.jsonl", tmp_path / "out.jsonl.lock"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    common = [sys.executable, "-m", "speculoos_hf.cli_generate", "--target", str(models / "target"), "--draft",
-              str(models / "draft"), "--output", str(out), "--max-new-tokens", str(MAX_NEW), "--num-draft-tokens",
-              "3", "--batch-size", "4", "--no-progress"]
-    first = subprocess.Popen([*common, "--input", str(fifo)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True)
+    command = [sys.executable, "-m", "speculoos_hf.cli_generate", "--target", str(models / "target"), "--draft",
+               str(models / "draft"), "--output", str(out), "--max-new-tokens", str(MAX_NEW), "--num-draft-tokens",
+               "3", "--batch-size", "4", "--no-progress"]
+    runs = {}
+    for name in ("a", "b"):
+        os.mkfifo(tmp_path / f"{name}.fifo")
+        runs[name] = subprocess.Popen([*command, "--input", str(tmp_path / f"{name}.fifo")], env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 120
-        while not (lock.exists() and lock.read_text().startswith(f"pid {first.pid} ")):
-            assert first.poll() is None and time.monotonic() < deadline, "the first run never took the lock"
+        deadline = time.monotonic() + 240
+        while all(run.poll() is None for run in runs.values()):
+            assert time.monotonic() < deadline, "neither run was refused"
             time.sleep(0.1)
-        second = subprocess.run([*common, "--input", str(tmp_path / "in.jsonl")], env=env, capture_output=True,
-                                text=True, timeout=120)
-        assert second.returncode == 2
-        assert second.stderr == (f"speculoos-generate: error: argument --output: {out} is being written by another "
-                                 f"run (pid {first.pid} on {os.uname().nodename}); wait for it to finish, or write to "
-                                 "another output\n")
-        assert not out.exists() and not (tmp_path / "out.jsonl.parts").exists()
-        _write_when_read(fifo, text, first)
-        _, err = first.communicate(timeout=300)
+        (refused_name, refused), = [(n, r) for n, r in runs.items() if r.poll() is not None]
+        (holder_name, holder), = [(n, r) for n, r in runs.items() if r is not refused]
+        _, refused_err = refused.communicate()
+        assert refused.returncode == 2, refused_err[-2000:]
+        assert refused_err == (f"speculoos-generate: error: argument --output: {out} is being written by another run "
+                               f"(pid {holder.pid} on {os.uname().nodename}); wait for it to finish, or write to "
+                               "another output\n")
+        assert not out.exists() and lock.read_text().startswith(f"pid {holder.pid} ")
+        _write_when_read(tmp_path / f"{holder_name}.fifo", "".join(json.dumps(r) + "\n" for r in ROWS), holder)
+        _, err = holder.communicate(timeout=300)
     finally:
-        if first.poll() is None:
-            first.kill()
-    assert first.returncode == 0, err[-2000:]
+        for run in runs.values():
+            if run.poll() is None:
+                run.kill()
+    assert holder.returncode == 0, err[-2000:]
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["id"] for r in records] == [r["id"] for r in ROWS] and all("completion" in r for r in records)
-    assert not lock.exists()
+    assert not lock.exists() and not (tmp_path / "out.jsonl.parts").exists()

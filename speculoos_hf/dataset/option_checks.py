@@ -74,7 +74,7 @@ def sampling_only(job) -> None:
     """temperature, top_p and top_k change nothing in greedy decoding: given without do_sample, they are a mistake."""
     for name in ("temperature", "top_p", "top_k"):
         if getattr(job, name) is not None and not job.do_sample:
-            raise OptionError(name, "applies only when sampling: add do_sample (greedy decoding ignores it)")
+            raise OptionError(name, "applies only when sampling: add do_sample (--do-sample); greedy decoding ignores it")
 
 
 def generation_kwargs(value) -> Mapping[str, Any] | None:
