@@ -66,8 +66,6 @@ def speculative_decode(target, drafter: Drafter, request: DecodeRequest, options
     started = time.perf_counter()
     user = user if user is not None else UserObjects()
     run = _setup(target, request, options, user)
-    if run.ctx.end <= run.state.lengths[0]:
-        return run.out.sequences(), run.stats  # nothing to generate
     pacer = pacer if pacer is not None else make_pacer(options, target, drafter)
     tgt = KVSlots(target, user.cache)
     with pacer.prefilling(rows=run.state.batch_size, prompt_length=run.state.lengths[0]):
@@ -89,7 +87,6 @@ def _setup(target, request: DecodeRequest, options: SpeculativeOptions, user: Us
     device = input_device(target)
     input_ids = request.input_ids.to(device)
     B, P = input_ids.shape
-    K = options.max_draft_tokens
     given = request.attention_mask
     mask = torch.ones_like(input_ids) if given is None else given.to(device, torch.long)  # [B, P]
     _check_left_padding(mask)
@@ -98,11 +95,12 @@ def _setup(target, request: DecodeRequest, options: SpeculativeOptions, user: Us
     lockstep = needs_lockstep(B, criteria, user.logits_processor)
     stops = Stops.build(criteria, eos_ids, request.pad_token_id, lockstep, device)
     V = request.vocab_size or target.config.get_text_config().vocab_size
-    end = max(max_length, P)
+    end = max(max_length, P + 1)  # stock always takes one step: a criterion already met stops it after one token
+    K = min(options.max_draft_tokens, end - P - 1)  # a round drafts fewer than the tokens left
     ctx = DecodeContext(BatchProcessors(user.logits_processor, B), bool(request.do_sample), V, device, end,
                         options.block_verification)
     state = _start_state(input_ids, mask, end + K + 1, stops.pad)
-    stats = SpeculativeStats(num_draft_tokens=K, per_row=[RowStats() for _ in range(B)])
+    stats = SpeculativeStats(num_draft_tokens=options.reported_draft_tokens, per_row=[RowStats() for _ in range(B)])
     stats.proposed_at_position, stats.accepted_at_position = [0] * K, [0] * K
     plain_first = any(f >= P for f in state.first_valid)
     return _Run(ctx, state, stops, stats, Output(input_ids, end, stops.pad), user.streamer, plain_first)

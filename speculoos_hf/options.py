@@ -7,10 +7,12 @@ here once, resolved once (keyword, else the generation config in force) and chec
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import numbers
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
+from transformers import PreTrainedModel
 
 from .checks import generate_setting, integer_at_least_one
 from .tree import draft_tree_setting
@@ -20,6 +22,7 @@ AUTO_MAX_DRAFT_TOKENS = 12
 DEFAULT_NUM_DRAFT_TOKENS = 5  # the seed API's K
 DRAFT_QUANTIZATIONS = (None, "int8", "auto")
 DEFAULT_LOOKUP_TOKENS = 32  # prompt_lookup_num_tokens when suffix_cache= alone asks for prompt lookup
+COUNT_LIMIT = 2**63  # counts at or above it fit no tensor index: refused (below it, capped by what can be drafted)
 
 # generate() keywords only speculoos knows: stock generate() must never see them
 SPECULOOS_OPTIONS = ("num_draft_tokens", "draft_confidence_threshold", "block_verification", "draft_quantization",
@@ -42,8 +45,9 @@ class SpeculativeOptions:
                        (`tree.draft_tree_setting`; see tree_round.py).
     draft_quantization: "auto" (default: "int8" where the draft's step is a large share of a round on CPU, see
                        `drafters.prepared.int8_pays`), "int8" (a copy made once and reused), None (as given).
-    suffix_cache:      a cache of earlier calls' text for prompt lookup (opaque here).
+    suffix_cache:      a `speculoos_hf.SuffixCache` of earlier calls' text for prompt lookup, or None.
     tokenizer / assistant_tokenizer: the target's and the draft's tokenizers (stop strings, two vocabularies).
+    asked_draft_tokens: what `within` capped, as asked (the stats report it); None: nothing was capped.
     """
 
     num_draft_tokens: int | str | None = None
@@ -57,6 +61,7 @@ class SpeculativeOptions:
     lookup_only: bool = False  # no draft model: prompt lookup alone (its k is at most prompt_lookup_num_tokens)
     tokenizer: Any = field(default=None, repr=False)
     assistant_tokenizer: Any = field(default=None, repr=False)
+    asked_draft_tokens: int | None = None
 
     def __post_init__(self) -> None:
         lookup = _optional_count(self.prompt_lookup_num_tokens, "prompt_lookup_num_tokens")
@@ -64,14 +69,16 @@ class SpeculativeOptions:
         given = self.num_draft_tokens
         auto = given is None or (isinstance(given, str) and given == "auto")
         threshold = self.draft_confidence_threshold
-        if threshold is not None and (isinstance(threshold, bool) or not 0.0 <= float(threshold) < 1.0):
+        if threshold is not None and not (_real(threshold) and 0.0 <= float(threshold) < 1.0):
             raise ValueError(f"draft_confidence_threshold must be a probability in [0, 1), got {threshold!r}.")
-        if self.draft_quantization not in DRAFT_QUANTIZATIONS:
+        quantization = self.draft_quantization
+        if not (quantization is None or isinstance(quantization, str) and quantization in DRAFT_QUANTIZATIONS):
             raise ValueError(
                 f"draft_quantization must be one of {DRAFT_QUANTIZATIONS}, got {self.draft_quantization!r}."
             )
+        _check_suffix_cache(self.suffix_cache)
         normal = {
-            "num_draft_tokens": "auto" if auto else integer_at_least_one(given, "num_draft_tokens"),
+            "num_draft_tokens": "auto" if auto else _count(given, "num_draft_tokens"),
             "draft_confidence_threshold": None if threshold is None else float(threshold),
             "prompt_lookup_num_tokens": lookup,
             "max_matching_ngram_size": ngram,
@@ -87,12 +94,35 @@ class SpeculativeOptions:
         return self.num_draft_tokens == "auto"
 
     @property
+    def model_draft_tokens(self) -> int:
+        """The most tokens a draft model (or drafter object) drafts per round: K given, else AUTO_MAX_DRAFT_TOKENS.
+        Beside prompt lookup too: a copy may be longer (up to prompt_lookup_num_tokens), the model's drafts never."""
+        return AUTO_MAX_DRAFT_TOKENS if self.auto_k else self.num_draft_tokens
+
+    @property
     def max_draft_tokens(self) -> int:
-        """K: the most drafts a round proposes (prompt lookup's copies included)."""
+        """The most drafts a round proposes: the model's K or prompt lookup's copy, whichever is longer."""
         if self.auto_k and self.lookup_only:
             return self.prompt_lookup_num_tokens
-        k = AUTO_MAX_DRAFT_TOKENS if self.auto_k else self.num_draft_tokens
-        return max(k, self.prompt_lookup_num_tokens or 0)
+        return max(self.model_draft_tokens, self.prompt_lookup_num_tokens or 0)
+
+    @property
+    def reported_draft_tokens(self) -> int:
+        """The stats' num_draft_tokens: K as given (before `within` capped it); under "auto" the most a round may
+        draft: AUTO_MAX_DRAFT_TOKENS beside a model, prompt_lookup_num_tokens for prompt lookup alone."""
+        if self.asked_draft_tokens is not None:
+            return self.asked_draft_tokens
+        return self.prompt_lookup_num_tokens if self.auto_k and self.lookup_only else self.model_draft_tokens
+
+    def within(self, room: int) -> "SpeculativeOptions":
+        """These options for a call that can draft at most `room` tokens per round (the tokens it may generate,
+        but one): counts capped so that nothing is allocated or weighed for drafts that cannot happen."""
+        room = max(int(room), 1)
+        capped = {"prompt_lookup_num_tokens": None if self.prompt_lookup_num_tokens is None
+                  else min(self.prompt_lookup_num_tokens, room)}
+        if not self.auto_k:
+            capped["num_draft_tokens"] = min(self.num_draft_tokens, room)
+        return replace(self, **capped, asked_draft_tokens=self.reported_draft_tokens)
 
     @classmethod
     def from_generate(cls, model, generation_config, draft_model, kwargs: dict) -> "SpeculativeOptions":
@@ -105,6 +135,11 @@ class SpeculativeOptions:
             value = kwargs.pop(name, getattr(cls, name, None))  # not given: the field's default
             if name not in values:
                 values[name] = value
+        _check_suffix_cache(values["suffix_cache"])
+        if values["suffix_cache"] is not None and draft_model is not None and not isinstance(draft_model,
+                                                                                             PreTrainedModel):
+            raise ValueError("suffix_cache feeds prompt lookup, which combines with a draft model, not with a drafter "
+                             "object: pass suffix_cache= without draft_model, or with a causal LM as draft_model.")
         if values["prompt_lookup_num_tokens"] is None and values["suffix_cache"] is not None:
             values["prompt_lookup_num_tokens"] = DEFAULT_LOOKUP_TOKENS
         if draft_model is None and values["prompt_lookup_num_tokens"] is None:
@@ -167,4 +202,30 @@ class UserObjects:
 
 
 def _optional_count(value, name: str) -> int | None:
-    return None if value is None else integer_at_least_one(value, name)
+    return None if value is None else _count(value, name)
+
+
+def _count(value, name: str) -> int:
+    """An integer >= 1 that fits a tensor index, else ValueError."""
+    number = integer_at_least_one(value, name)
+    if number >= COUNT_LIMIT:
+        raise ValueError(f"{name} must be an integer in [1, 2**63), got {value!r}.")
+    return number
+
+
+def _real(value) -> bool:
+    """A real number (numpy's and 0-d tensors' included), not a bool."""
+    if isinstance(value, torch.Tensor):
+        return value.dim() == 0 and value.dtype != torch.bool and not value.is_complex()
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _check_suffix_cache(cache) -> None:
+    """suffix_cache is a `SuffixCache` or None: anything else (a path, a list, False, a drafter) is refused by name."""
+    from .suffix_cache import SuffixCache  # here: suffix_cache imports the drafters, which import this module
+
+    if cache is not None and not isinstance(cache, SuffixCache):
+        raise ValueError(
+            f"suffix_cache must be a speculoos_hf.SuffixCache (or None for none), got {type(cache).__name__} "
+            f"{cache!r:.60}: build one with SuffixCache() or SuffixCache.load(path)."
+        )

@@ -1,8 +1,11 @@
 """The seed README's API: `SpeculativeSampler` and the functions `speculative_sampling` / `auto_regressive_sampling`.
 
-All of it is a thin layer over `model.generate(..., draft_model=...)`, so the two paths can never disagree.
-Sampling here is plain sampling from the model's distribution (temperature 1, no top-k/top-p) unless asked
-otherwise, as in the speculative sampling papers.
+All of it is a thin layer over `model.generate(..., draft_model=...)`, so the two paths can never disagree: both get
+the same keywords, hence the same processors. Sampling here is plain sampling from the model's distribution, as in
+the speculative sampling papers, unless asked otherwise: the settings of `_PLAIN` are passed at values that leave the
+distribution as it is, so that a checkpoint's generation_config (Qwen2.5 instruct ships repetition_penalty 1.1,
+top_k 20, top_p 0.8) cannot reshape it; its token rules (EOS and pad ids, bad_words_ids, suppress_tokens,
+min_new_tokens, forced BOS/EOS, sequence_bias) and top_h (which has no neutral value) still apply, to both paths.
 """
 
 from __future__ import annotations
@@ -12,15 +15,24 @@ import torch
 from .generation import DEFAULT_NUM_DRAFT_TOKENS, enable_speculative
 from .models import load_model, load_tokenizer
 
-_PLAIN_SAMPLING = {"temperature": 1.0, "top_k": 0, "top_p": 1.0}
+# Plain generation, passed as keywords (stock fills only the settings left unset from the checkpoint): penalties off
+_PLAIN = {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0}
+# and, when sampling, every warper with a neutral value off; min_p's off value is None, which stock would fill from
+# the checkpoint: 0.0 (keeps every token) where the checkpoint sets one
+_PLAIN_SAMPLING = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "typical_p": 1.0, "epsilon_cutoff": 0.0,
+                   "eta_cutoff": 0.0}
 
 
-def _generate_kwargs(T: int, temperature, top_k, top_p, do_sample, extra) -> dict:
+def _generate_kwargs(model, T: int, temperature, top_k, top_p, do_sample, extra) -> dict:
+    """The generate() keywords of both paths: T new tokens, plain generation (see the module docstring) unless
+    `temperature` / `top_k` / `top_p` or other generate() keywords in `extra` say otherwise."""
     if not isinstance(T, int) or T < 1:
         raise ValueError(f"T (number of new tokens) must be a positive integer, got {T!r}.")
-    kwargs = {"max_new_tokens": T, "do_sample": do_sample}
+    kwargs = {"max_new_tokens": T, "do_sample": do_sample, **_PLAIN}
     if do_sample:
         kwargs.update(_PLAIN_SAMPLING)
+        if getattr(model.generation_config, "min_p", None) is not None:
+            kwargs["min_p"] = 0.0
         kwargs.update({k: v for k, v in (("temperature", temperature), ("top_k", top_k), ("top_p", top_p)) if v is not None})
     kwargs.update(extra)
     return kwargs
@@ -52,9 +64,10 @@ def speculative_sampling(
     attention_mask=None,
     **generate_kwargs,
 ) -> torch.Tensor:
-    """Generate T tokens after `input_ids` ([L] or [B, L] with `attention_mask`) with speculative sampling."""
+    """Generate T tokens after `input_ids` ([L] or [B, L] with `attention_mask`) with speculative sampling: plain
+    sampling unless `temperature` / `top_k` / `top_p` (or other generate() keywords) are given (module docstring)."""
     enable_speculative(target_model)
-    kwargs = _generate_kwargs(T, temperature, top_k, top_p, do_sample, generate_kwargs)
+    kwargs = _generate_kwargs(target_model, T, temperature, top_k, top_p, do_sample, generate_kwargs)
     ids = _inputs(target_model, input_ids, attention_mask, kwargs)
     return target_model.generate(ids, draft_model=draft_model, num_draft_tokens=K, **kwargs)
 
@@ -71,8 +84,8 @@ def auto_regressive_sampling(
     attention_mask=None,
     **generate_kwargs,
 ) -> torch.Tensor:
-    """Baseline: T tokens from `model` alone with the stock generate() (same sampling settings)."""
-    kwargs = _generate_kwargs(T, temperature, top_k, top_p, do_sample, generate_kwargs)
+    """Baseline: T tokens from `model` alone with the stock generate() (the same plain sampling and settings)."""
+    kwargs = _generate_kwargs(model, T, temperature, top_k, top_p, do_sample, generate_kwargs)
     return model.generate(_inputs(model, input_ids, attention_mask, kwargs), **kwargs)
 
 
@@ -141,6 +154,7 @@ class SpeculativeSampler:
         """T new tokens with speculative sampling; returns prompt + new tokens `[B, L + T]` (fewer at EOS)."""
         kwargs = {**{k: v for k, v in self.sampling.items() if v is not None}, **generate_kwargs}
         self._default_pad(kwargs)
+        self.last_stats = None  # a call that raises leaves no earlier call's numbers behind
         out = speculative_sampling(input_ids, self.draft, self.target, T=T, K=self.K, **kwargs)
         self.last_stats = self.target.speculative_stats
         return out

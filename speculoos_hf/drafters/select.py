@@ -29,7 +29,7 @@ def make_drafter(target, draft, options: SpeculativeOptions) -> tuple[Drafter, i
         model, V = model_drafter(target, draft, tokenizer=options.tokenizer,
                                  assistant_tokenizer=options.assistant_tokenizer, cache=checked_cache(draft),
                                  confidence_threshold=options.draft_confidence_threshold)
-        return (model if lookup is None else TreeHybridDrafter(lookup, model, options.max_draft_tokens)), V
+        return (model if lookup is None else TreeHybridDrafter(lookup, model, options.model_draft_tokens)), V
     if is_drafter(draft):
         if lookup is not None:
             raise ValueError("prompt_lookup_num_tokens combines with a draft model, not with a drafter object.")
