@@ -83,7 +83,7 @@ def _mismatch(rec: dict, items: list[InputRecord]) -> str | None:
 
 
 def _option_changes(rec: dict, options: dict) -> str:
-    """The options that differ, as `name: written -> asked`."""
+    """The options that differ, as `name: X there, Y now`."""
     written = rec.get("options")
     if not isinstance(written, dict):
         return f"record {rec['index']} states none: written before speculoos-generate kept them"
