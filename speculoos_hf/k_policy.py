@@ -64,6 +64,7 @@ class Costs(Protocol):
     def target_timed(self, batch: int) -> bool: ...  # a pass over `batch` rows was timed
     def drafting_started(self) -> bool: ...  # a draft step was timed or a draft verified
     def draft_provisional(self) -> bool: ...  # a draft figure rests on too few timings to trust
+    def plain_suspect(self, batch: int) -> bool: ...  # the one-token pass's timing looks like a slow moment
 
 
 @dataclass
@@ -80,6 +81,7 @@ class KPolicy:
     measure_plain_step: bool = True
     probe_budget: float = 0.05
     per_row_limits: bool = True
+    first_k: int = 1  # drafts of the first drafting round
     phase: Phase = field(default_factory=On)
     batch: int = 1  # the last batch size seen
     unfed: int = 0  # committed tokens per row the draft has not read
@@ -165,13 +167,15 @@ class KPolicy:
         if isinstance(phase, Measure) and not self.costs.target_timed(b):
             self.phase = On()
             return 0
+        if isinstance(phase, On) and self.costs.plain_suspect(b):
+            return 0  # a plain round times the one-token pass again: one slow timing must not price the target alone
         if remaining is None:
             remaining = limit + 1 if limit is not None else 4 * self.max_off_rounds
         k = self.best_k(b, limit, rows)
         if k > 0 and self._worth_catching_up(k, b, b * remaining):  # as far as the model knows, speculation pays
             self.phase = On()
             self._stretch = self.off_rounds
-            return self._timing_a_step(k, limit)
+            return self._first_experiment(k)
         if isinstance(phase, ProbeDue):
             k = min(self._probe_k(), self.max_k, limit if limit is not None else self.max_k)
             if self._probe_allowed(k, b):
@@ -180,12 +184,11 @@ class KPolicy:
             # too dear to look: counts as a failed probe (the next stretch is longer)
         return self._switch_off(after_probe=isinstance(phase, ProbeDue) or phase == On(after_probe=True))
 
-    def _timing_a_step(self, k: int, limit: int | None) -> int:
-        """k, but at least 2 in the first drafting round: its first forward reads the catch-up, the second is a
-        step, so the next round is chosen with a measured step."""
-        if self.costs.drafting_started() or k >= 2 or (limit is not None and limit < 2) or self.max_k < 2:
-            return k
-        return 2
+    def _first_experiment(self, k: int) -> int:
+        """k, but at most `first_k` in the first drafting round: everything it is chosen from is a prior (the wider
+        pass, the draft's step, acceptance), and a short first round costs least where the priors are wrong (a CPU
+        whose pass over 2 tokens costs two: float32 on an AVX2-only EPYC)."""
+        return k if self.costs.drafting_started() else min(k, self.first_k)
 
     def _switch_off(self, after_probe: bool) -> int:
         """Start a stretch without speculation (longer when a probe just failed to change the verdict)."""

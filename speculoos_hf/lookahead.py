@@ -144,11 +144,15 @@ class CostModelLookahead:
     def draft_provisional(self) -> bool:
         return self.drafts.provisional()
 
+    def plain_suspect(self, batch: int) -> bool:
+        return self.passes.suspect(batch, batch)
+
     # ------------------------------------------------------------------ the model's answers
 
     def acceptance(self, k: int | None = None) -> list[float]:
-        """alpha_j for positions 0..k-1 (default: the positions reached)."""
-        return self.accept.by_position(k if k is not None else len(self.accept.summary()))
+        """alpha_j for positions 0..k-1 (default: up to max_k, at most `SUMMARY_K` or the positions reached)."""
+        reached = len(self.accept.summary())
+        return self.accept.by_position(k if k is not None else min(self.max_k, max(SUMMARY_K, reached)))
 
     def expected_tokens(self, k: int) -> float:
         """Expected new tokens per row in a round with k drafts (accepted + the target's own token)."""

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from .robust_time import RobustTime
 
 MAX_PRIOR_N0 = 256
+SUSPECT_RATIO = 1.5  # an unsettled width this much dearer than a wider one is timed again
 
 
 def _finite_positive(x: float | None) -> float | None:
@@ -74,7 +75,20 @@ class TargetPassTimes:
         a, b, n0 = self._fit(batch)
         below = max((m for m in timed if m < tokens), default=None)
         floor = 0.0 if below is None else min(timed[below], cap)
-        return min(max(a + b * max(0, tokens - n0), floor), cap)
+        line = a + b * max(0, tokens - n0)
+        rows = batch or 1
+        if below is not None and below > rows and tokens <= below + rows:  # one more token per row than the widest
+            line = floor  # timed: priced as flat, so the policy looks one step further than its prior would
+        return min(max(line, floor), cap)
+
+    def suspect(self, tokens: int, batch: int) -> bool:
+        """Whether the width's own estimate looks like a slow moment: it rests on too few timings to outvote one
+        and is `SUSPECT_RATIO` times dearer than a wider width timed (a narrower pass is never dearer)."""
+        own = self._by_batch.get(batch, {}).get(tokens)
+        if own is None or own.value is None or own.settled:
+            return False
+        wider = [t for m, t in self.measured(batch).items() if m > tokens]
+        return bool(wider) and own.value > SUSPECT_RATIO * min(wider)
 
     def measured(self, batch: int | None = None) -> dict[int, float]:
         """{tokens: estimated seconds} of the widths timed at `batch` rows (None: every batch size)."""

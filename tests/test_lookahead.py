@@ -254,10 +254,10 @@ def paced_round(pacer, watch, rows, draft_s, target_s, accepted, catch_up=0, cat
     return k, limits
 
 
-def test_first_measured_step_replaces_the_prior_and_the_next_k_is_fully_informed():
-    """The first drafting round reads the prompt (a catch-up timed apart) and drafts at least 2 tokens, so one
-    round gives the draft's step X: the model's step is X (not averaged with the 0.3-of-a-pass prior) and the
-    next round's k is the k a model told X from the start would choose."""
+def test_first_drafting_round_is_short_then_a_measured_step_replaces_the_prior():
+    """The first drafting round drafts 1 token (everything it is chosen from is a prior): its only forward reads the
+    prompt, a catch-up timed apart. The next round times steps X: the model's step is then X (not averaged with the
+    0.3-of-a-pass prior) and the round after is chosen as a model told X from the start would choose."""
     T, X, C, prompt = flat_then_linear(), 0.004, 0.3, 50
     model, watch = CostModelLookahead(prior_catch_up_ratio=0.3), GivenSpans()
     pacer = CostModelPacer(model, watch)
@@ -265,25 +265,24 @@ def test_first_measured_step_replaces_the_prior_and_the_next_k_is_fully_informed
     with pacer.prefilling(rows=1, prompt_length=prompt):
         pass
     assert paced_round(pacer, watch, [0], None, lambda k: T(k + 1), [0])[0] == 0  # the plain step
-    k1, _ = paced_round(pacer, watch, [0], lambda k: C + (k - 1) * X, lambda k: T(k + 1), [12], catch_up=prompt,
-                        catch_up_s=C)
-    assert k1 >= 2  # a step is timed at once
-    assert model.draft_time(1) == pytest.approx(X, rel=1e-9)
+    k1, _ = paced_round(pacer, watch, [0], lambda k: C, lambda k: T(k + 1), [12], catch_up=prompt, catch_up_s=C)
+    assert k1 == 1 and model.summary()["draft_step_s"] is None
     assert model.summary()["catch_up_s_per_token"] == pytest.approx(C / prompt)
+    k2, _ = paced_round(pacer, watch, [0], lambda k: k * X, lambda k: T(k + 1), [12], catch_up=1)
+    assert k2 >= 2 and model.draft_time(1) == pytest.approx(X, rel=1e-9)
     informed = CostModelLookahead(prior_catch_up_ratio=0.3)
     informed.observe_prefill(0.004 * prompt, prompt, unfed=prompt)
-    for tokens, proposed in [(1, 0), (k1 + 1, k1)]:
+    for tokens, proposed in [(1, 0), (2, 1), (k2 + 1, k2)]:
         informed.observe_target(T(tokens), tokens)
         informed.observe_round([proposed], [proposed])
     informed.observe_draft(X)
-    k2 = model.choose_k(batch=1, limit=12, remaining=200, rows=[0])
-    assert k2 == informed.best_k(1, 12)
-    assert informed.draft_time(1) == pytest.approx(X)
+    k3 = model.choose_k(batch=1, limit=12, remaining=200, rows=[0])
+    assert k3 == informed.best_k(1, 12)
     prior_step = CostModelLookahead(prior_catch_up_ratio=0.3)  # what keeping the 0.3-of-a-pass prior would give
-    for tokens in (1, k1 + 1):
+    for tokens, proposed in [(1, 0), (2, 1), (k2 + 1, k2)]:
         prior_step.observe_target(T(tokens), tokens)
-    prior_step.observe_round([k1], [k1])
-    assert prior_step.draft_time(1) == pytest.approx(0.3 * T(1)) and prior_step.best_k(1, 12) < k2
+        prior_step.observe_round([proposed], [proposed])
+    assert prior_step.draft_time(1) == pytest.approx(0.3 * T(1)) and prior_step.best_k(1, 12) < k3
 
 
 def test_catch_up_not_timed_apart_is_what_the_steps_leave():
@@ -292,9 +291,9 @@ def test_catch_up_not_timed_apart_is_what_the_steps_leave():
     model, watch = CostModelLookahead(), GivenSpans()
     pacer = CostModelPacer(model, watch)
     paced_round(pacer, watch, [0], None, lambda k: 0.1, [0])
-    k, _ = paced_round(pacer, watch, [0], lambda k: 0.5, lambda k: 0.1, [3], catch_up=40)
-    assert k >= 2 and model.summary()["draft_step_s"] is None
-    assert model.summary()["catch_up_s_per_token"] == pytest.approx((0.5 - (k - 1) * 0.3 * 0.1) / 40)
+    k, _ = paced_round(pacer, watch, [0], lambda k: 0.5 + (k - 1) * 0.01, lambda k: 0.1, [3], catch_up=40)
+    assert k >= 1 and model.summary()["draft_step_s"] is None
+    assert model.summary()["catch_up_s_per_token"] == pytest.approx((0.5 + (k - 1) * (0.01 - 0.3 * 0.1)) / 40)
 
 
 # ----------------------------------------------------------------------------------- batches that pay
