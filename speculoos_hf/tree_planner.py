@@ -139,23 +139,24 @@ class TreePlanner:
         """A tree round's outcome: per rank, candidates tried and accepted along each row's walk. path [B, D] host."""
         if tree.size == 0:
             return
-        children = tree.children  # [B, N+1, R] host pass indices
-        rank = torch.zeros(tree.batch_size, tree.size + 1, dtype=torch.long)
-        rank.scatter_(1, children.flatten(1), torch.arange(children.shape[2]).repeat(children.shape[1])
-                      .expand(tree.batch_size, -1).contiguous())
+        children = tree.children  # [B, N+1, R] host pass indices, 0: none
+        B, R = tree.batch_size, children.shape[2]
+        rank = torch.zeros(B, tree.size + 2, dtype=torch.long)  # by pass index (a spare column takes "none")
+        rank.scatter_(1, torch.where(children > 0, children, tree.size + 1).flatten(1),
+                      torch.arange(R).repeat(tree.size + 1).expand(B, -1).contiguous())
         fan = (children > 0).sum(-1)  # [B, N+1]
+        a = torch.tensor(accepted)  # [B]
+        at = torch.zeros(B, dtype=torch.long)  # pass index reached
         tried, hits = [0] * MAX_BRANCHES, [0] * MAX_BRANCHES
-        for b, (nodes, a) in enumerate(zip(path.tolist(), accepted)):
-            at = 0  # pass index reached
-            for d in range(a + 1):
-                if d < a:
-                    r = int(rank[b, nodes[d] + 1])
-                    hits[min(r, MAX_BRANCHES - 1)] += 1
-                else:
-                    r = int(fan[b, at])  # every candidate was tried and rejected
-                for s in range(min(r + (d < a), MAX_BRANCHES)):
-                    tried[s] += 1
-                at = nodes[d] + 1 if d < a else at
+        for d in range(path.shape[1] + 1):
+            step = path[:, d].clamp(min=0) + 1 if d < path.shape[1] else at  # [B] the child accepted at depth d
+            moved = d < a  # [B]
+            r = rank.gather(1, step[:, None]).squeeze(1)  # [B]
+            count = torch.where(moved, r + 1, torch.where(d == a, fan.gather(1, at[:, None]).squeeze(1), 0))
+            for s in range(MAX_BRANCHES):
+                tried[s] += int((count > s).sum())
+                hits[s] += int((moved & (r.clamp(max=MAX_BRANCHES - 1) == s)).sum())
+            at = torch.where(moved, step, at)
         self.runner_ups.observe(tried, hits)
 
 

@@ -72,7 +72,8 @@ class TreeSteps:
         ends = run.out.ends_of(state.rows)
         k, limits = pacer.choose_k(state.rows, remaining=max(e - n for e, n in zip(ends, state.lengths)))
         plan = None
-        if k > 0 and not run.plain_first:
+        lockstep_copies = run.stops.lockstep and self.planner.kind != "model"  # per-row tries: unequal depths
+        if k > 0 and not run.plain_first and not lockstep_copies:
             plan = self.planner.plan(k, state.batch_size, pacer.cost_model())
         if plan is None:
             return self.chain_round(run, tgt, drafter, _Chosen(pacer, k, limits))
@@ -99,7 +100,8 @@ def tree_round(run, tgt: KVSlots, drafter, pacer, plan: TreePlan, planner: TreeP
     forwards = drafter.forward_passes
     with pacer.drafting():
         tree = drafter.propose_tree(state, plan)
-        if plan.shape is None and (cm := pacer.cost_model()) is not None:  # copies alone: cut where they stop paying
+        cm = pacer.cost_model()
+        if plan.shape is None and planner.fixed is None and cm is not None:  # copies alone: cut where they stop paying
             tree = planner.cut_copies(tree, _pass_times(cm, state.batch_size, tree.size))
     first_slot = tgt.num_slots
     stats.target_cache_slots = max(stats.target_cache_slots, first_slot + tree.size + 1)
@@ -130,9 +132,21 @@ def score_tree(tgt: KVSlots, ctx: DecodeContext, state: DecodeState, tree: Token
     if not len(ctx.processors):
         return logits
     seqs, lengths = node_prefixes(state.seq, state.lengths, tree.path_tokens(), tree.pass_depth())
-    rows = [r for r in state.rows for _ in range(N + 1)]
     Vt = logits.shape[-1]
-    return apply_processors(ctx.processors, seqs, lengths, logits.reshape(B * (N + 1), Vt), rows).view(B, N + 1, Vt)
+    if not _users_processors(ctx):  # the library's own: all nodes at once, grouped by prefix length
+        rows = [r for r in state.rows for _ in range(N + 1)]
+        flat = logits.reshape(B * (N + 1), Vt)
+        return apply_processors(ctx.processors, seqs, lengths, flat, rows).view(B, N + 1, Vt)
+    # the user's own see the batch's rows in their order, one node of each row per call (as a chain shows them)
+    seqs, lengths = seqs.view(B, N + 1, -1), torch.tensor(lengths).view(B, N + 1)
+    columns = [apply_processors(ctx.processors, seqs[:, i], lengths[:, i].tolist(), logits[:, i], state.rows)
+               for i in range(N + 1)]
+    return torch.stack(columns, dim=1)  # [B, N+1, V]
+
+
+def _users_processors(ctx: DecodeContext) -> bool:
+    """Some logits processor is the user's own (not built by transformers)."""
+    return any(not type(p).__module__.startswith("transformers.") for p in ctx.processors.processors)
 
 
 def verify_tree(ctx: DecodeContext, tree: TokenTree, scores: torch.Tensor) -> TreeVerdict:
@@ -171,13 +185,19 @@ def _first_ranks(tree: TokenTree, path: torch.Tensor, accepted: list[int]) -> li
     """Per row, how many of the accepted path's nodes are first candidates from the root on: what a chain of the
     drafter's first choices would have had accepted (the cost model's acceptance by position)."""
     first = tree.children[:, :, 0]  # [B, N+1] each pass index's first child
-    out = []
-    for b, (nodes, a) in enumerate(zip(path.tolist(), accepted)):
-        at, n = 0, 0
-        while n < a and int(first[b, at]) == nodes[n] + 1:
-            at, n = nodes[n] + 1, n + 1
-        out.append(n)
-    return out
+    a = torch.tensor(accepted)  # [B]
+    at = torch.zeros(tree.batch_size, dtype=torch.long)
+    on = torch.ones(tree.batch_size, dtype=torch.bool)
+    for d in range(path.shape[1]):
+        step = path[:, d] + 1  # [B]
+        on = on & (d < a) & (first.gather(1, at[:, None]).squeeze(1) == step)
+        at = torch.where(on, step, at)
+    return _depth_of(tree, at).tolist()
+
+
+def _depth_of(tree: TokenTree, at: torch.Tensor) -> torch.Tensor:
+    """[B] the depth of pass index `at` [B] in each row (0: the root)."""
+    return tree.pass_depth().gather(1, at[:, None]).squeeze(1)
 
 
 def _as_chain(tree: TokenTree, path: torch.Tensor, forwards: int) -> Proposal:

@@ -22,10 +22,21 @@ from .model import ModelDrafter
 
 @dataclass(frozen=True)
 class _FedTree:
-    """The tree nodes a proposal fed to the draft cache after its pending chunk, in feeding order from `first_slot`."""
+    """The tree nodes a proposal fed to the draft cache after its pending chunk, in feeding order from `first_slot`:
+    `slots[n]` is node n's slot after `first_slot` (-1: not fed; the last entry, -1, stands for "no node")."""
 
     first_slot: int
-    nodes: tuple[int, ...]  # node index of each fed slot
+    slots: torch.Tensor  # [N + 1] host long
+
+    @classmethod
+    def of(cls, first_slot: int, nodes: list[int], size: int) -> "_FedTree":
+        slots = torch.full((size + 1,), -1, dtype=torch.long)
+        slots[nodes] = torch.arange(len(nodes))
+        return cls(first_slot, slots)
+
+    @property
+    def count(self) -> int:
+        return int((self.slots >= 0).sum())
 
 
 class TreeModelDrafter(ModelDrafter):
@@ -70,7 +81,7 @@ class TreeModelDrafter(ModelDrafter):
             if expanding:
                 logits = self._feed_nodes(shape, tokens, expanding, fed, first)  # [B, m, V_draft]
                 fed += expanding
-        self._fed_tree = _FedTree(first, tuple(fed))
+        self._fed_tree = _FedTree.of(first, fed, N)
         return TokenTree.from_shape(shape, tokens, torch.ones(B, N, dtype=torch.bool), probs)
 
     def commit_tree(self, state: DecodeState, outcome: RoundOutcome, path: torch.Tensor) -> None:
@@ -79,18 +90,13 @@ class TreeModelDrafter(ModelDrafter):
         fed, self._fed_tree = self._fed_tree, None
         if fed is None:
             return
-        slot = {n: s for s, n in enumerate(fed.nodes)}
-        kept = torch.zeros(state.batch_size, len(fed.nodes), dtype=torch.bool)
-        own = []
-        for i, nodes in enumerate(path.tolist()):  # rows x depth: host ints
-            count = 0
-            for n in nodes[: outcome.cached_drafts(i)]:
-                if n not in slot:
-                    break
-                kept[i, slot[n]] = True
-                count += 1
-            own.append(count)
-        self.runner.kv.keep_marked(fed.first_slot, kept)
+        cached = torch.tensor([outcome.cached_drafts(i) for i in range(state.batch_size)])  # [B]
+        slot = fed.slots[path.clamp(min=-1)]  # [B, D] each path node's fed slot, -1: not fed (or no node)
+        keep = ((slot >= 0) & (torch.arange(path.shape[1])[None, :] < cached[:, None])).long().cumprod(1).bool()
+        kept = torch.zeros(state.batch_size, fed.count + 1, dtype=torch.bool)  # a spare column takes the rest
+        kept.scatter_(1, torch.where(keep, slot, fed.count), True)
+        self.runner.kv.keep_marked(fed.first_slot, kept[:, :-1])
+        own = keep.sum(1).tolist()
         self.cached_len = [outcome.old_lengths[i] + own[i] for i in range(state.batch_size)]
 
     # -- steps ------------------------------------------------------------------------------------------------------
