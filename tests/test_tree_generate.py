@@ -71,3 +71,17 @@ def test_draft_tree_refused_when_malformed():
     target, draft = tiny_pair("llama")
     with pytest.raises(ValueError, match="draft_tree"):
         target.generate(make_prompt(4), max_new_tokens=4, draft_model=draft, draft_tree=(2, 0))
+
+
+def test_greedy_trees_from_the_suffix_cache():
+    """A second similar request: the cache's continuations as trees, output as the target's own."""
+    from speculoos_hf import SuffixCache
+
+    target, draft = tiny_pair("llama")
+    cache = SuffixCache()
+    ids = make_prompt(8, seed=7)
+    ref = target.generate(ids, do_sample=False, max_new_tokens=24)
+    for _ in range(2):
+        out = target.generate(ids, do_sample=False, max_new_tokens=24, suffix_cache=cache, draft_tree=(2, 2, 1, 1))
+        assert torch.equal(out, ref)
+    assert target.speculative_stats.draft_tokens_accepted >= 12  # the second call copies from the first
