@@ -11,6 +11,8 @@ import operator
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
+from .model_support import check_servable
+
 _UNSUPPORTED_OUTPUTS = ("output_scores", "output_logits", "output_attentions", "output_hidden_states")
 
 
@@ -71,6 +73,7 @@ def check_models(target, draft=None) -> None:
                 f"{role} {type(m).__name__} is an encoder-decoder model; speculative generation supports causal "
                 "(decoder-only) language models."
             )
+        check_servable(m, role)
 
 
 def checked_cache(model, cache=None):

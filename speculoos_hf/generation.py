@@ -27,6 +27,7 @@ from .checks import (
     pop_stop_strings,
 )
 from .decoding import speculative_decode
+from .model_support import check_batch
 from .drafters.prepared import PreparedDraft, note_draft_step, prepare_draft
 from .drafters.select import make_drafter
 from .options import (
@@ -202,6 +203,8 @@ class _SpeculativeDecode:
     def __call__(self, model, input_ids, logits_processor, stopping_criteria, generation_config, **model_kwargs):
         config = generation_config
         _check_prepared(model, input_ids, logits_processor, config, model_kwargs, self.streamer)
+        if isinstance(self.prepared.model, PreTrainedModel):
+            check_batch(self.prepared.model, input_ids.shape[0], "draft_model")
         cache = checked_cache(model, model_kwargs.get("cache"))
         options = self.options.within(config.max_length - input_ids.shape[1] - 1)  # at most what can be drafted
         drafter, V = make_drafter(model, self.prepared.model, options)
@@ -239,6 +242,7 @@ def _check_prepared(model, input_ids, logits_processor, config, model_kwargs: di
     if streamer is not None and input_ids.shape[0] > 1:
         raise ValueError("streamer supports batch size 1 only (as transformers' TextStreamer).")
     check_supported(logits_processor)
+    check_batch(model, input_ids.shape[0])
     check_position_ids(model_kwargs.get("position_ids"), model_kwargs.get("attention_mask"), input_ids)
 
 

@@ -1,0 +1,99 @@
+"""Which causal LMs speculative generation serves exactly, and at which batch sizes; refusals name the reason.
+
+Checked before any work, for the target and for a draft model. The rules are about how a model keeps its past:
+  - its past must live in transformers' `DynamicCache` (attention keys/values, sliding windows, indexed keys, and
+    recurrent state whose layers record per-token states: recurrent_state.py), because rejected drafts are rolled
+    back there;
+  - with batch size > 1, rows accept different numbers of drafts and the cache gets masked holes (kv_slots.py); a
+    model that numbers positions by cache length, or whose sparse attention may select a masked slot, would see
+    them: it is served at batch size 1 only.
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+
+from transformers import DynamicCache
+
+from .recurrent_state import recurrent_layers
+
+# Model types that pass the generic checks below but cannot be exact, with the reason.
+NOT_EXACT = {
+    "xlm": "its `cache` argument is a dictionary of its own, not a transformers cache that can be rolled back",
+    "cpmant": "it builds positions and segments from its own past length and takes neither explicit positions nor "
+              "a multi-token chunk over its past",
+    "moshi": "its multi-token forward disagrees with its own token-by-token forward, so verifying drafts in one "
+             "pass cannot reproduce its output",
+}
+# Attention models whose forward takes no position_ids but whose positions come from the attention mask (ALiBi from
+# its cumsum) or that KVSlots keeps contiguous (slot-distance models): holes are harmless for them.
+POSITIONS_FROM_MASK = {"bloom", "mpt"}
+# Models that take position_ids but number their positions from the cache length anyway.
+POSITIONS_FROM_CACHE = {"git"}
+
+
+def check_servable(model, role: str = "target") -> None:
+    """Raise ValueError (naming the reason) when `model` cannot be served exactly at any batch size."""
+    name = type(model).__name__
+    model_type = getattr(model.config.get_text_config(), "model_type", None)
+    if model_type in NOT_EXACT:
+        raise ValueError(f"{role} {name} is not supported with speculative generation: {NOT_EXACT[model_type]}.")
+    supports = getattr(model, "_supports_default_dynamic_cache", None)
+    if callable(supports) and not supports():
+        raise ValueError(
+            f"{role} {name} keeps its past in its own format (not transformers' DynamicCache), which speculative "
+            "generation cannot roll back to discard rejected drafts; generate without draft_model for it.")
+    params = inspect.signature(model.forward).parameters
+    if "cache" not in params and "past_key_values" not in params:
+        raise ValueError(
+            f"{role} {name} takes no cache (its forward has no `cache`/`past_key_values`), so drafts cannot be "
+            "verified over the past in one pass; generate without draft_model for it.")
+    cache = DynamicCache(config=model.config)
+    if recurrent_layers(cache) and not _records_states(model):
+        raise ValueError(
+            f"{role} {name} has recurrent layers that do not record their per-token states (transformers' "
+            "`get_recurrent_states_to_keep` is not implemented for it), which rolling back a rejected draft needs; "
+            "generate without draft_model for it.")
+
+
+def check_batch(model, batch_size: int, role: str = "target") -> None:
+    """Raise ValueError when `model` is served at batch size 1 only and `batch_size` > 1."""
+    if batch_size <= 1:
+        return
+    reason = batch_one_reason(model)
+    if reason:
+        raise ValueError(f"{role} {type(model).__name__} is served with batch size 1 only: {reason}. Generate the "
+                         "rows one at a time, or without draft_model.")
+
+
+def batch_one_reason(model) -> str | None:
+    """Why masked holes in the cache (rows accepting different numbers of drafts) would change `model`'s output."""
+    config = model.config.get_text_config()
+    model_type = getattr(config, "model_type", None)
+    if "indexed_attention" in (getattr(config, "layer_types", None) or []):
+        return "its sparse (indexed) attention selects keys among cache slots and may select a masked one"
+    if model_type in POSITIONS_FROM_CACHE or (
+            model_type not in POSITIONS_FROM_MASK and not _takes_positions(model)
+            and not _recurrent_only(model)):
+        return "it numbers positions by cache length, so a rejected draft's masked slot would shift later positions"
+    return None
+
+
+def _takes_positions(model) -> bool:
+    return "position_ids" in inspect.signature(model.forward).parameters
+
+
+def _recurrent_only(model) -> bool:
+    cache = DynamicCache(config=model.config)
+    return bool(cache.layers) and len(recurrent_layers(cache)) == len(cache.layers) and not any(
+        hasattr(layer, "keys") for layer in cache.layers)
+
+
+def _records_states(model) -> bool:
+    """Whether the model's modeling code asks the cache how many per-token recurrent states to record."""
+    module = sys.modules.get(type(model).__module__)
+    try:
+        return "get_recurrent_states_to_keep" in inspect.getsource(module)
+    except (OSError, TypeError):
+        return False
