@@ -3,21 +3,21 @@
 A bounded store of token sequences (the oldest leave once the total passes `max_tokens`) behind one suffix index
 (sequences joined by a separator no token equals), shared safely between threads: `add` and `view` hold a lock, and
 drafting reads a frozen view taken when its call starts. Saved as a plain .npz of int arrays and loaded with
-`allow_pickle=False`, so loading a cache file from elsewhere runs no code.
+`allow_pickle=False`, so loading a cache file from elsewhere runs no code (suffix_cache_file.py).
 """
 
 from __future__ import annotations
 
 import threading
-import zipfile
 from collections import deque
 
 import numpy as np
 
+from . import suffix_cache_file
 from .drafters.suffix_index import IndexView, SuffixIndex
+from .suffix_cache_file import MAX_TOKENS
 
 SEPARATOR = -1  # joins sequences in the index: no token id equals it, so no match crosses it
-FORMAT = "speculoos-suffix-cache-1"
 DEFAULT_MAX_TOKENS = 1 << 20
 
 
@@ -38,8 +38,8 @@ class SuffixCache:
     """
 
     def __init__(self, max_tokens: int = DEFAULT_MAX_TOKENS):
-        if isinstance(max_tokens, bool) or not isinstance(max_tokens, (int, np.integer)) or max_tokens < 1:
-            raise ValueError(f"SuffixCache needs max_tokens >= 1, got {max_tokens!r}.")
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, (int, np.integer)) or not 1 <= max_tokens <= MAX_TOKENS:
+            raise ValueError(f"SuffixCache needs 1 <= max_tokens <= 2**30, got {max_tokens!r}.")
         self.max_tokens = int(max_tokens)
         self._lock = threading.Lock()
         self._spans: deque[tuple[int, int]] = deque()  # (first column, length) of each sequence, oldest first
@@ -60,8 +60,8 @@ class SuffixCache:
         self.add_all([tokens])
 
     def add_all(self, sequences) -> None:
-        """`add` for several sequences at once (one index update)."""
-        seqs = [seq for seq in (_token_array(t)[-self.max_tokens :] for t in sequences) if len(seq)]
+        """`add` for several sequences at once (one index update; those that would leave at once are not indexed)."""
+        seqs = _newest_within([_token_array(t)[-self.max_tokens :] for t in sequences], self.max_tokens)
         if not seqs:
             return
         with self._lock:
@@ -92,28 +92,16 @@ class SuffixCache:
 
     def save(self, path) -> None:
         """Write the cache to `path` as an .npz of int arrays (no pickled objects)."""
-        seqs = self.sequences()
-        tokens = np.concatenate(seqs) if seqs else np.empty(0, dtype=np.int64)
-        with open(path, "wb") as f:
-            np.savez(f, format=np.array(FORMAT), max_tokens=np.array(self.max_tokens, dtype=np.int64),
-                     tokens=tokens.astype(np.int64), lengths=np.array([len(s) for s in seqs], dtype=np.int64))
+        suffix_cache_file.write(path, self.sequences(), self.max_tokens)
 
     @classmethod
     def load(cls, path, max_tokens: int | None = None) -> "SuffixCache":
-        """Read a cache written by `save` (`max_tokens` overrides the saved bound). Refuses anything else, pickled
-        content included, with a ValueError: loading runs no code."""
-        try:
-            data = np.load(path, allow_pickle=False)
-            if not isinstance(data, np.lib.npyio.NpzFile):
-                raise ValueError("a single array, not an .npz archive")
-            with data:
-                fields = {name: data[name] for name in ("format", "max_tokens", "tokens", "lengths")}
-        except (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile) as err:
-            raise ValueError(f"{path} is not a speculoos suffix cache file (.npz of int arrays): {err}") from None
-        tokens, lengths = _checked(path, fields)
-        cache = cls(int(fields["max_tokens"]) if max_tokens is None else max_tokens)
-        for seq in np.split(tokens, np.cumsum(lengths)[:-1]) if len(lengths) else []:
-            cache.add(seq)
+        """Read a cache written by `save` (`max_tokens` overrides the saved bound), its sequences indexed together.
+        Refuses anything else, pickled content and malformed or damaged files included, with a ValueError: loading
+        runs no code and allocates nothing a file merely claims."""
+        sequences, saved = suffix_cache_file.read(path)
+        cache = cls(saved if max_tokens is None else max_tokens)
+        cache.add_all(sequences)
         return cache
 
     def _append(self, tokens: np.ndarray) -> None:
@@ -131,26 +119,22 @@ class SuffixCache:
 
 
 def _token_array(tokens) -> np.ndarray:
-    """Token ids as a 1-d int64 array (a list, an array or a CPU/GPU tensor); refuses negative ids."""
+    """Token ids as a 1-d int64 array (a list, an array or a CPU/GPU tensor); refuses ids outside [0, 2**63)."""
     if hasattr(tokens, "detach"):
         tokens = tokens.detach().cpu().numpy()
     arr = np.asarray(tokens)
     if arr.ndim != 1 or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
         raise ValueError(f"SuffixCache.add takes a 1-d sequence of token ids, got shape {arr.shape}, {arr.dtype}.")
-    arr = arr.astype(np.int64)
-    if arr.size and arr.min() < 0:
-        raise ValueError("SuffixCache.add takes token ids >= 0.")
-    return arr
+    if arr.size and (arr.min() < 0 or arr.max() > np.iinfo(np.int64).max):
+        raise ValueError("SuffixCache.add takes token ids >= 0 (and below 2**63).")
+    return arr.astype(np.int64)
 
 
-def _checked(path, fields: dict) -> tuple[np.ndarray, np.ndarray]:
-    """The file's tokens and lengths after checking its format, types and sizes."""
-    tokens, lengths = fields["tokens"], fields["lengths"]
-    ok = (fields["format"].shape == () and str(fields["format"]) == FORMAT and tokens.ndim == 1
-          and lengths.ndim == 1 and np.issubdtype(tokens.dtype, np.integer)
-          and np.issubdtype(lengths.dtype, np.integer) and np.issubdtype(fields["max_tokens"].dtype, np.integer)
-          and (not lengths.size or lengths.min() >= 1) and int(lengths.sum()) == len(tokens)
-          and (not tokens.size or tokens.min() >= 0) and int(fields["max_tokens"]) >= 1)
-    if not ok:
-        raise ValueError(f"{path} is not a valid speculoos suffix cache file (format {FORMAT}).")
-    return tokens.astype(np.int64), lengths.astype(np.int64)
+def _newest_within(seqs: list[np.ndarray], max_tokens: int) -> list[np.ndarray]:
+    """The non-empty `seqs` that stay after adding them all: the newest whose total fits `max_tokens`."""
+    seqs = [seq for seq in seqs if len(seq)]
+    total, first = 0, len(seqs)
+    while first > 0 and total + len(seqs[first - 1]) <= max_tokens:
+        first -= 1
+        total += len(seqs[first])
+    return seqs[first:]

@@ -65,7 +65,9 @@ class PromptLookupDrafter:
         self.cache = cache
 
     def start(self, ctx: DecodeContext, state: DecodeState) -> None:
-        """Index every row's prompt (left padding excluded) and take the cache's snapshot."""
+        """Index every row's prompt (left padding excluded) and take the cache's snapshot; copies from the cache stop
+        before an id outside the call's vocabulary `ctx.vocab_size` (a cache written with another model)."""
+        self._vocab_size = None if ctx is None else ctx.vocab_size  # (the replay bench starts it without a call)
         B, S = state.seq_host.shape
         self._index = SuffixIndex(B, S, first=np.asarray(state.first_valid))  # row slot = original batch row
         self._live = list(state.rows)
@@ -122,4 +124,5 @@ class PromptLookupDrafter:
         if cache is None:
             return own, [own]
         B = len(slots)
-        return own, [own, Source(cache, np.zeros(B, dtype=np.int64), np.full(B, int(cache.lengths[0])), 0)]
+        hi = np.full(B, int(cache.lengths[0]))
+        return own, [own, Source(cache, np.zeros(B, dtype=np.int64), hi, 0, vocab_size=self._vocab_size)]

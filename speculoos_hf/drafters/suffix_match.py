@@ -15,7 +15,6 @@ import numpy as np
 
 from .suffix_index import LEVELS, IndexView
 
-_STRIDE = np.int64(2**32)  # (row, token) pairs packed into one int64
 PRIOR_TOKENS = 2  # a suffix matched over m tokens goes on with chance m / (m + PRIOR_TOKENS) (see `acceptance_estimate`)
 
 
@@ -32,12 +31,14 @@ class MatchRule:
 @dataclass(frozen=True)
 class Source:
     """Where each row b looks: row `slots[b]` of `view`, occurrences ending before column `hi[b]` (they need a next
-    token); `rank` is added to columns to order occurrences by recency across sources."""
+    token); `rank` is added to columns to order occurrences by recency across sources; a copy ends before an id
+    `>= vocab_size` (a cache written with another model holds ids the target has not: never proposed)."""
 
     view: IndexView
     slots: np.ndarray  # [B]
     hi: np.ndarray  # [B]
     rank: int
+    vocab_size: int | None = None
 
 
 @dataclass(frozen=True)
@@ -184,7 +185,8 @@ def _keep(h: _Hits, mask: np.ndarray) -> _Hits:
 
 
 def _continuations(sources: list[Source], hits: _Hits, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """The `width` tokens after each hit (-1 past its row's end or a separator) [M, W], and each hit's recency [M]."""
+    """The `width` tokens after each hit (-1 from its row's end, a separator or an id outside the source's
+    vocabulary on) [M, W], and each hit's recency [M]."""
     cont = np.full((len(hits.row), width), -1, dtype=np.int64)
     rank = np.zeros(len(hits.row), dtype=np.int64)
     for s_i, s in enumerate(sources):
@@ -193,7 +195,8 @@ def _continuations(sources: list[Source], hits: _Hits, width: int) -> tuple[np.n
         cols = hits.col[at][:, None] + 1 + np.arange(width)[None, :]  # [m, W]
         end = s.view.lengths[slots][:, None]
         tok = s.view.tokens[slots[:, None], np.minimum(cols, end - 1)]
-        ok = np.cumprod((cols < end) & (tok >= 0), axis=1).astype(bool)
+        known = tok < s.vocab_size if s.vocab_size is not None else True
+        ok = np.cumprod((cols < end) & (tok >= 0) & known, axis=1).astype(bool)
         cont[at] = np.where(ok, tok, -1)
         rank[at] = hits.col[at] + s.rank
     return cont, rank
@@ -237,13 +240,11 @@ def _most_frequent(row: np.ndarray, tok: np.ndarray, rank: np.ndarray, B: int):
         counts = np.bincount(row, minlength=B)
         present = np.flatnonzero(counts)
         return present, some[present], counts[present]
-    key = row * _STRIDE + tok
-    order = np.lexsort((rank, key))  # by (row, token), then rank
-    key, rank = key[order], rank[order]
-    last = np.flatnonzero(np.append(key[1:] != key[:-1], True))  # last entry of each (row, token) group
+    order = np.lexsort((rank, tok, row))  # by (row, token), then rank: any int64 ids
+    row, tok, rank = row[order], tok[order], rank[order]
+    last = np.flatnonzero(np.append((row[1:] != row[:-1]) | (tok[1:] != tok[:-1]), True))  # each group's last entry
     size = np.diff(last, prepend=-1)
-    group_key, group_rank = key[last], rank[last]
-    group_row = group_key // _STRIDE
+    group_row, group_tok, group_rank = row[last], tok[last], rank[last]
     order = np.lexsort((group_rank, size, group_row))  # per row: by count, then recency
     best = order[np.append(group_row[order][1:] != group_row[order][:-1], True)]
-    return group_row[best], group_key[best] % _STRIDE, size[best]
+    return group_row[best], group_tok[best], size[best]
