@@ -114,11 +114,14 @@ def _round(run: _Run, tgt: KVSlots, drafter: Drafter, pacer: Pacer) -> None:
     k, limits = pacer.choose_k(state.rows, remaining=max(e - n for e, n in zip(ends, state.lengths)))
     if run.plain_first:
         k, run.plain_first = 0, False
+    k = min(k, tgt.max_drafts)  # recurrent state: rollback depth is bounded (recurrent_state.MAX_ROLLBACK)
     clock.lap("choose_s")
     with pacer.drafting():
         proposal = pacer.propose(drafter, state, k) if k > 0 else empty_proposal(ctx, state)
     if limits is not None and k > 0:
         proposal = proposal.limited(limits)  # per-row caps from earlier rounds only (never this round's): exact
+    if proposal.k > tgt.max_drafts:  # a copy carried past k (hybrid extension)
+        proposal = proposal.limited([tgt.max_drafts] * state.batch_size)
     clock.lap("draft_s")
     first_slot = tgt.num_slots
     stats.target_cache_slots = max(stats.target_cache_slots, first_slot + proposal.k + 1)

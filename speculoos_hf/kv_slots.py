@@ -45,7 +45,7 @@ from transformers import DynamicCache
 
 from .cache_layout import check_movable, crop_slots, permute_slots, select_cache_rows, slice_slots, slot_distance_reason
 from .placement import input_device
-from .recurrent_state import RecurrentStates, has_attention
+from .recurrent_state import MAX_ROLLBACK, RecurrentStates, has_attention
 
 
 class KVSlots:
@@ -72,6 +72,11 @@ class KVSlots:
         self.forward_passes = 0
         self.input_slots = 0
         self._offset = torch.zeros(0, dtype=torch.long)  # [B] host, added to real tokens' positions (skip_position)
+
+    @property
+    def max_drafts(self) -> int | float:
+        """The most drafts one forward may verify: bounded where recurrent state records a state per token."""
+        return MAX_ROLLBACK if self.recurrent else float("inf")
 
     @property
     def compact(self) -> bool:

@@ -32,6 +32,9 @@ from transformers.cache_utils import DynamicLayer, LinearAttentionCacheLayerMixi
 # A forward over an empty cache (a prefill) longer than this records no intermediate states: its tokens are
 # committed ones, never rolled back; shorter ones record all (a first round may verify drafts with no prefill).
 UNRECORDED_PREFILL = 64
+# The deepest rollback: a round verifies at most this many drafts on a recurrent model (the loop caps k), and the
+# tape keeps at most this many latest states per row (a long catch-up chunk's early states are never needed).
+MAX_ROLLBACK = 32
 
 
 def recurrent_layers(cache) -> list:
@@ -73,6 +76,16 @@ class StateTape:
             layer.conv_states[i] = _window(self.conv, blocks.counts, self.kernel)  # [B, C, K]
         if not continuing:  # an unrecorded prefill: the tape restarts after it
             self._restart()
+
+    def forget_before(self, shift: torch.Tensor, width: int) -> None:
+        """Row i drops its first `shift[i]` entries (they can no longer be rolled back to); `width` entries stay."""
+        if self.rec is not None:
+            index = (shift[:, None] + torch.arange(width)[None, :]).clamp(max=self.rec.shape[1] - 1)  # [B, W]
+            index = index.to(self.rec.device).view(*index.shape, *([1] * (self.rec.dim() - 2)))
+            self.rec = self.rec.gather(1, index.expand(-1, -1, *self.rec.shape[2:]))
+        if self.conv is not None:
+            index = (shift[:, None] + torch.arange(self.kernel + width - 1)[None, :]).clamp(max=self.conv.shape[-1] - 1)
+            self.conv = self.conv.gather(-1, index.to(self.conv.device)[:, None, :].expand(-1, self.conv.shape[1], -1))
 
     def roll_back(self, counts: torch.Tensor) -> None:
         """Set each row's state to the tape's entry after `counts[i]` real tokens; the tape restarts there."""
@@ -161,6 +174,11 @@ class RecurrentStates:
             tape.record(blocks, self._continuing)
         # nothing before an unrecorded prefill can be rolled back to: the tapes restarted after it
         self.counts = blocks.counts if self._continuing else torch.zeros_like(blocks.counts)
+        if self.counts.numel() and int(self.counts.max()) > MAX_ROLLBACK:  # a long catch-up: keep the latest states only
+            shift = (self.counts - MAX_ROLLBACK).clamp(min=0)  # [B]
+            for tape in self.tapes:
+                tape.forget_before(shift, MAX_ROLLBACK + 1)
+            self.counts = self.counts - shift
 
     def settle(self, dropped: torch.Tensor, slots: int) -> None:
         """The round's end: row i forgets its last `dropped[i]` real tokens; the tape restarts (a rollback point)."""

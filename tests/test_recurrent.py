@@ -238,3 +238,35 @@ def test_sampling_matches_exact_distribution(name, prompts, monkeypatch):
     monkeypatch.setattr(decoding, "speculative_verify", _always_accept)
     broken = _generate(target, list(prompts), n_each, seed=3, draft_model=draft, num_draft_tokens=3, **extra)
     assert min(g_test(s, e) for s, e in zip(broken, broken_rule)) < ALPHA
+
+
+def test_rollback_depth_is_bounded(toys, monkeypatch):
+    """Copies longer than recurrent_state.MAX_ROLLBACK are verified in pieces of at most that many drafts, and a
+    draft that catches up on a longer stretch keeps only that many states per row; still exact."""
+    from speculoos_hf.recurrent_state import MAX_ROLLBACK
+
+    target, draft = toys("qwen3_5")
+    fed = []
+    forward = KVSlots.forward
+    monkeypatch.setattr(KVSlots, "forward",
+                        lambda self, t, v, logits_to_keep: fed.append((self.model is target, t.shape[1]))
+                        or forward(self, t, v, logits_to_keep))
+    repeat = torch.cat([make_prompt(9, seed=7)] * 8, dim=1)  # 72 tokens that repeat: lookup copies run long
+    ref = target.generate(repeat, do_sample=False, max_new_tokens=60)
+    fed.clear()
+    out = target.generate(repeat, do_sample=False, max_new_tokens=60, draft_model=draft,
+                          prompt_lookup_num_tokens=48, max_matching_ngram_size=24, num_draft_tokens=2)
+    assert torch.equal(out, ref)
+    verified = [n for is_target, n in fed[1:] if is_target]  # after the prefill
+    assert max(verified) == MAX_ROLLBACK + 1, "copies are verified up to the bound, not past it"
+    # a chunk longer than the tape keeps (a draft catching up), then a rollback: exact per row
+    kv = KVSlots(target)
+    kv.start(2)
+    rows = torch.randint(0, PAD_ID, (2, 50), generator=torch.Generator().manual_seed(3))
+    kv.forward(rows[:, :4], None, 1)
+    kv.forward(rows[:, 4:], None, 1)  # 46 tokens over a cache: more than MAX_ROLLBACK states per row
+    kv.keep_first([50 - 3, 50 - MAX_ROLLBACK])
+    logits = kv.forward(torch.tensor([[5], [6]]), None, 1)
+    for i, kept in enumerate((47, 50 - MAX_ROLLBACK)):
+        expected = target(input_ids=torch.cat([rows[i, :kept], torch.tensor([5 + i])])[None]).logits[0, -1]
+        torch.testing.assert_close(logits[i, -1], expected, atol=1e-4, rtol=1e-4)
