@@ -15,7 +15,8 @@ the stretch after rounds without drafts); (re)starting pays only where the time 
 tokens left exceeds that catch-up. A probe is skipped (the stretch doubles) when it would cost more than
 `probe_budget` of the stretch it ends; while the draft's step rests on too few timings to trust, a probe drafts 2
 tokens so that a step is timed (its first forward may read the catch-up), and the figures it is priced with are
-never above their priors (pass_times.DraftTimes): one slow timing never keeps drafting off for good.
+never above their priors or predictions while they rest on too few timings (pass_times.py): one slow timing never
+keeps drafting off for good.
 """
 
 from __future__ import annotations
@@ -65,6 +66,8 @@ class Costs(Protocol):
     def drafting_started(self) -> bool: ...  # a draft step was timed or a draft verified
     def draft_provisional(self) -> bool: ...  # a draft figure rests on too few timings to trust
     def plain_suspect(self, batch: int) -> bool: ...  # the one-token pass's timing looks like a slow moment
+    def probe_pass_time(self, tokens: int, batch: int) -> float: ...  # priced from settled timings (pass_times)
+    def timed_once(self, tokens: int, batch: int) -> bool: ...  # that pass has a single timing
 
 
 @dataclass
@@ -98,20 +101,23 @@ class KPolicy:
 
     # ------------------------------------------------------------------ rates
 
-    def round_time(self, k: int, batch: int) -> float | None:
-        """Predicted seconds of a round with k drafts over `batch` rows: k draft steps and the target's pass."""
-        t = self.costs.target_time((k + 1) * batch, batch)
+    def round_time(self, k: int, batch: int, settled_only: bool = False) -> float | None:
+        """Predicted seconds of a round with k drafts over `batch` rows: k draft steps and the target's pass
+        (`settled_only`: the pass priced from settled timings only, see `Costs.probe_pass_time`)."""
+        pass_time = self.costs.probe_pass_time if settled_only else self.costs.target_time
+        t = pass_time((k + 1) * batch, batch)
         d = self.costs.draft_time(batch) if k else 0.0
         return None if t is None or d is None else k * d + t
 
-    def rates(self, kmax: int, batch: int, rows: list[int] | None = None) -> list[float | None]:
+    def rates(self, kmax: int, batch: int, rows: list[int] | None = None, settled_only: bool = False
+              ) -> list[float | None]:
         """Expected tokens per second (all rows) for k = 0..kmax (None where nothing is timed); with `rows`, a row
         whose drafts do not pay counts 1 token (it drafts nothing)."""
         curve, curves = self.costs.token_curve(kmax), self.costs.row_curves(rows, kmax)
         base, trim = self.round_time(0, batch), self.per_row_limits
         out = []
         for k in range(kmax + 1):
-            cost = self.round_time(k, batch)
+            cost = self.round_time(k, batch, settled_only)
             if cost is None:
                 out.append(None)
             elif curves is None or k == 0:
@@ -175,7 +181,7 @@ class KPolicy:
         if k > 0 and self._worth_catching_up(k, b, b * remaining):  # as far as the model knows, speculation pays
             self.phase = On()
             self._stretch = self.off_rounds
-            return self._first_experiment(k)
+            return self._first_experiment(self._retimed(k, b, limit, rows))
         if isinstance(phase, ProbeDue):
             k = min(self._probe_k(), self.max_k, limit if limit is not None else self.max_k)
             if self._probe_allowed(k, b):
@@ -183,6 +189,14 @@ class KPolicy:
                 return k  # one probe round refreshes the estimates
             # too dear to look: counts as a failed probe (the next stretch is longer)
         return self._switch_off(after_probe=isinstance(phase, ProbeDue) or phase == On(after_probe=True))
+
+    def _retimed(self, k: int, batch: int, limit: int | None, rows: list[int] | None) -> int:
+        """k, or a wider k whose pass was timed once and would pay at its price from settled timings: one slow
+        moment there must not cap k for good, so it is timed once more (the fastest of two then stands)."""
+        kmax = self.max_k if limit is None else max(0, min(self.max_k, limit))
+        rates = self.rates(kmax, batch, rows, settled_only=True)
+        best = max(range(kmax + 1), key=lambda j: rates[j] if rates[j] is not None else -1.0)
+        return best if best > k and self.costs.timed_once((best + 1) * batch, batch) else k
 
     def _first_experiment(self, k: int) -> int:
         """k, but at most `first_k` in the first drafting round: everything it is chosen from is a prior (the wider
@@ -216,7 +230,9 @@ class KPolicy:
         plain, probe = self.round_time(0, batch), self.round_time(k, batch)
         if plain is None or probe is None:
             return 0.0
-        return self.costs.catch_up_time(self.unfed * batch) + probe - plain
+        wider = self.costs.probe_pass_time((k + 1) * batch, batch)  # its unsettled timing at most the prediction
+        return self.costs.catch_up_time(self.unfed * batch) + probe - plain - (self.costs.target_time(
+            (k + 1) * batch, batch) - wider)
 
     def _worth_catching_up(self, k: int, batch: int, horizon: int) -> bool:
         """Whether k drafts per round save more over the `horizon` tokens left than the draft's catch-up costs."""

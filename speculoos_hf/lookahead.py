@@ -147,6 +147,12 @@ class CostModelLookahead:
     def plain_suspect(self, batch: int) -> bool:
         return self.passes.suspect(batch, batch)
 
+    def timed_once(self, tokens: int, batch: int) -> bool:
+        return self.passes.timings(tokens, batch) == 1
+
+    def probe_pass_time(self, tokens: int, batch: int) -> float:
+        return self.passes.predict(tokens, batch, settled_only=True)
+
     # ------------------------------------------------------------------ the model's answers
 
     def acceptance(self, k: int | None = None) -> list[float]:

@@ -60,18 +60,24 @@ class TargetPassTimes:
         """Whether a pass over `batch` rows was timed."""
         return any(t.value is not None for t in self._by_batch.get(batch, {}).values())
 
-    def predict(self, tokens: int, batch: int | None = None) -> float | None:
+    def predict(self, tokens: int, batch: int | None = None, settled_only: bool = False) -> float | None:
         """Seconds of a pass over `tokens` tokens in all at `batch` rows (None: from every batch size's passes);
         None before any pass was timed. Monotone in the width: a width is never predicted dearer than a wider width
         timed (a dearer narrow timing next to a cheaper wide one is a slow moment, the noise being one-sided: this
         is what keeps one slow one-token pass from looking like the target alone's speed), nor an untimed width
-        cheaper than a narrower one timed."""
+        cheaper than a narrower one timed. `settled_only`: from the widths timed often enough to outvote an outlier
+        (and the narrowest), what a probe is priced with so that it can time an unsettled width again."""
         timed = self.measured(batch)
+        if settled_only:
+            passes, narrowest = self._passes(batch), min(timed, default=None)
+            timed = {m: t for m, t in timed.items() if passes[m].settled or m == narrowest}
         if not timed:
             return None
         cap = min((t for m, t in timed.items() if m >= tokens), default=math.inf)
-        if tokens in timed:
-            return cap
+        return cap if tokens in timed else self._untimed(tokens, batch, timed, cap)
+
+    def _untimed(self, tokens: int, batch: int | None, timed: dict[int, float], cap: float) -> float:
+        """The line between the narrower width timed (floor) and the wider ones (cap)."""
         a, b, n0 = self._fit(batch)
         below = max((m for m in timed if m < tokens), default=None)
         floor = 0.0 if below is None else min(timed[below], cap)
@@ -89,6 +95,11 @@ class TargetPassTimes:
             return False
         wider = [t for m, t in self.measured(batch).items() if m > tokens]
         return bool(wider) and own.value > SUSPECT_RATIO * min(wider)
+
+    def timings(self, tokens: int, batch: int) -> int:
+        """How many timings the width's estimate at `batch` rows rests on."""
+        own = self._by_batch.get(batch, {}).get(tokens)
+        return 0 if own is None else own.count
 
     def measured(self, batch: int | None = None) -> dict[int, float]:
         """{tokens: estimated seconds} of the widths timed at `batch` rows (None: every batch size)."""
