@@ -2,7 +2,7 @@
 
 Generic rule: start from the config class's defaults and shrink every size-like field (hidden sizes, layers, heads,
 head sizes, intermediate sizes, experts, vocabulary, state sizes, windows), recursing into sub-configs; a hybrid's
-layer pattern is cut to one layer of each kind. Per-type overrides (`OVERRIDES`) only where the rule fails.
+layer pattern is cut to one layer of each kind. Per-type overrides (`_OVERRIDES`) only where the rule fails.
 Special tokens: no eos or bos (generation runs to length), pad = PAD_ID, other special ids at the top of the
 vocabulary, far from the prompts' ids (0..59).
 """
@@ -42,9 +42,11 @@ _EXACT = {
     "num_experts_per_tok": 2, "moe_k": 2, "moe_topk": 2, "moe_top_k": 2, "topk_group": 1, "n_group": 1,
     "n_groups": 1, "mamba_n_groups": 1, "mamba_ngroups": 1, "num_shared_experts": 1, "n_shared_experts": 1,
     "moe_num_shared_experts": 1, "q_lora_rank": 16, "kv_lora_rank": 16, "o_lora_rank": 16, "o_groups": 1,
-    "max_window_layers": 0, "first_k_dense_replace": 1, "num_dense_layers": 1, "tie_word_embeddings": False, "tie_word_embedding": False, "initializer_range": 0.02, "use_cache": True,
-    "num_nextn_predict_layers": 0, "num_mtp_layers": 0, "index_topk": 4, "index_n_heads": 2, "index_num_heads": 2,
-    "rotary_dim": HEAD_DIM // 2, "hc_lowrank": 8, "gated_norm_rank": 8, "loop_gate_rank": 8, "laurel_rank": 8, "adapter_rank": 8,
+    "max_window_layers": 0, "first_k_dense_replace": 1, "num_dense_layers": 1, "tie_word_embeddings": False,
+    "tie_word_embedding": False, "initializer_range": 0.02, "use_cache": True, "num_nextn_predict_layers": 0,
+    "num_mtp_layers": 0, "index_topk": 4, "index_n_heads": 2, "index_num_heads": 2, "encoder_hash_byte_group_vocab": 64,
+    "rotary_dim": HEAD_DIM // 2, "hc_lowrank": 8, "gated_norm_rank": 8, "loop_gate_rank": 8, "laurel_rank": 8,
+    "adapter_rank": 8,
 }
 # sizes shrunk even where the class default is None (some models need them set)
 _REQUIRED = ("head_dim", "num_key_value_heads", "num_experts_per_tok", "n_routed_experts")
@@ -155,9 +157,10 @@ def tiny_kwargs(config_cls, extra: dict | None = None) -> dict:
     kwargs.update(_token_ids(config_cls, fields))
     for name, (sub_cls, sub_extra) in _sub_config_classes(config_cls).items():
         kwargs[name] = dict(tiny_kwargs(sub_cls, sub_extra), model_type=sub_cls.model_type)
+    kwargs = _with_layer_pattern(config_cls, fields, kwargs)
     for name, value in _OVERRIDES.get(config_cls.model_type, {}).items():
         kwargs[name] = {**kwargs[name], **value} if isinstance(value, dict) and name in kwargs else value
-    return _with_layer_pattern(config_cls, fields, kwargs)
+    return kwargs
 
 
 def build(config_cls, kwargs: dict, tries: int = 12):
@@ -223,20 +226,58 @@ def _with_layer_pattern(config_cls, fields: dict, kwargs: dict) -> dict:
 
 # Per-type overrides where the generic rule fails (each with the reason).
 _OVERRIDES: dict[str, dict] = {
-    "dots3_note_text": dict(num_key_value_heads=HEADS),  # its attention needs as many key-value heads as heads
+    # layer patterns set by other fields than a per-layer list: one layer of each kind
+    "bamba": dict(attn_layer_indices=[1]),
+    "granitemoehybrid": dict(layer_types=["linear_attention", "full_attention"]),
+    "jamba": dict(attn_layer_period=2, attn_layer_offset=1, expert_layer_period=2, expert_layer_offset=1),
+    "recurrent_gemma": dict(block_types=["recurrent", "attention"]),
+    "lfm2_moe": dict(layer_types=["conv", "full_attention"]),
+    "gemma3n_text": dict(num_hidden_layers=4, num_kv_shared_layers=2,  # the last two layers reuse earlier keys
+                         layer_types=["sliding_attention", "full_attention"] * 2),
+    "dory": dict(num_hidden_layers=4, n_input_layers=1, n_output_layers=1,  # input, looped and output layers
+                 layer_types=["sliding_attention", "full_attention"] * 2),
+    "reformer": dict(is_decoder=True, attn_layers=["local", "local"], axial_pos_shape=[16, 16],  # 16 x 16 = positions
+                     axial_pos_embds_dim=[16, 16], local_attn_chunk_length=4),  # (LSH layers fail on tiny sizes)
+    # class defaults that do not build a model, or sizes the generic rule gets wrong
+    "cohere_compass_text": dict(rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": 1e4}}),
+    "dbrx": dict(attn_config=dict(clip_qkv=8.0)),  # None reaches torch.clamp(min=None, max=None)
+    "dots1": dict(n_shared_experts=1),  # None breaks the shared expert
+    "dots3_note_text": dict(num_key_value_heads=HEADS,  # its attention needs as many key-value heads as heads
+                            swa_num_attention_heads=HEADS, swa_num_key_value_heads=HEADS, swa_q_lora_rank=16,
+                            swa_kv_lora_rank=16, swa_head_dim=16, swa_qk_nope_head_dim=8, swa_v_head_dim=8),
+    # ^ its sliding layers' sizes are keyword arguments only (swa_*), not fields
     "gemma4_assistant": dict(text_config=dict(hidden_size_per_layer_input=0, vocab_size_per_layer_input=0)),
     # ^ the assistant takes no per-layer inputs
     "gpt_neo": dict(attention_types=[[["global", "local"], 1]]),  # the layer pattern is given as (kinds, repeats)
     "kolibri1_1": dict(head_dim=16),  # NVFP4 rounding of keys and values works on blocks of 16
     "mamba2": dict(num_heads=HIDDEN * 2 // HEAD_DIM),  # heads x head_dim must equal hidden x expand
+    "qwen4_exp_text": dict(indexer_n_heads=2, indexer_kv_heads=1, indexer_head_dim=HEAD_DIM, indexer_budget=4,
+                           indexer_compress_ratio=2),  # its indexed-attention layers need the indexer's sizes
+    "xlstm": dict(hidden_size=128, num_heads=2),  # query/key and value widths round up to multiples of 64
     "zaya": dict(num_experts_per_tok=1),  # ZAYA routes to one expert only
+    # one codebook: input_ids [B, L] as for any causal LM (with several, each sequence is num_codebooks rows)
+    "musicgen_decoder": dict(num_codebooks=1),
+    "musicgen_melody_decoder": dict(num_codebooks=1),
 }
+# model types whose causal-LM class takes one sub-config of the type's config
+_SUB_CONFIG = {"musicgen": "decoder", "musicgen_melody": "decoder"}
+
+
+def _fix_dbrx(config):
+    config.attn_config.rope_theta = 10000.0  # DbrxAttention reads it; DbrxAttentionConfig no longer has the field
+
+
+_CONFIG_FIXES = {"dbrx": _fix_dbrx}
 
 
 def tiny_config(model_type: str):
     """The tiny config of `model_type` (a key of the causal-LM mapping)."""
     config_cls = CONFIG_MAPPING[model_type]
-    return build(config_cls, tiny_kwargs(config_cls))
+    # is_decoder: causal attention and a cache for the encoder families' LM heads (BERT, RoBERTa...), as their
+    # docs ask of a standalone decoder; decoder-only classes ignore it
+    config = build(config_cls, {**tiny_kwargs(config_cls), "is_decoder": True})
+    _CONFIG_FIXES.get(model_type, lambda c: None)(config)
+    return getattr(config, _SUB_CONFIG[model_type]) if model_type in _SUB_CONFIG else config
 
 
 def model_class(model_type: str):
@@ -255,7 +296,15 @@ def tiny_model(model_type: str, seed: int = 0):
     pad ids) get a large negative logit, so that generation stays on word ids (no image token ever comes up)."""
     config = tiny_config(model_type)
     torch.manual_seed(seed)
-    model = transformers.AutoModelForCausalLM.from_config(config).to(torch.float32).eval()
+    if model_type in _SUB_CONFIG:
+        model = model_class(model_type)(config)
+    else:
+        model = transformers.AutoModelForCausalLM.from_config(config)
+    model = model.to(torch.float32).eval()
+    if model_type == "xmod":
+        model.set_default_language("en_XX")  # X-MOD's adapters need a language
+    if model_type in _SUB_CONFIG:
+        model.generation_config.decoder_start_token_id = PAD_ID  # MusicGen pads its delay pattern with it
     for gc in (model.generation_config,):
         gc.eos_token_id = gc.bos_token_id = None
         gc.pad_token_id = PAD_ID
