@@ -75,7 +75,9 @@ def speculative_decode(target, drafter: Drafter, request: DecodeRequest, options
 
     step = tree_steps(target, tgt, drafter, options, _round)  # token trees where they apply, else the chain
     while run.state.rows:
+        begun = time.perf_counter()
         step(run, tgt, drafter, pacer)
+        run.stats.trace[-1].close(time.perf_counter() - begun)  # choosing k (and a tree) took the rest
     if run.streamer is not None:
         run.streamer.end()
     _finish_stats(run.stats, tgt, drafter, pacer, started)

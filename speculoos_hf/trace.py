@@ -25,6 +25,7 @@ class RoundRecord:
     accepted: list[int]  # drafts accepted per row
     forwards: int  # draft-model forwards (0: a copy, or no drafts)
     catch_up: int  # committed tokens per row the draft read first
+    tree: bool = False  # a token tree's round (width: its nodes + 1; proposed: each row's chain of first candidates)
     choose_s: float = 0.0
     draft_s: float = 0.0
     target_s: float = 0.0
@@ -35,6 +36,11 @@ class RoundRecord:
     @property
     def seconds(self) -> float:
         return sum(getattr(self, p) for p in PHASES)
+
+    def close(self, total: float) -> None:
+        """The round took `total` seconds in all: what no lap took (choosing k or a tree before the round's own
+        clock started) goes to `choose_s`."""
+        self.choose_s += max(total - self.seconds, 0.0)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -52,12 +58,12 @@ class RoundClock:
         self.laps[phase] = self.laps.get(phase, 0.0) + now - self._last
         self._last = now
 
-    def record(self, proposal, accepted: list[int]) -> RoundRecord:
+    def record(self, proposal, accepted: list[int], tree: bool = False) -> RoundRecord:
         """The round's record (the time since the last lap is its bookkeeping)."""
         self.lap("bookkeeping_s")
         forwards = proposal.forwards if proposal.forwards is not None else proposal.k
         return RoundRecord(len(accepted), proposal.k + 1, list(proposal.counts()), list(accepted),
-                           forwards if proposal.k else 0, proposal.catch_up if proposal.k else 0, **self.laps)
+                           forwards if proposal.k else 0, proposal.catch_up if proposal.k else 0, tree, **self.laps)
 
 
 def trace_summary(trace: list[RoundRecord]) -> dict:

@@ -29,6 +29,7 @@ from .stops import apply_stops
 from .tree import TokenTree, TreePlan, node_prefixes
 from .tree_models import tree_reason
 from .tree_planner import TreePlanner
+from .trace import RoundClock
 from .tree_verify import TreeVerdict, tree_greedy_verify, tree_sample_verify
 
 
@@ -96,6 +97,7 @@ class _Chosen:
 def tree_round(run, tgt: KVSlots, drafter, pacer, plan: TreePlan, planner: TreePlanner) -> None:
     """One round over trees: propose, score, verify, apply stops, commit, keep the path, retire finished rows."""
     ctx, state, stats = run.ctx, run.state, run.stats
+    clock = RoundClock()  # the round trace's laps (stats.trace)
     ends = run.out.ends_of(state.rows)
     forwards = drafter.forward_passes
     with pacer.drafting():
@@ -103,13 +105,17 @@ def tree_round(run, tgt: KVSlots, drafter, pacer, plan: TreePlan, planner: TreeP
         cm = pacer.cost_model()
         if plan.shape is None and planner.fixed is None and cm is not None:  # copies alone: cut where they stop paying
             tree = planner.cut_copies(tree, _pass_times(cm, state.batch_size, tree.size))
+    clock.lap("draft_s")
     first_slot = tgt.num_slots
     stats.target_cache_slots = max(stats.target_cache_slots, first_slot + tree.size + 1)
     with pacer.scoring():
         scores = score_tree(tgt, ctx, state, tree)  # [B, N+1, V]
+    clock.lap("target_s")
     verdict = verify_tree(ctx, tree, scores)
     path = verdict.path.to("cpu", non_blocking=True)  # [B, D] complete once the stop decision has synced
+    clock.lap("verify_s")
     outcome = apply_stops(run.stops, state, verdict.accepted, verdict.candidates, ends)
+    clock.lap("sync_s")
     view = _as_chain(tree, path, drafter.forward_passes - forwards)
     pacer.after_round(view, replace(outcome, accepted=_first_ranks(tree, path, outcome.accepted)))
     planner.observe(tree, path, outcome.accepted)
@@ -117,6 +123,7 @@ def tree_round(run, tgt: KVSlots, drafter, pacer, plan: TreePlan, planner: TreeP
     tgt.keep_marked(first_slot, kept_slots(tree, path, outcome))
     drafter.commit_tree(state, outcome, path)
     chain.retire_finished(state, run.stops, outcome, run.out, tgt, drafter)
+    stats.trace.append(clock.record(view, outcome.accepted, tree=True))
 
 
 def score_tree(tgt: KVSlots, ctx: DecodeContext, state: DecodeState, tree: TokenTree) -> torch.Tensor:

@@ -1,0 +1,123 @@
+"""A machine you can simulate (issue 27.1): the cost model times with a profile's pass times instead of the clock,
+the models run for real (real tokens), and every forward is priced from the profile (simulated time). Tiny models,
+deterministic: the cost model's choices are pinned on a flat-pass profile (Intel Xeon with AMX, bf16) and on the
+README's float32 AVX2 one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import left_pad_batch, make_prompt, tiny_pair
+from speculoos_hf.bench.methods import stock_generate
+from speculoos_hf.simulated_machine import ForwardPricer, MachineProfile, SimulatedStopwatch, simulated_machine
+from speculoos_hf.timing import Work, using_stopwatch
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+FLAT = BENCHMARKS / "xeon-amx-bf16" / "xeon_amx_bf16_int8_draft.json"  # T(m)/T(1) = 1.0-1.1 up to 16 tokens
+AVX2_FP32 = BENCHMARKS / "epyc-avx2" / "profile_avx2_fp32.json"  # T(2) = 2 T(1), then nearly flat
+
+
+def simulated(profile: MachineProfile, target, draft, ids, mask=None, new_tokens=96, watch=None):
+    """(speedup of the plain call over the target's own generate(), both priced by the profile; the plain call's
+    stats). Greedy; the outputs are checked equal."""
+    kwargs = dict(do_sample=False, max_new_tokens=new_tokens, attention_mask=mask)
+    with ForwardPricer(profile, target) as alone:
+        ref = stock_generate(target)(ids, **kwargs)
+    with using_stopwatch(watch or SimulatedStopwatch(profile)), ForwardPricer(profile, target, [draft]) as spec:
+        out = target.generate(ids, draft_model=draft, **kwargs)
+    assert torch.equal(out, ref)
+    return alone.seconds / spec.seconds, target.speculative_stats
+
+
+def drafted_ks(stats) -> list[int]:
+    """Per round, the tokens per row the target scored besides its own (a chain's drafts, a tree's nodes)."""
+    return [r.width - 1 for r in stats.trace]
+
+
+def test_profile_prices_by_shape():
+    p = MachineProfile.load(AVX2_FP32)
+    one = p.target[1]
+    assert p.target_pass(1, 1) == pytest.approx(one[1]) and p.target_pass(1, 8) == pytest.approx(one[8])
+    assert p.target_pass(1, 10) == pytest.approx((one[8] + one[12]) / 2)  # between timed widths: interpolated
+    assert p.target_pass(1, 200) == pytest.approx(max(one[16], p.prefill_per_token * 200))  # past them: prefill rate
+    assert min(p.target_pass(1, 4), p.target_pass(4, 4)) <= p.target_pass(2, 4) <= max(p.target_pass(1, 4),
+                                                                                        p.target_pass(4, 4))
+    assert p.draft_forward(1, 1) == pytest.approx(p.draft[1])
+    assert p.draft_forward(1, 8) == pytest.approx(p.draft[1] * one[8] / one[1])
+    watch = SimulatedStopwatch(p)
+    assert watch.seconds(watch.stop(watch.start()), Work("target", 1, 3)) == pytest.approx(one[3])
+    assert watch.seconds(None, Work("draft", 1, 3, catch_up=8)) == pytest.approx(p.draft_forward(1, 8) + 2 * p.draft[1])
+    assert watch.reported(123.0, Work("catch_up", 1, 8)) == pytest.approx(p.draft_forward(1, 8))
+
+
+def test_the_forward_pricer_counts_every_forward():
+    target, draft = tiny_pair("llama")
+    p = MachineProfile.load(FLAT)
+    ids = make_prompt(10, seed=1)
+    with ForwardPricer(p, target, [draft]) as priced:
+        stock_generate(target)(ids, do_sample=False, max_new_tokens=5)
+    assert priced.forwards == {"target": 5, "draft": 0}
+    assert priced.seconds == pytest.approx(p.target_pass(1, 10) + 4 * p.target_pass(1, 1))
+
+
+def test_flat_profile_a_good_draft_drafts_long_and_pays():
+    """A draft that is always right on the flat Xeon profile (int8 draft step 0.24 of a pass): k climbs past the
+    profile's best fixed chain for alpha 0.92 (K=6), and the plain call runs above 2x the target alone."""
+    target, draft = tiny_pair("llama", noise=0.0)
+    speedup, stats = simulated(MachineProfile.load(FLAT), target, draft, make_prompt(12, seed=3))
+    ks = drafted_ks(stats)
+    assert ks[0] == 0 and max(ks) >= 10  # a plain step first, then long rounds
+    assert speedup > 2.0, speedup
+
+
+def test_flat_profile_same_decisions_every_run():
+    """The simulated clock makes the cost model's choices a function of the tokens alone."""
+    target, draft = tiny_pair("llama", noise=0.05)
+    ids = make_prompt(12, seed=4)
+    runs = [drafted_ks(simulated(MachineProfile.load(FLAT), target, draft, ids, new_tokens=48)[1]) for _ in range(2)]
+    assert runs[0] == runs[1] and sum(runs[0]) > 0
+
+
+@pytest.mark.parametrize("noise", [0.0, 0.05, 0.3], ids=["always-right", "partial", "useless"])
+def test_avx2_float32_profile_plain_call_never_below_095(noise):
+    """The README's float32 AVX2 shape (T(2) = 2 T(1)): whatever the draft, the plain call stays at 0.95x the
+    target alone or better over 128 tokens, drafting at most a short first round and rare probes."""
+    target, draft = tiny_pair("llama", noise=noise)
+    speedup, stats = simulated(MachineProfile.load(AVX2_FP32), target, draft, make_prompt(12, seed=3), new_tokens=128)
+    assert speedup >= 0.95, speedup
+    assert sum(k > 0 for k in drafted_ks(stats)) <= 4
+
+
+class Hiccups(SimulatedStopwatch):
+    """The profile's times, but every `every`-th timing the cost model reads is `factor` times too slow."""
+
+    def __init__(self, profile, phase: int, every: int = 20, factor: float = 10.0):
+        super().__init__(profile)
+        self.phase, self.every, self.factor, self.count = phase, every, factor, 0
+
+    def seconds(self, span, work=None):
+        self.count += 1
+        return super().seconds(span, work) * (self.factor if self.count % self.every == self.phase else 1.0)
+
+
+@pytest.mark.parametrize("phase", [3, 8, 15])
+def test_flat_profile_one_timing_in_twenty_ten_times_too_slow(phase):
+    """The real loop on the flat profile with every 20th timing the cost model reads 10x too slow: within 5% of
+    the undisturbed simulated speed."""
+    target, draft = tiny_pair("llama", noise=0.02)
+    p, ids = MachineProfile.load(FLAT), make_prompt(12, seed=3)
+    base, _ = simulated(p, target, draft, ids, new_tokens=128)
+    skewed, _ = simulated(p, target, draft, ids, new_tokens=128, watch=Hiccups(p, phase))
+    assert skewed >= 0.95 * base, (skewed, base)
+
+
+def test_flat_profile_batch_of_four_drafts_and_pays():
+    """Four left-padded rows on the flat profile's batch-4 passes: the plain call drafts and beats the target's own
+    batched generate() (1.44x at this draft's 75% acceptance; the profile predicts 1.90x at 92%)."""
+    target, draft = tiny_pair("llama", noise=0.02)
+    ids, mask = left_pad_batch([make_prompt(n, seed=n)[0] for n in (12, 9, 14, 11)])
+    speedup, stats = simulated(MachineProfile.load(FLAT), target, draft, ids, mask, new_tokens=64)
+    assert max(drafted_ks(stats)) >= 4 and speedup > 1.3, speedup
