@@ -38,6 +38,8 @@ class MachineProfile:
     @classmethod
     def from_dict(cls, result: dict) -> "MachineProfile":
         batches = result["batches"]
+        if not batches:
+            raise ValueError("the profile times no batch size")
         return cls(
             name=str(result.get("machine", "profile")),
             target={int(b["batch_size"]): {int(m): float(t) for m, t in b["target_pass_s"].items()} for b in batches},

@@ -90,6 +90,8 @@ CASES = [
     (BENCH, "--acceptance", ["--profile", "--acceptance", "1.5"], "expected a number in [0, 1], got 1.5"),
     (BENCH, "--profile-acceptance-tokens", ["--profile-acceptance-tokens", "-1"], "expected an integer >= 0, got -1"),
     (BENCH, "--profile-png", ["--profile", "--profile-png", "{dir}"], "is a directory, not a file"),
+    (BENCH, "--simulate", ["--simulate", "{tmp}/none.json"], "{tmp}/none.json: no such file"),
+    (BENCH, "--simulate", ["--simulate", "{file}"], "is not a profile written by speculoos-bench --profile"),
     (BENCH, "--summarize", ["--summarize", "{tmp}/nowhere"], "{tmp}/nowhere: no such directory"),
     (BENCH, "--seed", ["--seed", "x"], "invalid int value: 'x'"),
     (BENCH, "--out", ["--out", "{file}"], "is a file, not a folder"),

@@ -121,3 +121,60 @@ def test_flat_profile_batch_of_four_drafts_and_pays():
     ids, mask = left_pad_batch([make_prompt(n, seed=n)[0] for n in (12, 9, 14, 11)])
     speedup, stats = simulated(MachineProfile.load(FLAT), target, draft, ids, mask, new_tokens=64)
     assert max(drafted_ks(stats)) >= 4 and speedup > 1.3, speedup
+
+
+def test_bench_simulate_and_trace(tmp_path):
+    """`speculoos-bench --simulate PROFILE --trace`: tok/s from the profile (the same on every run), each speculoos
+    call's rounds in trace.jsonl, and the plain call pays on the flat profile."""
+    import json
+
+    from conftest import tiny_tokenizer
+    from speculoos_hf.bench import cli as bench
+
+    target, draft = tiny_pair("llama", noise=0.0, speculative=False)
+    for name, model in (("target", target), ("draft", draft)):
+        model.save_pretrained(tmp_path / name)
+        tiny_tokenizer().save_pretrained(tmp_path / name)
+    prompts = tmp_path / "prompts.json"
+    prompts.write_text(json.dumps([{"kind": "code", "text": "w01 w02 w03 w04 w05 w06"}]))
+    results = []
+    for run in ("a", "b"):
+        results.append(bench.main([
+            "--target", str(tmp_path / "target"), "--draft", str(tmp_path / "draft"), "--prompts", str(prompts),
+            "--max-new-tokens", "32", "--fixed-length", "--dtype", "float32", "--raw", "--out", str(tmp_path / run),
+            "--quiet", "--modes", "greedy", "--k", "4", "--no-assisted", "--plain", "--simulate", str(FLAT),
+            "--trace"]))
+    by_name = [{r["method"]: r for r in result["results"]} for result in results]
+    assert results[0]["clock"].startswith("simulated: ")
+    plain = by_name[0]["speculoos greedy plain"]
+    assert plain["speedup"] > 1.5 and plain["speedup"] == by_name[1]["speculoos greedy plain"]["speedup"]
+    lines = [json.loads(x) for x in (tmp_path / "a" / "trace.jsonl").read_text().splitlines()]
+    assert {x["method"] for x in lines} == {"speculoos greedy plain", "speculoos greedy K=4"}
+    assert all(x["rounds"] and {"draft_s", "target_s", "width", "accepted"} <= set(x["rounds"][0]) for x in lines)
+
+
+def test_profile_times_the_draft_as_the_plain_call_prepares_it(tmp_path, monkeypatch, capsys):
+    """`--profile` times the draft the plain call drafts with (here its int8 copy, "auto" made to choose it) and
+    prints both c's; `--profile-as-given` times the draft as given."""
+    import json
+
+    from conftest import tiny_tokenizer
+    from speculoos_hf.bench import cli as bench
+    from speculoos_hf.drafters import prepared
+
+    monkeypatch.setattr(prepared, "MIN_INT8_BYTES", 1)
+    monkeypatch.setattr(prepared, "MIN_DRAFT_SHARE", 0.0)
+    target, draft = tiny_pair("llama", speculative=False)
+    for name, model in (("target", target), ("draft", draft)):
+        model.save_pretrained(tmp_path / name)
+        tiny_tokenizer().save_pretrained(tmp_path / name)
+    prompts = tmp_path / "prompts.json"
+    prompts.write_text(json.dumps([{"kind": "code", "text": "w01 w02 w03 w04"}]))
+    common = ["--target", str(tmp_path / "target"), "--draft", str(tmp_path / "draft"), "--prompts", str(prompts),
+              "--dtype", "float32", "--raw", "--profile", "--profile-m", "1", "2", "4", "--profile-batch-sizes", "1",
+              "--profile-repeats", "1", "--profile-acceptance-tokens", "4"]
+    auto = bench.main(common + ["--out", str(tmp_path / "auto")])
+    assert auto["draft_as_profiled"].startswith("as the plain call prepares it")
+    assert auto["batches"][0]["c_as_given"] > 0 and "the draft as given: c = " in capsys.readouterr().out
+    given = bench.main(common + ["--out", str(tmp_path / "given"), "--profile-as-given", "--quiet"])
+    assert given["draft_as_profiled"] == "as given" and "c_as_given" not in given["batches"][0]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..cli_checks import file_problem, folder_problem, model_problem, placement_problems, refuse_first
 from .methods import build_methods, custom, is_hand_set
+from .clock import profile_problem
 from .pass_profile import ProfileOptions
 from .prompts import select_prompts
 
@@ -38,6 +39,8 @@ def problems(args):
     yield "--out", folder_problem(args.out)
     if args.profile_png is not None:
         yield "--profile-png", file_problem(args.profile_png)
+    if args.simulate is not None:
+        yield "--simulate", profile_problem(args.simulate)
     yield from placement_problems(args.target_max_memory, args.offload_folder)
     yield "--target", model_problem(args.target)
     yield "--draft", model_problem(args.draft)

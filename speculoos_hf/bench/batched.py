@@ -3,10 +3,9 @@ through each batched speculoos method, alternated, tokens/s ratio measured side 
 
 from __future__ import annotations
 
-import time
-
 import torch
 
+from .clock import WallClock
 from .methods import batch_methods, generate, target_alone
 from .prompts import encode_text
 
@@ -31,9 +30,12 @@ def eos_ids_of(tokenizer, target) -> set[int]:
 
 
 @torch.inference_mode()
-def run_batches(args, target, draft, tokenizer, prompts, gen_kwargs, draft_config, best=None) -> list[dict]:
+def run_batches(args, target, draft, tokenizer, prompts, gen_kwargs, draft_config, best=None, clock=None
+                ) -> list[dict]:
     """One row per (B, mode, speculoos method): its tokens/s against the target's batched generate(). Batch B takes
-    the first B prompts (cycled if fewer); `best`: {mode: the fastest hand-set method at batch 1} (--batch-k best)."""
+    the first B prompts (cycled if fewer); `best`: {mode: the fastest hand-set method at batch 1} (--batch-k best);
+    `clock`: what the seconds are (bench/clock.py; default the wall clock)."""
+    clock = clock or WallClock()
     from tqdm.auto import tqdm
 
     eos_ids = eos_ids_of(tokenizer, target)
@@ -54,10 +56,10 @@ def run_batches(args, target, draft, tokenizer, prompts, gen_kwargs, draft_confi
         for rep in range(args.batch_repeats):
             for m in methods if rep % 2 == 0 else methods[::-1]:
                 torch.manual_seed(args.seed + rep)
-                start = time.perf_counter()
-                out, st = generate(m, target, draft, enc.input_ids, draft_config, attention_mask=enc.attention_mask,
-                                   **gen_kwargs)
-                timing[m.name][0] += time.perf_counter() - start
+                with clock.timing(target, draft) as span:
+                    out, st = generate(m, target, draft, enc.input_ids, draft_config,
+                                       attention_mask=enc.attention_mask, **gen_kwargs)
+                timing[m.name][0] += span.seconds
                 timing[m.name][1] += count_new_tokens(out, enc.input_ids.shape[1], eos_ids)
                 if st is not None:  # cache slots of the target vs the longest row: what the masked holes cost
                     s = spec[m.name]
@@ -65,6 +67,8 @@ def run_batches(args, target, draft, tokenizer, prompts, gen_kwargs, draft_confi
                     s["proposed"] += st.draft_tokens_proposed
                     s["slots"] += getattr(st, "target_cache_slots", 0) or 0
                     s["tokens"] += out.shape[1]
+                    if getattr(args, "trace", False):
+                        s.setdefault("traces", []).append([r.to_dict() for r in st.trace])
                 bar.update()
         tps = {name: n / t for name, (t, n) in timing.items()}
         base = tps[methods[0].name]
@@ -81,6 +85,7 @@ def run_batches(args, target, draft, tokenizer, prompts, gen_kwargs, draft_confi
                 "ratio": tps[m.name] / base,
                 "acceptance_rate": s["accepted"] / s["proposed"] if s["proposed"] else 0.0,
                 "cache_slots_per_token": s["slots"] / s["tokens"] if s["slots"] and s["tokens"] else None,
+                **({"traces": s["traces"]} if "traces" in s else {}),  # --trace: per call, its round trace
             })
     bar.close()
     return rows

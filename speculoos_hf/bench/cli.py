@@ -12,11 +12,13 @@ import torch
 
 from ..cli_checks import OneLineParser, int_at_least
 from ..drafters import int8_draft
+from ..drafters.prepared import prepared_draft
 from ..generation import enable_speculative
 from ..models import REFERENCE_DRAFT, REFERENCE_TARGET, load_model, load_tokenizer
 from ..placement import placement_kwargs, placement_summary
 from .arg_checks import batch_k_problem, check
 from .batched import run_batches
+from .clock import bench_clock
 from .machine import forward_cost, machine_info, memory_bandwidth, weight_bytes
 from .methods import VARIANTS, build_methods
 from .pass_profile import DEFAULT_M, ProfileOptions
@@ -27,6 +29,7 @@ from .suffix import CacheBook
 from .summarize import summarize
 from .table import best_hand_set, comparison_table, format_comparison
 from .timing import alternate
+from .trace_report import write_traces
 
 DTYPES = ["bfloat16", "float16", "float32"]
 
@@ -69,14 +72,25 @@ def run(args) -> dict:
         options = ProfileOptions.from_args(args)  # validated before the models load
         pair = load(args)
         prompt = encode(pair.tokenizer, select_prompts(args.prompts, args.prompt_class, 1)[0].text, not args.raw)[0]
+        draft, given = profiled_draft(args, pair)
         names = dict(**run_record(args.command), target=str(args.target), draft=str(args.draft), dtype=pair.dtype,
-                     draft_dtype=pair.draft_dtype, draft_int8=bool(args.draft_int8))
-        return run_profile(pair.target, pair.draft, prompt, options, names, args.quiet)
+                     draft_dtype=pair.draft_dtype, draft_int8=bool(args.draft_int8),
+                     draft_as_profiled="as given" if given is None else "as the plain call prepares it (auto)")
+        return run_profile(pair.target, draft, prompt, options, names, args.quiet, given=given)
     methods = build_methods(args)
     if batch_k_problem(args, methods):
         raise SystemExit(f"--batch-k {batch_k_problem(args, methods)}")
     caches = CacheBook.of_suffix_caches(args.suffix_cache_tokens) if any(m.suffix_cache for m in methods) else None
     return run_bench(args, load(args), methods, caches)
+
+
+def profiled_draft(args, pair: Pair):
+    """(the draft --profile times, the draft as given where that is its prepared copy, else None): by default the
+    copy the plain call drafts with (draft_quantization="auto"), unless --profile-as-given or --draft-int8."""
+    if args.profile_as_given or args.draft_int8:
+        return pair.draft, None
+    prepared = prepared_draft(pair.draft, "auto", pair.target)
+    return (prepared, pair.draft) if prepared is not pair.draft else (pair.draft, None)
 
 
 def run_bench(args, pair: Pair, methods, caches) -> dict:
@@ -99,8 +113,9 @@ def run_bench(args, pair: Pair, methods, caches) -> dict:
         write_json({"prompts_done": done, "prompts": [p.text for p in prompts[:done]], "results": rows},
                    out / "partial.json")
 
+    clock = bench_clock(args.simulate, methods)  # --simulate: seconds from a machine profile
     tallies = alternate(methods, prompts, encoded, target, draft, gen_kwargs, draft_config, args.seed, args.quiet,
-                        after_prompt=save_partial, caches=caches)
+                        after_prompt=save_partial, caches=caches, clock=clock)
     rows = summarise(methods, classes, tallies, costs["c"], costs["target_bytes"], costs["draft_bytes"], bandwidth)
     batch_rows = []
     if args.batch_sizes:
@@ -108,7 +123,7 @@ def run_bench(args, pair: Pair, methods, caches) -> dict:
             else None
         batch_prompts = prompts if len(prompts) >= max(args.batch_sizes) else \
             select_prompts(args.prompts, args.prompt_class, None)
-        batch_rows = run_batches(args, target, draft, tokenizer, batch_prompts, gen_kwargs, draft_config, best)
+        batch_rows = run_batches(args, target, draft, tokenizer, batch_prompts, gen_kwargs, draft_config, best, clock)
     machine = machine_info(bandwidth, pair.dtype, pair.draft_dtype)
     table = comparison_table(methods, tallies, batch_rows)
     result = {
@@ -127,6 +142,7 @@ def run_bench(args, pair: Pair, methods, caches) -> dict:
         "prompts": [p.text for p in prompts],
         "prompt_class_of_each": [p.cls for p in prompts],
         "machine": machine,
+        "clock": clock.name,  # what the seconds are: the wall clock, or the profile --simulate names
         "target_forward_s": t_cost,
         "draft_forward_s": d_cost,
         "cost_ratio_c": costs["c"],
@@ -137,6 +153,8 @@ def run_bench(args, pair: Pair, methods, caches) -> dict:
         "comparison": table,
         "sample_texts": sample_texts(methods, prompts, encoded, tallies, tokenizer),
     }
+    if args.trace:  # before bench.json: the traces go to trace.jsonl only
+        write_traces(tallies, batch_rows, out, args.quiet)
     write_reports(args, result, out)
     return result
 
@@ -270,6 +288,11 @@ def parser() -> OneLineParser:
                    "assisted defaults and best fixed K, speculoos plain call and best hand-set, greedy and sampling, "
                    "batch 1 and 4; presets " + ", ".join(f"{k}={v}" for k, v in TABLE_PRESET.items()) +
                    " (flags given override them)")
+    p.add_argument("--simulate", default=None, metavar="PROFILE", help="time with a machine profile (the JSON "
+                   "--profile writes) instead of the clock: every forward priced by its shape and the cost model "
+                   "timing with the profile (same decisions, simulated time, real tokens)")
+    p.add_argument("--trace", action="store_true", help="write each speculoos call's round trace (trace.jsonl) and "
+                   "print where the rounds' time went (drafting, target pass, verification, sync, bookkeeping)")
     add_profile_arguments(p)
     p.add_argument("--summarize", default=None, metavar="DIR", help="no run: write DIR/SUMMARY.md and the generated "
                    "tables of README.md and docs/ from the result JSONs under DIR (e.g. benchmarks/)")
@@ -292,6 +315,8 @@ def add_profile_arguments(p: argparse.ArgumentParser) -> None:
                    "(default: measured by a short greedy run at K=4, see --profile-acceptance-tokens; 0.8 if none)")
     g.add_argument("--profile-acceptance-tokens", type=int, default=32, help="new tokens of that run (0: alpha 0.8)")
     g.add_argument("--profile-png", default=None, help="the plot (default <out>/profile.png); the JSON goes next to it")
+    g.add_argument("--profile-as-given", action="store_true", help="profile the draft as given (default: as the plain "
+                   "call prepares it, draft_quantization='auto', with the draft as given's c printed beside it)")
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -68,6 +68,7 @@ class PassTimes:
     target: dict  # {batch size: {m: median seconds of a target pass over m new tokens per row}}
     draft: dict  # {batch size: median seconds of a draft step (one new token per row)}
     repeats: int
+    draft_as_given: dict | None = None  # the same for the draft as given, where the profiled one is its prepared copy
 
 
 def _sync(device: torch.device) -> None:
@@ -140,18 +141,25 @@ def alternated_medians(jobs: dict, repeats: int, tick: Callable[[], None] = lamb
 
 
 @torch.inference_mode()
-def measure_passes(target, draft, prompt: torch.Tensor, options: ProfileOptions, quiet: bool = False) -> PassTimes:
-    """Target passes over m tokens per row and draft steps at every batch size, medians of alternated repeats."""
+def measure_passes(target, draft, prompt: torch.Tensor, options: ProfileOptions, quiet: bool = False,
+                   given=None) -> PassTimes:
+    """Target passes over m tokens per row and draft steps at every batch size, medians of alternated repeats;
+    `given`: also the step of this model (the draft as given, where `draft` is the copy the plain call prepares)."""
     from tqdm.auto import tqdm
 
     t_one, prefill_s = CachedPrompt.prefilled(target, prompt)
-    d_one, _ = CachedPrompt.prefilled(draft, prompt)
+    drafts = {"draft": CachedPrompt.prefilled(draft, prompt)[0]}
+    if given is not None:
+        drafts["given"] = CachedPrompt.prefilled(given, prompt)[0]
     jobs = {}
     for B in options.batch_sizes:
-        t_rows, d_rows = (t_one, d_one) if B == 1 else (t_one.widened(B), d_one.widened(B))
-        t_rows.pass_seconds(1), d_rows.pass_seconds(1)  # warm-up: first calls at a batch size pay one-off costs
+        t_rows = t_one if B == 1 else t_one.widened(B)
+        t_rows.pass_seconds(1)  # warm-up: first calls at a batch size pay one-off costs
         jobs.update({("target", B, m): (lambda c=t_rows, m=m: c.pass_seconds(m)) for m in options.m_for(B)})
-        jobs[("draft", B, 1)] = lambda c=d_rows: c.pass_seconds(1)
+        for name, one in drafts.items():
+            d_rows = one if B == 1 else one.widened(B)
+            d_rows.pass_seconds(1)
+            jobs[(name, B, 1)] = lambda c=d_rows: c.pass_seconds(1)
     bar = tqdm(total=len(jobs) * options.repeats, desc="profile", disable=quiet)
     medians = alternated_medians(jobs, options.repeats, bar.update)
     bar.close()
@@ -161,6 +169,7 @@ def measure_passes(target, draft, prompt: torch.Tensor, options: ProfileOptions,
         target={B: {m: medians[("target", B, m)] for m in options.m_for(B)} for B in options.batch_sizes},
         draft={B: medians[("draft", B, 1)] for B in options.batch_sizes},
         repeats=options.repeats,
+        draft_as_given={B: medians[("given", B, 1)] for B in options.batch_sizes} if given is not None else None,
     )
 
 

@@ -10,10 +10,13 @@ from .machine import machine_info, machine_name
 from .pass_profile import ProfileOptions, draft_acceptance, measure_passes
 
 
-def run_profile(target, draft, prompt, options: ProfileOptions, names: dict, quiet: bool = False) -> dict:
-    """The whole profile of `target` and `draft` on `prompt` [1, L]; `names`: target, draft, dtype, draft_dtype."""
+def run_profile(target, draft, prompt, options: ProfileOptions, names: dict, quiet: bool = False,
+                given=None) -> dict:
+    """The whole profile of `target` and `draft` on `prompt` [1, L]; `names`: target, draft, dtype, draft_dtype.
+    `given`: the draft as given, where `draft` is the copy the plain call prepares from it (its step is timed too,
+    and its c reported beside the profiled draft's)."""
     alpha, source = draft_acceptance(target, draft, prompt, options)
-    passes = measure_passes(target, draft, prompt, options, quiet)
+    passes = measure_passes(target, draft, prompt, options, quiet, given=given)
     result = {
         **names,
         "machine": machine_name(names.get("dtype"), names.get("draft_dtype")),
@@ -25,6 +28,10 @@ def run_profile(target, draft, prompt, options: ProfileOptions, names: dict, qui
         "acceptance_source": source,
         "batches": verdicts(passes, alpha),
     }
+    if passes.draft_as_given is not None:
+        for batch in result["batches"]:
+            step = passes.draft_as_given[batch["batch_size"]]
+            batch.update(draft_as_given_step_s=step, c_as_given=step / batch["target_pass_s"][1])
     options.png.parent.mkdir(parents=True, exist_ok=True)
     options.json_path.write_text(json.dumps(result, indent=1))
     plot_profile(result, options.png)
@@ -45,9 +52,10 @@ def format_profile(result: dict) -> str:
         ratio = " ".join(f"{m}:{r:.2f}" for m, r in b["cost_ratio"].items())
         speed = " ".join(f"{k}:{s:.2f}" for k, s in b["speedup_by_k"].items())
         model = b["cost_model_speedup"]
+        given = f"; the draft as given: c = {b['c_as_given']:.3f}" if "c_as_given" in b else ""
         lines += [
             f"\nbatch {b['batch_size']}: T(1) = {b['target_pass_s'][1] * 1e3:.1f} ms, draft step "
-            f"{b['draft_step_s'] * 1e3:.1f} ms (c = {b['c']:.3f})",
+            f"{b['draft_step_s'] * 1e3:.1f} ms (c = {b['c']:.3f}{given})",
             f"  T(m)/T(1), m:ratio   {ratio}",
             f"  speedup by K         {speed}",
             f"  best K {b['best_k']} ({b['best_speedup']:.2f}x), break-even K {b['break_even_k'] or 'none'}; "

@@ -3,11 +3,11 @@ clock, forward passes and speculative counters summed per (method, prompt class)
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
 import torch
 
+from .clock import WallClock
 from .methods import Method, generate
 
 
@@ -42,6 +42,7 @@ class Tally:
     rounds: int = 0
     rows_rounds: int = 0  # rounds summed over rows (= rounds at batch size 1)
     outputs: list = field(default_factory=list)  # generated ids per prompt (prompt included)
+    traces: list = field(default_factory=list)  # per speculoos call, its round trace (trace.RoundRecord dicts)
 
     def add_stats(self, s) -> None:
         self.proposed += s.draft_tokens_proposed
@@ -52,20 +53,21 @@ class Tally:
 
 
 def timed(method: Method, target, draft, ids, mask, gen_kwargs, draft_config, tally: Tally | None = None,
-          suffix_cache=None):
-    """One timed generation of `method` on one prompt, added to `tally` when given; returns the sequences."""
-    with ForwardCounter(target) as t_count, ForwardCounter(draft) as d_count:
-        start = time.perf_counter()
+          suffix_cache=None, clock=None):
+    """One timed generation of `method` on one prompt, added to `tally` when given; returns the sequences.
+    `clock`: what its seconds are (bench/clock.py; default the wall clock)."""
+    clock = clock or WallClock()
+    with ForwardCounter(target) as t_count, ForwardCounter(draft) as d_count, clock.timing(target, draft) as span:
         out, stats = generate(method, target, draft, ids, draft_config, suffix_cache=suffix_cache,
                               attention_mask=mask, **gen_kwargs)
-        seconds = time.perf_counter() - start
     if tally is not None:
-        tally.seconds += seconds
+        tally.seconds += span.seconds
         tally.new_tokens += out.shape[1] - ids.shape[1]
         tally.target_forwards += t_count.calls
         tally.draft_forwards += d_count.calls
         if stats is not None:
             tally.add_stats(stats)
+            tally.traces.append([r.to_dict() for r in stats.trace])
         tally.outputs.append(out[0].tolist())
     return out
 
@@ -75,11 +77,12 @@ WARM_UP_PROMPT = 16  # tokens of the first prompt the warm-up calls read (a long
 
 @torch.inference_mode()
 def alternate(methods, prompts, encoded, target, draft, gen_kwargs, draft_config, seed=0, quiet=False,
-              after_prompt=None, caches=None) -> dict:
+              after_prompt=None, caches=None, clock=None) -> dict:
     """Every method on every prompt, in forward order on even prompts and reverse order on odd ones, each call
     from the same seed for a given prompt. Returns {(method name, prompt class): Tally}; `after_prompt(tallies,
     done)` is called after each prompt (a long run then leaves partial results if it is stopped); `caches`: the
-    `CacheBook` of suffix-cache methods (each sees its own group's earlier requests, whatever the method order)."""
+    `CacheBook` of suffix-cache methods (each sees its own group's earlier requests, whatever the method order);
+    `clock`: what the calls' seconds are (bench/clock.py: the wall clock, or a profile with --simulate)."""
     from tqdm.auto import tqdm
 
     ids0, mask0 = (x[:, -WARM_UP_PROMPT:] for x in encoded[0])
@@ -93,7 +96,7 @@ def alternate(methods, prompts, encoded, target, draft, gen_kwargs, draft_config
             bar.set_postfix_str(f"{prompt.cls}: {m.name}")
             torch.manual_seed(seed + i)
             timed(m, target, draft, ids, mask, gen_kwargs, draft_config, tallies[(m.name, prompt.cls)],
-                  suffix_cache=caches.cache_for(m, prompt) if caches else None)
+                  suffix_cache=caches.cache_for(m, prompt) if caches else None, clock=clock)
             bar.update()
         if after_prompt is not None:
             after_prompt(tallies, i + 1)
