@@ -126,7 +126,7 @@ def _longest_matches(own: Source, sources: list[Source], rule: MatchRule) -> _Hi
     rev, size = _pattern(own, rule.max_match)
     usable = int(np.searchsorted(LEVELS, max(1, rule.max_match // 2), "right"))  # levels up to half the cap
     top = np.minimum(np.searchsorted(LEVELS, size, "right"), usable) - 1  # [B] highest level each row can ask
-    pattern = own.view.hashes[:, own.slots, own.hi]  # [levels, B] hash of the latest g tokens
+    pattern = own.view.latest_hashes(own.slots, own.hi)  # [levels, B] hash of the latest g tokens
     found = sum(s.view.count(s.slots, pattern, s.hi) for s in sources) > 0  # [levels, B]
     level = np.where(top >= 0, _highest(found, top), -1)  # [B]
     length = np.zeros(B, dtype=np.int64)
