@@ -104,8 +104,9 @@ def speculative_generate(model, inputs=None, generation_config=None, *, draft_mo
             (Sun et al. 2024): as exact, never fewer accepted tokens on average, a little more work per round.
         draft_quantization (`"auto"`, `"int8"` or `None`, *optional*, defaults to `"auto"`): `"auto"` drafts with an
             int8 copy of a draft model on CPU where its step is a large share of a round (`drafters.prepared.
-            int8_pays`); `"int8"` always; None never. The copy is made once per draft object (seconds) and reused.
-            Exact either way: the output never depends on the draft.
+            int8_pays`); `"int8"` always; None never. The copy is made once per draft object (seconds) and reused
+            while the draft's weights stay as they were; a draft with offloaded weights is kept as given ("int8":
+            ValueError). Exact either way: the output never depends on the draft.
         tokenizer, assistant_tokenizer (*optional*): the target's tokenizer (needed for `stop_strings`) and the
             draft's, when it differs (transformers' names).
 
@@ -182,7 +183,10 @@ def _quiet_about(added: set[str]):
 
     def user_caused(record: logging.LogRecord) -> bool:
         named = _MIXED_ARGUMENTS.search(record.getMessage())
-        return named is None or not ast.literal_eval(named.group(1)) <= added
+        try:
+            return named is None or not ast.literal_eval(named.group(1)) <= added
+        except (ValueError, SyntaxError):  # worded otherwise: shown
+            return True
 
     stock_logger.addFilter(user_caused)
     try:
