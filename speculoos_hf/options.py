@@ -11,6 +11,7 @@ import numbers
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import numpy as np
 import torch
 from transformers import PreTrainedModel
 
@@ -76,6 +77,8 @@ class SpeculativeOptions:
             raise ValueError(
                 f"draft_quantization must be one of {DRAFT_QUANTIZATIONS}, got {self.draft_quantization!r}."
             )
+        if not isinstance(self.block_verification, (bool, np.bool_)):
+            raise ValueError(f"block_verification must be True or False, got {self.block_verification!r}.")
         _check_suffix_cache(self.suffix_cache)
         normal = {
             "num_draft_tokens": "auto" if auto else _count(given, "num_draft_tokens"),

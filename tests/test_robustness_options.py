@@ -74,6 +74,16 @@ def test_suffix_cache_with_a_drafter_object_names_suffix_cache(pair, forwards):
     assert "prompt_lookup_num_tokens" not in str(refused.value) and not forwards
 
 
+@pytest.mark.parametrize("option", [dict(block_verification="no"), dict(block_verification=1),
+                                    dict(draft_confidence_threshold="0.5"), dict(draft_quantization=["int8"])])
+def test_options_of_a_wrong_type_are_refused_by_name(pair, forwards, option):
+    """Siblings of case 11: no option is read by truthiness or float() of a string."""
+    target, draft = pair
+    with pytest.raises(ValueError, match=next(iter(option))):
+        target.generate(REPEATING, draft_model=draft, **option, **GREEDY)
+    assert not forwards
+
+
 # ---------------------------------------------------------------------- 12. huge counts allocate for what can be drafted
 
 
