@@ -26,6 +26,10 @@ NOT_EXACT = {
     "moshi": "its multi-token forward disagrees with its own token-by-token forward, so verifying drafts in one "
              "pass cannot reproduce its output",
 }
+_TOP_K_KEYS = ("its attention keeps the top-k keys of each query, and in a multi-token forward it ranks keys differently "
+               "than token by token (transformers' assisted generation differs from its greedy output too), so "
+               "verifying drafts in one pass cannot reproduce its output")
+NOT_EXACT.update({"deepseek_v32": _TOP_K_KEYS, "glm_moe_dsa": _TOP_K_KEYS, "doge": _TOP_K_KEYS})
 # Attention models whose forward takes no position_ids but whose positions come from the attention mask (ALiBi from
 # its cumsum) or that KVSlots keeps contiguous (slot-distance models): holes are harmless for them.
 POSITIONS_FROM_MASK = {"bloom", "mpt"}

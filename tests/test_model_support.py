@@ -19,6 +19,7 @@ REFUSED = {
     "xlm": "dictionary of its own",
     "moshi": "multi-token forward disagrees",
     "zamba": "do not record their per-token states",
+    "glm_moe_dsa": "keeps the top-k keys",
 }
 
 
