@@ -27,44 +27,17 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from ..generation import speculative_generate
+from .arch_outcomes import (CLASSES, CRASH, DIFFERS, DRAFT_TOKENS, EXACT, NO_CONFIG, PROMPT_1, PROMPTS_3, REFUSED,
+                            STOCK_BATCH, Outcome, TypeResult)
+from .arch_table import COLUMNS, counts_text, merged, read_table, render
 from .tiny_models import PAD_ID, WORDS, causal_lm_types, tiny_model
 
+__all__ = ["CLASSES", "CRASH", "DIFFERS", "EXACT", "NO_CONFIG", "REFUSED", "STOCK_BATCH", "Outcome", "SweepOptions",
+           "TypeResult", "main", "run_sweep", "sweep_type"]
+
 NEW_TOKENS = 16  # the table's and CI's number (24 in the issue's measurements; --new-tokens changes it)
-DRAFT_TOKENS = 4  # fixed K per round (speculoos) and num_assistant_tokens (transformers' fixed-K column)
 NOISES = (0.1, 0.05, 0.02, 0.01, 0.005)  # the draft's relative weight noise: the first that keeps AGREEMENT
 AGREEMENT = 0.6  # fraction of a probe's greedy choices the draft must share with the target (rejections stay)
-PROMPT_1 = 5  # batch 1 prompt length
-PROMPTS_3 = (3, 9, 6)  # batch 3 prompt lengths (left-padded)
-
-EXACT, REFUSED, CRASH, DIFFERS, NO_CONFIG, STOCK_BATCH = (
-    "exact", "refused", "crash", "differs", "no-config", "stock batch differs")
-CLASSES = (EXACT, REFUSED, CRASH, DIFFERS, STOCK_BATCH, NO_CONFIG)
-
-
-@dataclass
-class Outcome:
-    """How one generation compared with the reference: a class (CLASSES) and why (message, or what differed)."""
-
-    kind: str
-    reason: str = ""
-    proposed: int = 0  # draft tokens proposed and accepted (speculoos' per-run counters)
-    accepted: int = 0
-
-
-@dataclass
-class TypeResult:
-    """The sweep's outcomes for one model type (None: not run)."""
-
-    model_type: str
-    batch1: Outcome | None = None
-    batch3: Outcome | None = None
-    assisted_k: Outcome | None = None  # transformers' assisted generation, fixed DRAFT_TOKENS
-    assisted_default: Outcome | None = None  # transformers' assisted generation, its defaults
-    seconds: float = 0.0
-
-    def outcomes(self) -> dict:
-        return {name: getattr(self, name) for name in ("batch1", "batch3", "assisted_k", "assisted_default")}
-
 
 @dataclass
 class SweepOptions:
@@ -315,10 +288,6 @@ def _guarded(compare, *args) -> Outcome:
 
 # ------------------------------------------------------------------------------------------------------ the sweep
 
-COLUMNS = {"batch1": "batch 1", "batch3": "batch 3", "assisted_k": f"assisted K={DRAFT_TOKENS}",
-           "assisted_default": "assisted default"}
-
-
 def run_sweep(options: SweepOptions, out=None, jobs: int = 1) -> list:
     """TypeResults of every type in `options.types` (in that order), one line each printed to `out` as it comes;
     `jobs` > 1 spreads the types over that many fresh worker processes (one torch thread each)."""
@@ -364,113 +333,6 @@ def line(result: TypeResult) -> str:
             text += f" [{outcome.reason}]"
         parts.append(f"{COLUMNS[name]}: {text}")
     return " | ".join(parts) + f" | {result.seconds:.1f}s"
-
-
-def counts(results: list) -> dict:
-    """column -> class -> number of types."""
-    table = {}
-    for result in results:
-        for name, outcome in result.outcomes().items():
-            if outcome is not None:
-                table.setdefault(name, dict.fromkeys(CLASSES, 0))[outcome.kind] += 1
-    return table
-
-
-def counts_text(results: list) -> str:
-    return "\n".join(f"{COLUMNS[name]}: " + ", ".join(f"{k} {v}" for k, v in by_class.items() if v)
-                     for name, by_class in counts(results).items())
-
-
-# --------------------------------------------------------------------------------------------- the generated table
-
-TABLE_COLUMNS = ("type", "batch 1", "batch 3", f"assisted K={DRAFT_TOKENS}", "assisted default", "speculoos note",
-                 "assisted note")
-SPECULOOS_COLUMNS = ("type", "batch 1", "batch 3", "speculoos note")  # what CI regenerates and compares
-
-
-def _note(pairs: list) -> str:
-    """`label: reason` for each outcome with a reason; one reason shared by every outcome is said once."""
-    reasons = [(label, o.reason) for label, o in pairs if o is not None and o.reason]
-    if len({r for _, r in reasons}) == 1 and len(reasons) == len([o for _, o in pairs if o is not None]):
-        return reasons[0][1]
-    return "; ".join(f"{label}: {reason}" for label, reason in reasons)
-
-
-def table_row(result: TypeResult) -> dict:
-    """The table's cells (TABLE_COLUMNS) for one type; columns not run are empty."""
-    def kind(outcome):
-        return outcome.kind if outcome is not None else ""
-
-    return {"type": result.model_type, "batch 1": kind(result.batch1), "batch 3": kind(result.batch3),
-            TABLE_COLUMNS[3]: kind(result.assisted_k), "assisted default": kind(result.assisted_default),
-            "speculoos note": _note([("batch 1", result.batch1), ("batch 3", result.batch3)]),
-            "assisted note": _note([(f"K={DRAFT_TOKENS}", result.assisted_k), ("default", result.assisted_default)])}
-
-
-def read_table(text: str) -> dict:
-    """type -> row (TABLE_COLUMNS -> cell) of a table written by `render`."""
-    rows = {}
-    for raw in text.splitlines():
-        cells = [c.strip() for c in raw.strip().strip("|").split(" | ")]
-        if raw.startswith("| `") and len(cells) == len(TABLE_COLUMNS):
-            row = dict(zip(TABLE_COLUMNS, cells))
-            row["type"] = row["type"].strip("`")
-            rows[row["type"]] = row
-    return rows
-
-
-def merged(old: dict, results: list) -> dict:
-    """`old` rows updated with the cells `results` ran (a column not run keeps its old cell and note)."""
-    rows = {t: dict(r) for t, r in old.items()}
-    for result in results:
-        new, row = table_row(result), rows.setdefault(result.model_type, dict.fromkeys(TABLE_COLUMNS, ""))
-        if result.batch1 is not None or result.batch3 is not None:
-            row.update({k: new[k] for k in SPECULOOS_COLUMNS[1:]})
-        if result.assisted_k is not None:
-            row.update({k: new[k] for k in TABLE_COLUMNS[3:5] + ("assisted note",)})
-        row["type"] = result.model_type
-    return dict(sorted(rows.items()))
-
-
-def _count_lines(rows: dict) -> list:
-    columns = TABLE_COLUMNS[1:5]
-    lines = ["| class | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
-    for kind in CLASSES:
-        lines.append(f"| {kind} | " + " | ".join(str(sum(r[c] == kind for r in rows.values())) for c in columns) + " |")
-    return lines
-
-
-def render(rows: dict, new_tokens: int) -> str:
-    """docs/architectures.md: how it is made, the versions, counts per class, one row per type."""
-    import transformers
-
-    head = [
-        "# Architectures: speculoos on every causal-LM type of transformers",
-        "",
-        "Generated by `python -m speculoos_hf.bench.arch_sweep --assisted --write docs/architectures.md`, never by",
-        "hand; `tests/test_architecture_sweep.py` regenerates the speculoos columns and fails when they drift.",
-        f"transformers {transformers.__version__}, torch {torch.__version__}.",
-        "",
-        "Every model type of transformers' causal-LM mapping (`MODEL_FOR_CAUSAL_LM_MAPPING_NAMES`): a tiny random",
-        "float32 config (`speculoos_hf/bench/tiny_models.py`), a noisy copy of the target as the draft (drafts are",
-        f"sometimes rejected), {DRAFT_TOKENS} draft tokens per round, {new_tokens} new tokens, greedy, compared token",
-        "for token with the target's own greedy generate(). Batch 1: one prompt. Batch 3: three left-padded prompts",
-        f"of {', '.join(map(str, PROMPTS_3))} tokens; exact only where the target's batched generate() also agrees",
-        "with each row generated alone (else `stock batch differs`). Assisted: transformers' `assistant_model=` at",
-        f"batch 1, with a fixed {DRAFT_TOKENS} draft tokens (constant schedule) and with its defaults.",
-        "",
-        "Classes: `exact` (token for token), `refused` (a ValueError before any target forward, its message in the",
-        "note), `crash` (any other exception), `differs` (a silent difference), `stock batch differs`, `no-config`",
-        "(no working tiny model: why in the note).",
-        "",
-        "## Counts (types)",
-        "",
-    ]
-    table = ["| " + " | ".join(TABLE_COLUMNS) + " |", "|---" * len(TABLE_COLUMNS) + "|"]
-    for row in rows.values():
-        cells = [f"`{row['type']}`"] + [row[c] for c in TABLE_COLUMNS[1:]]
-        table.append("| " + " | ".join(cells) + " |")
-    return "\n".join(head + _count_lines(rows) + ["", "## Per type", ""] + table) + "\n"
 
 
 # --------------------------------------------------------------------------------------------------------- command

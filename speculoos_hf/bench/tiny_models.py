@@ -236,7 +236,7 @@ _OVERRIDES: dict[str, dict] = {
                          layer_types=["sliding_attention", "full_attention"] * 2),
     "dory": dict(num_hidden_layers=4, n_input_layers=1, n_output_layers=1,  # input, looped and output layers
                  layer_types=["sliding_attention", "full_attention"] * 2),
-    "reformer": dict(is_decoder=True, attn_layers=["local", "local"], axial_pos_shape=[16, 16],  # 16 x 16 = positions
+    "reformer": dict(attn_layers=["local", "local"], axial_pos_shape=[16, 16],  # 16 x 16 = positions
                      axial_pos_embds_dim=[16, 16], local_attn_chunk_length=4),  # (LSH layers fail on tiny sizes)
     # class defaults that do not build a model, or sizes the generic rule gets wrong
     "cohere_compass_text": dict(rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": 1e4}}),
@@ -246,8 +246,6 @@ _OVERRIDES: dict[str, dict] = {
                             swa_num_attention_heads=HEADS, swa_num_key_value_heads=HEADS, swa_q_lora_rank=16,
                             swa_kv_lora_rank=16, swa_head_dim=16, swa_qk_nope_head_dim=8, swa_v_head_dim=8),
     # ^ its sliding layers' sizes are keyword arguments only (swa_*), not fields
-    "gemma4_assistant": dict(text_config=dict(hidden_size_per_layer_input=0, vocab_size_per_layer_input=0)),
-    # ^ the assistant takes no per-layer inputs
     "gpt_neo": dict(attention_types=[[["global", "local"], 1]]),  # the layer pattern is given as (kinds, repeats)
     "kolibri1_1": dict(head_dim=16),  # NVFP4 rounding of keys and values works on blocks of 16
     "mamba2": dict(num_heads=HIDDEN * 2 // HEAD_DIM),  # heads x head_dim must equal hidden x expand
@@ -261,6 +259,13 @@ _OVERRIDES: dict[str, dict] = {
 }
 # model types whose causal-LM class takes one sub-config of the type's config
 _SUB_CONFIG = {"musicgen": "decoder", "musicgen_melody": "decoder"}
+
+
+# model types that have no forward of their own (the sweep records why instead of building them)
+_NO_STANDALONE = {
+    "gemma4_assistant": "an assistant head that drafts from its backbone's hidden states and KV cache",
+    "gemma4_unified_assistant": "an assistant head that drafts from its backbone's hidden states and KV cache",
+}
 
 
 def _fix_dbrx(config):
@@ -294,6 +299,8 @@ def tiny_model(model_type: str, seed: int = 0):
 
     Logits are scaled to a standard deviation of LOGIT_STD on a probe prompt, and ids from WORDS on (special and
     pad ids) get a large negative logit, so that generation stays on word ids (no image token ever comes up)."""
+    if model_type in _NO_STANDALONE:
+        raise ValueError(f"{model_type} is {_NO_STANDALONE[model_type]}: no standalone forward")
     config = tiny_config(model_type)
     torch.manual_seed(seed)
     if model_type in _SUB_CONFIG:
@@ -303,14 +310,17 @@ def tiny_model(model_type: str, seed: int = 0):
     model = model.to(torch.float32).eval()
     if model_type == "xmod":
         model.set_default_language("en_XX")  # X-MOD's adapters need a language
-    if model_type in _SUB_CONFIG:
-        model.generation_config.decoder_start_token_id = PAD_ID  # MusicGen pads its delay pattern with it
-    for gc in (model.generation_config,):
-        gc.eos_token_id = gc.bos_token_id = None
-        gc.pad_token_id = PAD_ID
-        gc.forced_eos_token_id = gc.forced_bos_token_id = None
+    _neutral_generation_config(model.generation_config, model_type)
     _peaky_words_only(model)
     return model
+
+
+def _neutral_generation_config(gc, model_type: str) -> None:
+    """No eos or bos (generation runs to length), pad = PAD_ID."""
+    gc.eos_token_id = gc.bos_token_id = gc.forced_eos_token_id = gc.forced_bos_token_id = None
+    gc.pad_token_id = PAD_ID
+    if model_type in _SUB_CONFIG:
+        gc.decoder_start_token_id = PAD_ID  # MusicGen pads its delay pattern with it
 
 
 def _peaky_words_only(model) -> None:
@@ -326,10 +336,9 @@ def _peaky_words_only(model) -> None:
         logits[..., WORDS:] = -1e4
         return logits
 
-    handle = head.register_forward_hook(hook)
+    head.register_forward_hook(hook)  # stays registered: a deep copy of the model (the draft) keeps it too
     with torch.no_grad():
         logits = model(input_ids=probe).logits[..., :WORDS].float()  # [1, 7, WORDS]
     std = float(logits.std())
     if std > 0:
         factor.fill_(LOGIT_STD / std)
-    del handle  # the hook stays registered (a deep copy of the model keeps it too)
