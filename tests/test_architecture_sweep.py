@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 
 from speculoos_hf.bench import arch_sweep as sweep
 from speculoos_hf.bench import arch_table
@@ -105,3 +106,57 @@ def test_table_matches_the_sweep(results):
             if got[column] != want[column]:
                 drift.append(f"{result.model_type} {column}: table {got[column]!r}, sweep {want[column]!r}")
     assert not drift, "\n".join(drift)
+
+
+# ----------------------------------------------------------------------------- the instrument has power (llama)
+
+
+def _speculoos_replaced(monkeypatch, fake):
+    monkeypatch.setattr(sweep, "speculative_generate", fake)
+    return sweep.sweep_type("llama", sweep.SweepOptions(types=["llama"], new_tokens=6))
+
+
+def test_a_wrong_token_is_a_silent_difference(monkeypatch):
+    def one_token_off(model, ids, **kwargs):
+        kwargs.pop("draft_model"), kwargs.pop("num_draft_tokens")
+        out = model.generate(ids, **kwargs)
+        out[:, -1] = (out[:, -1] + 1) % sweep.WORDS
+        return out
+
+    result = _speculoos_replaced(monkeypatch, one_token_off)
+    assert (result.batch1.kind, result.batch3.kind) == (sweep.DIFFERS, sweep.DIFFERS)
+    assert "from token 5" in result.batch1.reason
+
+
+def test_refusal_before_work_and_errors_after_it(monkeypatch):
+    def refuse(model, ids, **kwargs):
+        raise ValueError("not this model. Details")
+
+    result = _speculoos_replaced(monkeypatch, refuse)
+    assert result.batch1 == sweep.Outcome(sweep.REFUSED, "ValueError: not this model.")
+
+    def refuse_late(model, ids, **kwargs):
+        model(input_ids=ids)
+        raise ValueError("too late")
+
+    assert _speculoos_replaced(monkeypatch, refuse_late).batch1.kind == sweep.CRASH
+
+    def crash(model, ids, **kwargs):
+        raise IndexError("out of range")
+
+    assert _speculoos_replaced(monkeypatch, crash).batch3 == sweep.Outcome(sweep.CRASH, "IndexError: out of range")
+
+
+def test_exact_needs_stock_batched_to_equal_rows_alone(monkeypatch):
+    """Where stock's batched output is not each row's own (simulated: the batched reference shifted), a speculoos
+    output equal to stock's batched output is `stock batch differs`, not exact."""
+    real = sweep.stock_greedy
+
+    def batched_shifted(model, ids, mask, new_tokens):
+        out = real(model, ids, mask, new_tokens)
+        return (out + 1) % sweep.WORDS if ids.shape[0] > 1 else out
+
+    monkeypatch.setattr(sweep, "stock_greedy", batched_shifted)
+    result = _speculoos_replaced(monkeypatch, lambda model, ids, **kwargs: torch.cat(
+        [ids, batched_shifted(model, ids, kwargs.get("attention_mask"), kwargs["max_new_tokens"])], dim=1))
+    assert result.batch1.kind == sweep.EXACT and result.batch3.kind == sweep.STOCK_BATCH
