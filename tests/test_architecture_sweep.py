@@ -28,6 +28,8 @@ ALLOWED_REFUSALS = {
     "a cache dictionary of its own (xlm)": (r"dictionary of its own", BOTH),
     "positions and segments from its own past length (cpmant)": (r"from its own past length", BOTH),
     "multi-token forward disagrees with token-by-token (moshi)": (r"multi-token forward disagrees", BOTH),
+    "top-k key selection ranks keys differently in a multi-token forward (deepseek_v32, doge, glm_moe_dsa)": (
+        r"keeps the top-k keys of each query", BOTH),
     "a cache that cannot be cropped (deepseek_v4)": (r"cannot be cropped", BOTH),
     "positions from the cache length, batch > 1 (bart-like decoders)": (r"numbers positions by cache length", BATCHED),
     "indexed attention may select a masked slot, batch > 1": (r"sparse \(indexed\) attention", BATCHED),
