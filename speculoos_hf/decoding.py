@@ -34,6 +34,9 @@ from .trace import RoundClock
 from .verify import block_verify, greedy_verify, place_next_token, speculative_verify
 
 
+START_WIDTH = 256  # new tokens the loop's books hold at first; they grow by doubling past it
+
+
 @dataclass
 class Verdict:
     """What verification decided for each live row (RoundOutcome's words). Shapes: [B] and [B, k+1]."""
@@ -53,6 +56,7 @@ class _Run:
     out: "Output"
     streamer: object
     plain_first: bool  # a row is all padding: stock scores it from its masked last slot alone, so the first round too
+    room: int  # columns a round may write past a row's committed tokens (its drafts, then the target's token)
 
 
 @torch.no_grad()
@@ -75,6 +79,7 @@ def speculative_decode(target, drafter: Drafter, request: DecodeRequest, options
 
     step = tree_steps(target, tgt, drafter, options, _round)  # token trees where they apply, else the chain
     while run.state.rows:
+        run.state.reserve(max(run.state.lengths) + run.room, run.stops.pad)
         begun = time.perf_counter()
         step(run, tgt, drafter, pacer)
         run.stats.trace[-1].close(time.perf_counter() - begun)  # choosing k (and a tree) took the rest
@@ -101,11 +106,11 @@ def _setup(target, request: DecodeRequest, options: SpeculativeOptions, user: Us
     K = min(options.max_draft_tokens, end - P - 1)  # a round drafts fewer than the tokens left
     ctx = DecodeContext(BatchProcessors(user.logits_processor, B), bool(request.do_sample), V, device, end,
                         options.block_verification)
-    state = _start_state(input_ids, mask, end + K + 1, stops.pad)
+    state = _start_state(input_ids, mask, min(end, P + START_WIDTH) + K + 1, stops.pad)  # grows as rows do
     stats = SpeculativeStats(num_draft_tokens=options.reported_draft_tokens, per_row=[RowStats() for _ in range(B)])
     stats.proposed_at_position, stats.accepted_at_position = [0] * K, [0] * K
     plain_first = any(f >= P for f in state.first_valid)
-    return _Run(ctx, state, stops, stats, Output(input_ids, end, stops.pad), user.streamer, plain_first)
+    return _Run(ctx, state, stops, stats, Output(input_ids, end, stops.pad), user.streamer, plain_first, K + 1)
 
 
 def _round(run: _Run, tgt: KVSlots, drafter: Drafter, pacer: Pacer) -> None:
@@ -270,8 +275,8 @@ class Output:
 
     def __init__(self, input_ids: torch.Tensor, end: int, pad: int):
         B, P = input_ids.shape
-        self.seq = torch.full((B, max(end, P)), pad, dtype=torch.long, device=input_ids.device)
-        self.seq[:, :P] = input_ids
+        self.seq = input_ids.to(torch.long, copy=True)  # [B, P], grown as rows are written
+        self._pad = pad
         self._ends = [max(end, P)] * B  # committed length where each row leaves at the latest
         self._stops = [P] * B  # committed length where each row stopped
 
@@ -288,10 +293,18 @@ class Output:
             self._ends[r] = min(self._ends[r], last)
 
     def write(self, row: int, tokens: torch.Tensor, length: int) -> None:
+        self._reserve(length)
         self.seq[row, :length] = tokens[:length]
 
     def sequences(self) -> torch.Tensor:
+        self._reserve(max(self._stops))
         return self.seq[:, : max(self._stops)]
+
+    def _reserve(self, width: int) -> None:
+        """At least `width` columns, new ones `pad` (doubling)."""
+        B, S = self.seq.shape
+        if width > S:
+            self.seq = torch.cat([self.seq, self.seq.new_full((B, max(width, 2 * S) - S), self._pad)], dim=1)
 
 
 def _check_left_padding(mask: torch.Tensor) -> None:

@@ -70,6 +70,18 @@ class DecodeState:
         self.lengths = [n + c for n, c in zip(self.lengths, committed)]
         self.stopped = [s or now for s, now in zip(self.stopped, stopped)]
 
+    def reserve(self, width: int, pad: int) -> None:
+        """At least `width` columns (committed tokens, then a round's scratch), growing by doubling (new columns:
+        `pad`, valid): the books follow what the call generated, never what max_new_tokens would allow."""
+        B, S = self.seq.shape
+        if width <= S:
+            return
+        more = max(width, 2 * S) - S
+        self.seq = torch.cat([self.seq, self.seq.new_full((B, more), pad)], dim=1)
+        self.valid = torch.cat([self.valid, self.valid.new_ones((B, more))], dim=1)
+        self.seq_host = torch.cat([self.seq_host, self.seq_host.new_full((B, more), pad)], dim=1)
+        self.valid_host = torch.cat([self.valid_host, self.valid_host.new_ones((B, more))], dim=1)
+
     def select(self, alive: list[int]) -> None:
         """Keep only the rows at positions `alive` (finished rows leave the batch)."""
         idx = torch.tensor(alive, dtype=torch.long, device=self.seq.device)

@@ -125,6 +125,30 @@ def test_huge_counts_allocate_only_for_what_can_be_drafted(pair, monkeypatch, op
     assert target.speculative_stats.num_draft_tokens == asked
 
 
+@pytest.mark.parametrize("with_draft", [True, False])
+def test_a_huge_max_new_tokens_allocates_for_what_is_generated(pair, monkeypatch, with_draft):
+    """Sibling of case 12: max_new_tokens=10**9 with an EOS reached after a few tokens (stock allocates nothing in
+    proportion): the loop's books start small (8 new tokens here) and grow with the rows; the output is stock's."""
+    target, draft = pair
+    widths = []
+    start_state = decoding._start_state
+
+    def spy_state(ids, mask, width, pad):
+        widths.append(width)
+        assert width < 10**4, "books allocated for max_new_tokens, not for what is generated"
+        return start_state(ids, mask, width, pad)
+
+    monkeypatch.setattr(decoding, "_start_state", spy_state)
+    monkeypatch.setattr(decoding, "START_WIDTH", 8)
+    eos = int(target.generate(REPEATING, do_sample=False, max_new_tokens=40)[0, -1])  # met within 40 tokens
+    kw = dict(do_sample=False, eos_token_id=eos, max_new_tokens=10**9)
+    ref = target.generate(REPEATING, **kw)
+    lookup = {} if with_draft else dict(prompt_lookup_num_tokens=4)
+    out = target.generate(REPEATING, draft_model=draft if with_draft else None, num_draft_tokens=4, **lookup, **kw)
+    assert torch.equal(out, ref) and ref.shape[1] > REPEATING.shape[1] + 8 + 5  # past the books' first width
+    assert widths == [REPEATING.shape[1] + 8 + 5]
+
+
 @pytest.mark.parametrize("name", ["num_draft_tokens", "prompt_lookup_num_tokens", "max_matching_ngram_size"])
 @pytest.mark.parametrize("value", [2**63, 2**64 + 5])
 def test_counts_beyond_any_index_are_refused_before_any_work(pair, forwards, name, value):
