@@ -24,6 +24,7 @@ DEFAULT_NUM_DRAFT_TOKENS = 5  # the seed API's K
 DRAFT_QUANTIZATIONS = (None, "int8", "auto")
 DEFAULT_LOOKUP_TOKENS = 32  # prompt_lookup_num_tokens when suffix_cache= alone asks for prompt lookup
 COUNT_LIMIT = 2**63  # counts at or above it fit no tensor index: refused (below it, capped by what can be drafted)
+MAX_ROUND_DRAFTS = 1024  # no round drafts more (acceptance decays along a draft: longer never pays); speed only
 
 # generate() keywords only speculoos knows: stock generate() must never see them
 SPECULOOS_OPTIONS = ("num_draft_tokens", "draft_confidence_threshold", "block_verification", "draft_quantization",
@@ -119,8 +120,9 @@ class SpeculativeOptions:
 
     def within(self, room: int) -> "SpeculativeOptions":
         """These options for a call that can draft at most `room` tokens per round (the tokens it may generate,
-        but one): counts capped so that nothing is allocated or weighed for drafts that cannot happen."""
-        room = max(int(room), 1)
+        but one): counts capped by it and by MAX_ROUND_DRAFTS, so that nothing is allocated or weighed for drafts
+        that cannot happen or cannot pay (the output never depends on them)."""
+        room = min(max(int(room), 1), MAX_ROUND_DRAFTS)
         capped = {"prompt_lookup_num_tokens": None if self.prompt_lookup_num_tokens is None
                   else min(self.prompt_lookup_num_tokens, room)}
         if not self.auto_k:

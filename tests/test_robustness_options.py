@@ -15,6 +15,7 @@ from transformers.generation.stopping_criteria import MaxLengthCriteria, Stoppin
 
 import speculoos_hf.decoding as decoding
 import speculoos_hf.generation as generation
+import speculoos_hf.options as options_module
 from conftest import left_pad_batch, make_prompt, tiny_pair
 from speculoos_hf import SuffixCache, auto_regressive_sampling, speculative_sampling
 from speculoos_hf.drafters import PromptLookupDrafter
@@ -147,6 +148,29 @@ def test_a_huge_max_new_tokens_allocates_for_what_is_generated(pair, monkeypatch
     out = target.generate(REPEATING, draft_model=draft if with_draft else None, num_draft_tokens=4, **lookup, **kw)
     assert torch.equal(out, ref) and ref.shape[1] > REPEATING.shape[1] + 8 + 5  # past the books' first width
     assert widths == [REPEATING.shape[1] + 8 + 5]
+
+
+@pytest.mark.parametrize("option", [dict(num_draft_tokens=10**9), dict(prompt_lookup_num_tokens=10**9)])
+def test_huge_counts_with_a_huge_budget_are_capped(pair, monkeypatch, option):
+    """max_new_tokens=10**9 too (an EOS ends the call): no round is offered more than MAX_ROUND_DRAFTS drafts (8
+    here, to keep the test short)."""
+    target, draft = pair
+    given = []
+    make_pacer = generation.make_pacer
+
+    def spy_pacer(options, *args):
+        given.append(options)
+        counts = [options.prompt_lookup_num_tokens or 0] + ([] if options.auto_k else [options.num_draft_tokens])
+        assert max(counts) <= 8, "a pacer weighing drafts that cannot pay"
+        return make_pacer(options, *args)
+
+    monkeypatch.setattr(generation, "make_pacer", spy_pacer)
+    monkeypatch.setattr(options_module, "MAX_ROUND_DRAFTS", 8)
+    eos = int(target.generate(REPEATING, do_sample=False, max_new_tokens=12)[0, -1])
+    kw = dict(do_sample=False, eos_token_id=eos, max_new_tokens=10**9)
+    ref = target.generate(REPEATING, **kw)
+    assert torch.equal(target.generate(REPEATING, draft_model=draft, **option, **kw), ref) and given
+    assert target.speculative_stats.num_draft_tokens == option.get("num_draft_tokens", AUTO_MAX_DRAFT_TOKENS)
 
 
 @pytest.mark.parametrize("name", ["num_draft_tokens", "prompt_lookup_num_tokens", "max_matching_ngram_size"])
