@@ -87,7 +87,9 @@ def speculative_generate(model, inputs=None, generation_config=None, *, draft_mo
             methods (`speculoos_hf.drafters`). Needed unless prompt lookup or `suffix_cache` is asked for.
         num_draft_tokens (`int` or `"auto"`, *optional*, defaults to `"auto"`): drafts per round. `"auto"` (or None):
             a cost model times the target's passes and the draft's steps as the call runs and picks each round's k
-            for the most tokens per second, 0 (no drafting) where drafts cannot pay. An int fixes it.
+            for the most tokens per second, 0 (no drafting) where drafts cannot pay. An int fixes it (the model's
+            drafts beside prompt lookup too); a round drafts at most max_new_tokens - 1 and 1024 tokens whatever is
+            asked, and the stats report what was asked.
         draft_confidence_threshold (`float` in [0, 1), *optional*): dynamic lookahead: a round stops drafting once,
             in every row, the draft gave its latest token less than this probability. Costs one host sync per draft.
         prompt_lookup_num_tokens (`int`, *optional*): copy up to N tokens per round from each row's prompt and output
@@ -95,7 +97,8 @@ def speculative_generate(model, inputs=None, generation_config=None, *, draft_mo
             hybrid, which takes per row and round the copy or the model's drafts, by expected gain.
         max_matching_ngram_size (`int`, *optional*, defaults to 64): the longest suffix prompt lookup matches.
         suffix_cache (`SuffixCache`, *optional*): earlier calls' prompts and outputs to copy from; turns prompt lookup
-            on (N=32 unless given) and receives this call's rows as they finish.
+            on (N=32 unless given) and receives this call's rows as they finish. Anything else (a path, False) is
+            refused with a ValueError.
         draft_tree (`"auto"`, `False` or a tuple of ints, *optional*, defaults to `"auto"`): token trees: the draft
             model also offers its runner-up continuations, verified in the same target pass, exactly. `"auto"`: trees
             where the cost model says they pay; False: chains only; a branching per depth (as `(3, 2, 1, 1)`): that
