@@ -29,7 +29,10 @@ NOT_EXACT = {
 _TOP_K_KEYS = ("its attention keeps the top-k keys of each query, and in a multi-token forward it ranks keys differently "
                "than token by token (transformers' assisted generation differs from its greedy output too), so "
                "verifying drafts in one pass cannot reproduce its output")
-NOT_EXACT.update({"deepseek_v32": _TOP_K_KEYS, "glm_moe_dsa": _TOP_K_KEYS, "doge": _TOP_K_KEYS})
+NOT_EXACT.update({"deepseek_v32": _TOP_K_KEYS, "glm_moe_dsa": _TOP_K_KEYS, "doge": _TOP_K_KEYS,
+                  "dots3_note": _TOP_K_KEYS, "dots3_note_text": _TOP_K_KEYS})
+_AUDIO = "its generate() decodes several audio codebooks per step, which speculative generation does not implement"
+NOT_EXACT.update({name: _AUDIO for name in ("musicgen", "musicgen_melody", "musicgen_decoder", "musicgen_melody_decoder")})
 # Attention models whose forward takes no position_ids but whose positions come from the attention mask (ALiBi from
 # its cumsum) or that KVSlots keeps contiguous (slot-distance models): holes are harmless for them.
 POSITIONS_FROM_MASK = {"bloom", "mpt"}
@@ -40,8 +43,8 @@ POSITIONS_FROM_CACHE = {"git"}
 def check_servable(model, role: str = "target") -> None:
     """Raise ValueError (naming the reason) when `model` cannot be served exactly at any batch size."""
     name = type(model).__name__
-    model_type = getattr(model.config.get_text_config(), "model_type", None)
-    if model_type in NOT_EXACT:
+    types = {getattr(model.config, "model_type", None), getattr(model.config.get_text_config(), "model_type", None)}
+    for model_type in sorted(types & set(NOT_EXACT)):
         raise ValueError(f"{role} {name} is not supported with speculative generation: {NOT_EXACT[model_type]}.")
     supports = getattr(model, "_supports_default_dynamic_cache", None)
     if callable(supports) and not supports():
@@ -56,9 +59,9 @@ def check_servable(model, role: str = "target") -> None:
     cache = DynamicCache(config=model.config)
     if recurrent_layers(cache) and not _records_states(model):
         raise ValueError(
-            f"{role} {name} has recurrent layers that do not record their per-token states (transformers' "
-            "`get_recurrent_states_to_keep` is not implemented for it), which rolling back a rejected draft needs; "
-            "generate without draft_model for it.")
+            f"{role} {name} has recurrent layers that do not record their per-token states through transformers' "
+            "cache (`get_recurrent_states_to_keep` is not implemented for it), which rolling back a rejected draft "
+            "needs; generate without draft_model for it.")
 
 
 def check_batch(model, batch_size: int, role: str = "target") -> None:
@@ -95,9 +98,14 @@ def _recurrent_only(model) -> bool:
 
 
 def _records_states(model) -> bool:
-    """Whether the model's modeling code asks the cache how many per-token recurrent states to record."""
+    """Whether the model's recurrent layers can be rolled back token by token: its code keeps its state through the
+    cache's API, and where it has a recurrent state (not only a convolution window) asks the cache how many per-token
+    states to record."""
     module = sys.modules.get(type(model).__module__)
     try:
-        return "get_recurrent_states_to_keep" in inspect.getsource(module)
+        source = inspect.getsource(module)
     except (OSError, TypeError):
         return False
+    if "update_recurrent_state" in source:
+        return "get_recurrent_states_to_keep" in source
+    return "update_conv_state" in source
