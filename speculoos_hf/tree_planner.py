@@ -124,15 +124,20 @@ class TreePlanner:
                      "tree_nodes": best.size if best is not None else 0}
         return best
 
-    def cut_copies(self, tree: TokenTree, pass_time: torch.Tensor) -> TokenTree:
-        """A lookup tree cut per row where a wider pass stops paying (`gain.best_copy` over its nodes in order).
-        pass_time [W + 1] CPU: seconds of a pass over m + 1 tokens per row."""
+    def cut_copies(self, tree: TokenTree, pass_time: torch.Tensor, ratio: float = 1.0) -> TokenTree:
+        """A lookup tree cut per row where a wider pass stops paying (`gain.best_copy` over its nodes in order,
+        each node's chance given its parent's scaled by `ratio`, the copies' measured acceptance over their
+        confidences'). pass_time [W + 1] CPU: seconds of a pass over m + 1 tokens per row."""
         from .gain import best_copy
 
         if tree.confidence is None or not tree.size:
             return tree
-        counts = tree.valid.sum(1).tolist()
-        keep = best_copy(tree.confidence, counts, pass_time).length  # [B]
+        conf = tree.confidence.to(torch.float64)  # [B, N]
+        parent = torch.where(tree.parents >= 0, conf.gather(1, tree.parents.clamp(min=0)), 1.0)  # [B, N]
+        given = (conf / parent.clamp(min=1e-12) * ratio).clamp(max=1.0)  # [B, N] its chance after its parent
+        lineage = tree.ancestors[:, 1:, 1:].to(torch.float64)  # [B, N, N] ancestors-or-self
+        calibrated = torch.exp(lineage @ torch.log(given.clamp(min=1e-30))[:, :, None]).squeeze(-1)  # [B, N]
+        keep = best_copy(calibrated * tree.valid, tree.valid.sum(1).tolist(), pass_time).length  # [B]
         return tree.first_nodes(keep)
 
     def observe(self, tree: TokenTree, path: torch.Tensor, accepted: list[int]) -> None:

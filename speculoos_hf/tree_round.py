@@ -102,9 +102,9 @@ def tree_round(run, tgt: KVSlots, drafter, pacer, plan: TreePlan, planner: TreeP
     forwards = drafter.forward_passes
     with pacer.drafting():
         tree = drafter.propose_tree(state, plan)
-        cm = pacer.cost_model()
-        if plan.shape is None and planner.fixed is None and cm is not None:  # copies alone: cut where they stop paying
-            tree = planner.cut_copies(tree, _pass_times(cm, state.batch_size, tree.size))
+        costs = _copy_costs(pacer, state.batch_size, tree.size) if plan.shape is None and planner.fixed is None else None
+        if costs is not None:  # copies alone: each row's trie cut where a wider pass stops paying
+            tree = planner.cut_copies(tree, costs.pass_time, costs.copy_ratio)
     clock.lap("draft_s")
     first_slot = tgt.num_slots
     stats.target_cache_slots = max(stats.target_cache_slots, first_slot + tree.size + 1)
@@ -116,7 +116,7 @@ def tree_round(run, tgt: KVSlots, drafter, pacer, plan: TreePlan, planner: TreeP
     clock.lap("verify_s")
     outcome = apply_stops(run.stops, state, verdict.accepted, verdict.candidates, ends)
     clock.lap("sync_s")
-    view = _as_chain(tree, path, drafter.forward_passes - forwards)
+    view = _as_chain(tree, drafter.forward_passes - forwards, copies_alone=plan.shape is None)
     pacer.after_round(view, replace(outcome, accepted=_first_ranks(tree, path, outcome.accepted)))
     planner.observe(tree, path, outcome.accepted)
     chain.commit(state, outcome, stats, run.streamer, replace(view, num_proposed=_depths(tree)))
@@ -178,9 +178,11 @@ def kept_slots(tree: TokenTree, path: torch.Tensor, outcome: RoundOutcome) -> to
     return keep[:, : tree.size + 1]
 
 
-def _pass_times(cm, batch: int, nodes: int) -> torch.Tensor:
-    """[nodes + 1] CPU: the cost model's seconds of a target pass over m + 1 tokens per row, m = 0..nodes."""
-    return torch.tensor([cm.target_time((m + 1) * batch, batch) for m in range(nodes + 1)], dtype=torch.float64)
+def _copy_costs(pacer, batch: int, nodes: int):
+    """The copy pacer's `RoundCosts` for passes over up to nodes + 1 tokens per row (None: no such pacer, or
+    nothing timed yet)."""
+    round_costs = getattr(pacer, "round_costs", None)
+    return round_costs(batch, nodes) if callable(round_costs) else None
 
 
 def _depths(tree: TokenTree) -> list[int]:
@@ -191,35 +193,29 @@ def _depths(tree: TokenTree) -> list[int]:
 def _first_ranks(tree: TokenTree, path: torch.Tensor, accepted: list[int]) -> list[int]:
     """Per row, how many of the accepted path's nodes are first candidates from the root on: what a chain of the
     drafter's first choices would have had accepted (the cost model's acceptance by position)."""
-    first = tree.children[:, :, 0]  # [B, N+1] each pass index's first child
-    a = torch.tensor(accepted)  # [B]
-    at = torch.zeros(tree.batch_size, dtype=torch.long)
-    on = torch.ones(tree.batch_size, dtype=torch.bool)
-    for d in range(path.shape[1]):
-        step = path[:, d] + 1  # [B]
-        on = on & (d < a) & (first.gather(1, at[:, None]).squeeze(1) == step)
-        at = torch.where(on, step, at)
-    return _depth_of(tree, at).tolist()
+    D = path.shape[1]
+    same = (path == _first_chain(tree)) & (torch.arange(D)[None, :] < torch.tensor(accepted)[:, None])  # [B, D]
+    return same.long().cumprod(dim=1).sum(dim=1).tolist()
 
 
-def _depth_of(tree: TokenTree, at: torch.Tensor) -> torch.Tensor:
-    """[B] the depth of pass index `at` [B] in each row (0: the root)."""
-    return tree.pass_depth().gather(1, at[:, None]).squeeze(1)
-
-
-def _as_chain(tree: TokenTree, path: torch.Tensor, forwards: int) -> Proposal:
+def _as_chain(tree: TokenTree, forwards: int, copies_alone: bool) -> Proposal:
     """The round as the pacer sees a chain: a pass over N + 1 tokens per row, `forwards` draft forwards, and the
-    first candidates' chain (its depth per row)."""
-    return Proposal(tree.tokens, None, _first_chain(tree), forwards=forwards)
+    chain of first candidates from the root (its length per row; copies alone: its confidences, which calibrate
+    the copies' estimates as a chain's copy does)."""
+    nodes = _first_chain(tree)  # [B, D] node indices, -1 beyond
+    confidence = None
+    if copies_alone and tree.confidence is not None:
+        confidence = torch.where(nodes >= 0, tree.confidence.gather(1, nodes.clamp(min=0)), 0.0)  # [B, D]
+    return Proposal(tree.tokens, None, (nodes >= 0).sum(1).tolist(), forwards=forwards, confidence=confidence)
 
 
-def _first_chain(tree: TokenTree) -> list[int]:
-    """Per row, the length of the chain of first candidates from the root (host ints)."""
-    first = tree.children[:, :, 0]  # [B, N+1]
+def _first_chain(tree: TokenTree) -> torch.Tensor:
+    """[B, D] host: the chain of first candidates from the root, node by depth (-1 beyond its end)."""
+    first = tree.children[:, :, 0]  # [B, N+1] pass indices
     at = torch.zeros(tree.batch_size, dtype=torch.long)
-    length = torch.zeros(tree.batch_size, dtype=torch.long)
-    for _ in range(tree.max_depth):
-        nxt = first.gather(1, at[:, None]).squeeze(1)
-        length += (nxt > 0).long()
+    out = torch.full((tree.batch_size, tree.max_depth), -1, dtype=torch.long)
+    for d in range(tree.max_depth):
+        nxt = first.gather(1, at[:, None]).squeeze(1)  # [B]
+        out[:, d] = torch.where(nxt > 0, nxt - 1, -1)
         at = torch.where(nxt > 0, nxt, at)
-    return length.tolist()
+    return out

@@ -14,6 +14,8 @@ DRAFTERS = {
     "model": lambda d: dict(draft_model=d, num_draft_tokens=4, draft_tree=(3, 2, 1, 1)),
     "lookup": lambda d: dict(prompt_lookup_num_tokens=6, draft_tree=(2, 2, 1, 1, 1, 1)),
     "hybrid": lambda d: dict(draft_model=d, prompt_lookup_num_tokens=6, num_draft_tokens=5, draft_tree=(2, 2, 1, 1, 1)),
+    "model_auto": lambda d: dict(draft_model=d),  # the plain call: trees where the cost model says they pay
+    "lookup_auto": lambda d: dict(prompt_lookup_num_tokens=6),
 }
 
 
@@ -39,7 +41,8 @@ def test_greedy_trees_equal_the_target(arch_pair, drafter):
         ref = target.generate(batch, attention_mask=m, do_sample=False, max_new_tokens=20)
         out = target.generate(batch, attention_mask=m, do_sample=False, max_new_tokens=20, **kw)
         assert torch.equal(out, ref), f"{drafter}: {out.tolist()} != {ref.tolist()}"
-    assert target.speculative_stats.draft_tokens_accepted > 0
+    if not drafter.endswith("auto"):  # under "auto" the cost model may find that drafting does not pay here
+        assert target.speculative_stats.draft_tokens_accepted > 0
 
 
 def test_trees_take_fewer_passes_than_the_chain():

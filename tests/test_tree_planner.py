@@ -111,3 +111,19 @@ def test_copies_trie_first_path_is_the_chains_copy():
     assert trees.confidence[0, 0] > trees.confidence[0, 3] > 0  # 3/4 of the hits, then 1/4
     narrow = continuation_trees(c, 2, threshold=0.3, budget=5, branches=1)  # threshold and branches cut
     assert narrow.tokens[0, : narrow.valid[0].sum()].tolist() == [5, 6, 7]
+
+
+def test_copies_cut_where_a_wider_pass_stops_paying():
+    c = _continuations([[[5, 6, 7], [5, 8, 1], [9, 2, 2], [5, 6, 7]]], match=[4], caps=[3])
+    trees = continuation_trees(c, 1, threshold=0.0, budget=8, branches=3)
+    tree = TokenTree(torch.from_numpy(trees.tokens), torch.from_numpy(trees.parents), torch.from_numpy(trees.valid),
+                     confidence=torch.from_numpy(trees.confidence))
+    planner = TreePlanner("lookup")
+    flat = torch.ones(9, dtype=torch.float64)
+    steep = torch.arange(1, 10, dtype=torch.float64)  # each token costs a pass
+    assert planner.cut_copies(tree, flat).valid.sum() == tree.valid.sum()  # free: every node
+    cut = planner.cut_copies(tree, 1.0 + 0.12 * torch.arange(9, dtype=torch.float64))
+    assert 0 < cut.valid.sum() < tree.valid.sum() and cut.tokens[0, 0] == 5  # the likeliest first
+    assert planner.cut_copies(tree, steep).valid.sum() == 0
+    assert planner.cut_copies(tree, 1.0 + 0.12 * torch.arange(9, dtype=torch.float64), ratio=0.2).valid.sum() < \
+        cut.valid.sum()  # copies that fared worse than their confidences: fewer nodes
