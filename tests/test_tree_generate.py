@@ -88,3 +88,17 @@ def test_greedy_trees_from_the_suffix_cache():
         out = target.generate(ids, do_sample=False, max_new_tokens=24, suffix_cache=cache, draft_tree=(2, 2, 1, 1))
         assert torch.equal(out, ref)
     assert target.speculative_stats.draft_tokens_accepted >= 12  # the second call copies from the first
+
+
+@pytest.mark.parametrize("drafter", ["model", "hybrid"])
+def test_greedy_trees_with_an_all_padding_row_and_eos(drafter):
+    """A row that is all padding (stock numbers its tokens from 1) and rows that stop on EOS at different rounds."""
+    target, draft = tiny_pair("llama")
+    ids, mask = left_pad_batch([make_prompt(5, seed=1)[0], torch.zeros(0, dtype=torch.long), make_prompt(3, seed=2)[0]])
+    free = target.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=16)
+    eos = int(free[0, ids.shape[1] + 3])
+    for extra in ({}, dict(eos_token_id=eos)):
+        ref = target.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=16, **extra)
+        out = target.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=16, **DRAFTERS[drafter](draft),
+                              **extra)
+        assert torch.equal(out, ref), f"{extra}: {out.tolist()} != {ref.tolist()}"
