@@ -51,7 +51,7 @@ def check_servable(model, role: str = "target") -> None:
         raise ValueError(
             f"{role} {name} keeps its past in its own format (not transformers' DynamicCache), which speculative "
             "generation cannot roll back to discard rejected drafts; generate without draft_model for it.")
-    params = inspect.signature(model.forward).parameters
+    params = inspect.signature(type(model).forward).parameters  # the class's: a user's wrapper may hide it
     if "cache" not in params and "past_key_values" not in params:
         raise ValueError(
             f"{role} {name} takes no cache (its forward has no `cache`/`past_key_values`), so drafts cannot be "
@@ -88,7 +88,7 @@ def batch_one_reason(model) -> str | None:
 
 
 def _takes_positions(model) -> bool:
-    return "position_ids" in inspect.signature(model.forward).parameters
+    return "position_ids" in inspect.signature(type(model).forward).parameters
 
 
 def _recurrent_only(model) -> bool:
