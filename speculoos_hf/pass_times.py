@@ -7,13 +7,14 @@ was timed, else from the passes of every batch size):
   pass runs a cheaper kernel than any wider one: float32 on an AVX2-only EPYC has T(2) = 2 T(1), then nearly flat to
   12 tokens), a step no line fits;
 - a width not timed: T(m) = a + b max(0, m - n0), fitted by weighted least squares to the widths timed (the
-  narrowest left out: it is its own), with a ridge pulling b to the prior slope; never below the dearest narrower
-  width timed. The prior: the prefill is compute-bound, so its cost per token b_pre and the one-token pass a give the
-  roofline max(a, b_pre m), i.e. n0 = floor(a / b_pre), slope b_pre; without a usable prefill timing (0 s on a
-  coarse clock, inf, NaN) the CPU default n0.
-Draft step (one token per row): per batch size (the nearest one timed), else `prior_draft_ratio` of a one-token
-target pass. Catch-up (committed tokens the draft had not read) per token: measured, else the prefill's cost per
-token times the draft/target size ratio.
+  narrowest left out: it is its own), with a ridge pulling b to the prior slope. The prior: the prefill is
+  compute-bound, so its cost per token b_pre and the one-token pass a give the roofline max(a, b_pre m), i.e.
+  n0 = floor(a / b_pre), slope b_pre; without a usable prefill timing (0 s on a coarse clock, inf, NaN) the CPU
+  default n0. The width one token per row past the widest timed is priced flat: the policy looks one step further;
+- monotone in the width: never dearer than a wider width timed, never cheaper than a narrower one timed.
+Draft step (one token per row): per batch size (the nearest one timed); catch-up (committed tokens the draft had not
+read) per token. Before they are timed, and at most until three timings are in, the priors: a share of a one-token
+target pass, the prefill's cost per token times the draft/target size ratio.
 """
 
 from __future__ import annotations
