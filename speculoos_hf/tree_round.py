@@ -102,8 +102,9 @@ def tree_round(run, tgt: KVSlots, drafter, pacer, plan: TreePlan, planner: TreeP
     forwards = drafter.forward_passes
     with pacer.drafting():
         tree = drafter.propose_tree(state, plan)
-        costs = _copy_costs(pacer, state.batch_size, tree.size) if plan.shape is None and planner.fixed is None else None
-        if costs is not None:  # copies alone: each row's trie cut where a wider pass stops paying
+        alone = plan.shape is None and planner.fixed is None  # copies alone, sized by the cost model
+        costs = _copy_costs(pacer, state.batch_size, tree.size) if alone else None
+        if costs is not None:  # each row's trie cut where a wider pass stops paying
             tree = planner.cut_copies(tree, costs.pass_time, costs.copy_ratio)
     clock.lap("draft_s")
     first_slot = tgt.num_slots

@@ -80,7 +80,10 @@ def tree_sample_verify(tree: TokenTree, target_probs: torch.Tensor, uniform: tor
             p_token = residual.gather(1, token[:, None]).squeeze(1)  # [B] P(c)
             accept = live & (uniform.gather(1, node[:, None]).squeeze(1) * total * q_token < p_token)  # [B]
             reject = live & ~accept
-            rest = residual.scatter(1, token[:, None], 0.0) if q is None else (residual - total[:, None] * q).clamp(min=0.0)
+            if q is None:  # one-hot: the candidate's token leaves the residual
+                rest = residual.scatter(1, token[:, None], 0.0)
+            else:
+                rest = (residual - total[:, None] * q).clamp(min=0.0)  # [B, V] max(0, P - Z q_i)
             residual = torch.where(reject[:, None], rest, residual)
             fresh = target_probs[rows, child]  # [B, V] the child's own target distribution
             residual = torch.where(accept[:, None], fresh, residual)
