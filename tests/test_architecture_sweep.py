@@ -28,13 +28,14 @@ ALLOWED_REFUSALS = {
     "a cache dictionary of its own (xlm)": (r"dictionary of its own", BOTH),
     "positions and segments from its own past length (cpmant)": (r"from its own past length", BOTH),
     "multi-token forward disagrees with token-by-token (moshi)": (r"multi-token forward disagrees", BOTH),
-    "top-k key selection ranks keys differently in a multi-token forward (deepseek_v32, doge, glm_moe_dsa)": (
+    "top-k key selection ranks keys differently in a multi-token forward (deepseek_v32, doge, dots3_note, glm_moe_dsa)": (
         r"keeps the top-k keys of each query", BOTH),
     "a cache that cannot be cropped (deepseek_v4)": (r"cannot be cropped", BOTH),
+    "several audio codebooks per step (musicgen_melody)": (r"several audio codebooks per step", BOTH),
     "positions from the cache length, batch > 1 (bart-like decoders)": (r"numbers positions by cache length", BATCHED),
     "indexed attention may select a masked slot, batch > 1": (r"sparse \(indexed\) attention", BATCHED),
     # pending (issue 24): served once the core rolls these layers back; remove the entry then
-    "recurrent layers without per-token states (zamba, zaya, inkling*, lfm2_moe, lfm3, recurrent_gemma)": (
+    "recurrent layers without per-token states (zamba, zaya, recurrent_gemma)": (
         r"recurrent layers that do not record their per-token states", BOTH),
 }
 # Types without a working tiny model in this transformers (the sweep's note says why): they must stay few.

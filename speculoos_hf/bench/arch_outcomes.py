@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 DRAFT_TOKENS = 4  # fixed K per round (speculoos) and num_assistant_tokens (transformers' fixed-K column)
-PROMPT_1 = 5  # batch 1 prompt length
+PROMPT_1 = 6  # batch 1 prompt length (the third row of batch 3)
 PROMPTS_3 = (3, 9, 6)  # batch 3 prompt lengths (left-padded)
 
 EXACT, REFUSED, CRASH, DIFFERS, NO_CONFIG, STOCK_BATCH = (

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .arch_outcomes import CLASSES, DRAFT_TOKENS, PROMPTS_3, TypeResult
+from .arch_outcomes import CLASSES, DRAFT_TOKENS, PROMPT_1, PROMPTS_3, TypeResult
 
 COLUMNS = {"batch1": "batch 1", "batch3": "batch 3", "assisted_k": f"assisted K={DRAFT_TOKENS}",
            "assisted_default": "assisted default"}
@@ -96,10 +96,11 @@ def render(rows: dict, new_tokens: int) -> str:
         "Every model type of transformers' causal-LM mapping (`MODEL_FOR_CAUSAL_LM_MAPPING_NAMES`): a tiny random",
         "float32 config (`speculoos_hf/bench/tiny_models.py`), a noisy copy of the target as the draft (drafts are",
         f"sometimes rejected), {DRAFT_TOKENS} draft tokens per round, {new_tokens} new tokens, greedy, compared token",
-        "for token with the target's own greedy generate(). Batch 1: one prompt. Batch 3: three left-padded prompts",
-        f"of {', '.join(map(str, PROMPTS_3))} tokens; exact only where the target's batched generate() also agrees",
-        "with each row generated alone (else `stock batch differs`). Assisted: transformers' `assistant_model=` at",
-        f"batch 1, with a fixed {DRAFT_TOKENS} draft tokens (constant schedule) and with its defaults.",
+        f"for token with the target's own greedy generate(). Batch 1: a prompt of {PROMPT_1} tokens. Batch 3: three",
+        f"left-padded prompts of {', '.join(map(str, PROMPTS_3))} tokens; exact only where the target's batched",
+        "generate() also agrees with each row generated alone (else `stock batch differs`). Assisted: transformers'",
+        f"`assistant_model=` at batch 1, with a fixed {DRAFT_TOKENS} draft tokens (constant schedule, no confidence",
+        "stop) and with its defaults.",
         "",
         "Classes: `exact` (token for token), `refused` (a ValueError before any target forward, its message in the",
         "note), `crash` (any other exception), `differs` (a silent difference), `stock batch differs`, `no-config`",
