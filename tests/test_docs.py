@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from speculoos_hf import cli_generate
+from speculoos_hf.bench import arch_sweep
 from speculoos_hf.bench import cli as bench_cli
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -18,8 +19,8 @@ INLINE = re.compile(r"(`+)(.+?)\1", re.S)
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
 FLAG = re.compile(r"(?<![\w-])--[a-zA-Z][\w-]*")
 # a command's program, by a word it contains; its flags are checked against that program's parser
-PROGRAMS = {"speculoos-bench": "bench", "speculoos_hf.bench": "bench", "speculoos-generate": "generate",
-            "speculoos_hf.cli_generate": "generate", "examples/demo.py": "demo", "accelerate": "accelerate",
+PROGRAMS = {"speculoos_hf.bench.arch_sweep": "arch_sweep", "speculoos-bench": "bench", "speculoos_hf.bench": "bench",
+            "speculoos-generate": "generate", "speculoos_hf.cli_generate": "generate", "examples/demo.py": "demo", "accelerate": "accelerate",
             "pytest": "pytest", "pip": "pip"}
 PAGE_PROGRAM = {"bench.md": "bench", "dataset.md": "generate"}  # a bare `--flag` on these pages is that command's
 
@@ -32,6 +33,7 @@ def known_flags() -> dict[str, set[str]]:
     """Every flag each documented program takes, read from its own parser."""
     demo = set(re.findall(r'"(--[\w-]+)"', (ROOT / "examples" / "demo.py").read_text()))
     flags = {"bench": _options(bench_cli.parser()), "generate": _options(cli_generate.parser()), "demo": demo,
+             "arch_sweep": _options(arch_sweep.parser()),
              "pytest": {"--run-slow"}, "pip": None}  # None: not ours, not checked
     try:
         from accelerate.commands.launch import launch_command_parser

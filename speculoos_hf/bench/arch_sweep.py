@@ -351,20 +351,21 @@ def line(result: TypeResult) -> str:
 # --------------------------------------------------------------------------------------------------------- command
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m speculoos_hf.bench.arch_sweep", description=__doc__.split("\n")[0])
-    parser.add_argument("--types", help="comma-separated model types (default: every causal-LM type)")
-    parser.add_argument("--batch", type=int, nargs="+", choices=(1, 3), default=[1, 3])
-    parser.add_argument("--new-tokens", type=int, default=NEW_TOKENS)
-    parser.add_argument("--assisted", action="store_true", help="also transformers' assisted generation at batch 1")
-    parser.add_argument("--write", metavar="PATH", help="write (merge into) the markdown table at PATH")
-    parser.add_argument("--json", metavar="PATH", help="write every outcome as JSON")
-    parser.add_argument("--jobs", type=int, default=1, help="worker processes (default 1)")
-    return parser.parse_args(argv)
+def parser() -> argparse.ArgumentParser:
+    """The command's argument parser."""
+    out = argparse.ArgumentParser(prog="python -m speculoos_hf.bench.arch_sweep", description=__doc__.split("\n")[0])
+    out.add_argument("--types", help="comma-separated model types (default: every causal-LM type)")
+    out.add_argument("--batch", type=int, nargs="+", choices=(1, 3), default=[1, 3])
+    out.add_argument("--new-tokens", type=int, default=NEW_TOKENS)
+    out.add_argument("--assisted", action="store_true", help="also transformers' assisted generation at batch 1")
+    out.add_argument("--write", metavar="PATH", help="write (merge into) the markdown table at PATH")
+    out.add_argument("--json", metavar="PATH", help="write every outcome as JSON")
+    out.add_argument("--jobs", type=int, default=1, help="worker processes (default 1)")
+    return out
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
+    args = parser().parse_args(argv)
     types = args.types.split(",") if args.types else causal_lm_types()
     unknown = sorted(set(types) - set(causal_lm_types()))
     if unknown:
