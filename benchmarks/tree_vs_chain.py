@@ -99,34 +99,39 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=2, help="sampling runs per prompt")
     parser.add_argument("--lookup", action="store_true", help="prompt lookup alone on the edit prompts")
     parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--out", type=Path)
+    parser.add_argument("--modes", nargs="+", choices=("greedy", "sampling"), default=["greedy", "sampling"])
+    parser.add_argument("--out", type=Path, help="JSON written after every configuration (and resumed from)")
     args = parser.parse_args()
     torch.set_num_threads(1 if args.pair == "tiny" else 2)  # tiny models: threads only add overhead
     dtype = getattr(torch, args.dtype)
     target, draft, tokenizer = tiny_pair() if args.pair == "tiny" else reference_pair(dtype)
     batch = prompts("edit" if args.lookup else "code", args.prompts, tokenizer)
-    results = []
+    report = {"pair": args.pair, "lookup": args.lookup, "dtype": args.dtype, "tokens": args.tokens,
+              "prompts": args.prompts, "seeds": args.seeds, "machine": f"{platform.processor() or platform.machine()}"
+              f", {torch.get_num_threads()} threads, torch {torch.__version__}",
+              "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                       text=True).stdout.strip(), "results": []}
+    if args.out and args.out.exists():  # resume: keep what an earlier run of the same settings measured
+        report["results"] = json.loads(args.out.read_text())["results"]
+    done = {(r["depth"], r["method"], r["mode"]) for r in report["results"]}
     for depth in args.depths:
         shape = SHAPES[depth]
-        for sampling in (False, True):
+        for sampling in [m == "sampling" for m in args.modes]:
             for name, tree in (("chain", False), ("tree", shape)):
+                mode = "T=0.7" if sampling else "greedy"
+                if (depth, name, mode) in done:
+                    continue
                 if args.lookup:
                     kw = dict(prompt_lookup_num_tokens=depth, num_draft_tokens=depth, draft_tree=tree)
                 else:
                     kw = dict(draft_model=draft, num_draft_tokens=depth, draft_tree=tree)
                 seeds = range(args.seeds) if sampling else range(1)
                 rows = [run(target, ids, args.tokens, sampling, seed, **kw) for ids in batch for seed in seeds]
-                total = summed(rows)
-                results.append({"depth": depth, "shape": list(shape) if tree else None, "method": name,
-                                "mode": "T=0.7" if sampling else "greedy", **total})
-                print(json.dumps(results[-1]), flush=True)
-    report = {"pair": args.pair, "lookup": args.lookup, "dtype": args.dtype, "tokens": args.tokens,
-              "prompts": args.prompts, "seeds": args.seeds, "machine": f"{platform.processor() or platform.machine()}"
-              f", {torch.get_num_threads()} threads, torch {torch.__version__}",
-              "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                       text=True).stdout.strip(), "results": results}
-    if args.out:
-        args.out.write_text(json.dumps(report, indent=1) + "\n")
+                report["results"].append({"depth": depth, "shape": list(shape) if tree else None, "method": name,
+                                          "mode": mode, **summed(rows)})
+                print(json.dumps(report["results"][-1]), flush=True)
+                if args.out:  # after every configuration: a long run that stops keeps what it measured
+                    args.out.write_text(json.dumps(report, indent=1) + "\n")
 
 
 if __name__ == "__main__":

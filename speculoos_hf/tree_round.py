@@ -78,7 +78,7 @@ class TreeSteps:
             plan = self.planner.plan(k, state.batch_size, pacer.cost_model())
         if plan is None:
             return self.chain_round(run, tgt, drafter, _Chosen(pacer, k, limits))
-        tree_round(run, tgt, drafter, pacer, plan, self.planner)
+        tree_round(run, tgt, drafter, pacer, plan, self.planner, limits)
 
 
 class _Chosen:
@@ -94,8 +94,10 @@ class _Chosen:
         return getattr(self._pacer, name)
 
 
-def tree_round(run, tgt: KVSlots, drafter, pacer, plan: TreePlan, planner: TreePlanner) -> None:
-    """One round over trees: propose, score, verify, apply stops, commit, keep the path, retire finished rows."""
+def tree_round(run, tgt: KVSlots, drafter, pacer, plan: TreePlan, planner: TreePlanner,
+               limits: list[int] | None = None) -> None:
+    """One round over trees: propose, score, verify, apply stops, commit, keep the path, retire finished rows.
+    `limits`: the pacer's per-row caps (0: the row's drafts do not pay; its tree is dropped)."""
     ctx, state, stats = run.ctx, run.state, run.stats
     clock = RoundClock()  # the round trace's laps (stats.trace)
     ends = run.out.ends_of(state.rows)
@@ -106,6 +108,8 @@ def tree_round(run, tgt: KVSlots, drafter, pacer, plan: TreePlan, planner: TreeP
         costs = _copy_costs(pacer, state.batch_size, tree.size) if alone else None
         if costs is not None:  # each row's trie cut where a wider pass stops paying
             tree = planner.cut_copies(tree, costs.pass_time, costs.copy_ratio)
+        if limits is not None:  # from earlier rounds only: exact
+            tree = tree.first_nodes(torch.tensor([tree.size if n > 0 else 0 for n in limits]))
     clock.lap("draft_s")
     first_slot = tgt.num_slots
     stats.target_cache_slots = max(stats.target_cache_slots, first_slot + tree.size + 1)
