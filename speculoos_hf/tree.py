@@ -252,13 +252,14 @@ def _dense(tree: TokenTree, vocab_size: int, like: torch.Tensor) -> torch.Tensor
 
 def draft_tree_setting(value):
     """The `draft_tree` option, checked: "auto" (None too: trees where the cost model says they pay), False (chains
-    only), or the draft model's branching per depth, a tuple of integers >= 1 (a tree in every round)."""
+    only), or the draft model's tree in every round: its branching per depth, a tuple of integers >= 1, or a
+    `TreeShape`."""
     if value is None or (isinstance(value, str) and value == "auto"):
         return "auto"
-    if value is False:
-        return False
+    if value is False or isinstance(value, TreeShape):
+        return value
     if isinstance(value, (tuple, list)) and value and all(
             isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in value):
         return tuple(value)
-    raise ValueError(f'draft_tree must be "auto", False, or a tuple of branching factors >= 1 per depth (as (3, 2, 1, '
-                     f"1)), got {value!r}.")
+    raise ValueError(f'draft_tree must be "auto", False, a tuple of branching factors >= 1 per depth (as (3, 2, 1, '
+                     f"1)) or a TreeShape, got {value!r}.")

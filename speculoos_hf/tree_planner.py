@@ -82,10 +82,11 @@ class TreePlanner:
     """Picks each round's tree (module docstring), or none (the chain), and learns from the tree rounds.
 
     kind:  "model", "lookup" or "hybrid" (what the drafter drafts with).
-    fixed: the user's branching per depth (`draft_tree=(...)`): a tree of that shape in every round with drafts.
+    fixed: the user's tree (`draft_tree=`: a branching per depth or a `TreeShape`), drafted in every round with
+           drafts, cut to the round's k.
     """
 
-    def __init__(self, kind: str, fixed: tuple[int, ...] | None = None):
+    def __init__(self, kind: str, fixed: tuple[int, ...] | TreeShape | None = None):
         self.kind = kind
         self.fixed = fixed
         self.runner_ups = RunnerUps()
@@ -94,8 +95,9 @@ class TreePlanner:
     def plan(self, k: int, batch: int, cost_model) -> TreePlan | None:
         """The next round's tree for a round the pacer gave k drafts (k >= 1), or None: the chain."""
         if self.fixed is not None:
-            shape = _cut(TreeShape.from_branching(self.fixed), k)
-            return self._with_copies(shape if self.kind != "lookup" else None, k, shape.size, max(self.fixed))
+            given = self.fixed if isinstance(self.fixed, TreeShape) else TreeShape.from_branching(self.fixed)
+            shape = _cut(given, k)
+            return self._with_copies(shape if self.kind != "lookup" else None, k, shape.size, max(given.fan_out()))
         if cost_model is None or cost_model.target_time(batch, batch) is None:
             return None  # nothing timed: the chain
         if self.kind == "lookup":

@@ -54,7 +54,7 @@ def chain_reason(target, tgt: KVSlots, drafter, options) -> str | None:
 def _planner(target, tgt: KVSlots, drafter, options) -> TreePlanner | None:
     if chain_reason(target, tgt, drafter, options) is not None:
         return None
-    fixed = options.draft_tree if isinstance(options.draft_tree, tuple) else None
+    fixed = None if isinstance(options.draft_tree, str) else options.draft_tree  # a shape given: every round
     if fixed is None and not options.auto_k:
         return None  # a given K and no shape: the chains asked for
     kind = "lookup" if options.lookup_only else ("hybrid" if options.prompt_lookup_num_tokens else "model")

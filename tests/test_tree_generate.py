@@ -9,11 +9,14 @@ import torch
 
 from conftest import left_pad_batch, make_prompt, tiny_model, tiny_pair
 from speculoos_hf import enable_speculative
+from speculoos_hf.tree_planner import best_tree
 
 DRAFTERS = {
     "model": lambda d: dict(draft_model=d, num_draft_tokens=4, draft_tree=(3, 2, 1, 1)),
     "lookup": lambda d: dict(prompt_lookup_num_tokens=6, draft_tree=(2, 2, 1, 1, 1, 1)),
     "hybrid": lambda d: dict(draft_model=d, prompt_lookup_num_tokens=6, num_draft_tokens=5, draft_tree=(2, 2, 1, 1, 1)),
+    "model_shape": lambda d: dict(draft_model=d, num_draft_tokens=4,
+                                  draft_tree=best_tree([0.8] * 4, lambda r: 0.4, nodes=10, depth=4)[0]),
     "model_auto": lambda d: dict(draft_model=d),  # the plain call: trees where the cost model says they pay
     "lookup_auto": lambda d: dict(prompt_lookup_num_tokens=6),
 }

@@ -72,6 +72,9 @@ def test_fixed_shape_every_round_cut_to_k():
     assert plan.shape.depth == 2 and plan.shape.size == 3 + 6 and plan.copy_nodes == 0
     plan = TreePlanner("hybrid", fixed=(2, 1)).plan(4, 1, None)
     assert plan.shape.size == 4 and plan.copy_nodes == 4 and plan.copy_depth == 4
+    given, _ = best_tree([0.9] * 5, lambda r: 0.4, nodes=12, depth=5)  # a TreeShape as draft_tree
+    plan = TreePlanner("model", fixed=given).plan(3, 1, None)
+    assert plan.shape.depth == 3 and plan.shape.size == sum(d <= 3 for d in given.depths)
 
 
 def test_runner_ups_learnt_from_tree_rounds():
