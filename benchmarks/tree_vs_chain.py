@@ -1,5 +1,7 @@
 """Tokens per target pass with token trees against the chain at the same number of draft forwards per round.
 
+Methods: "chain" (K drafts), "tree" (SHAPES[K], branching per depth), "likeliest" (the planner's tree with as many
+nodes, `tree_planner.best_tree` at acceptance 0.9 and runner-up acceptance 0.4; its shape as [parents, ranks]).
 A chain of K drafts takes K draft forwards per round (the pending tokens' read, then K - 1 steps); a tree of depth
 K takes K too (the read, then one forward per depth over that depth's nodes), so the two spend the same draft
 forwards and differ in what one target pass scores. Tokens per target pass are machine-independent (the same
@@ -24,10 +26,21 @@ import torch
 
 from speculoos_hf import enable_speculative
 
-SHAPES = {  # depth K: (the chain's K, the tree's branching per depth: runner-ups at the shallow depths)
+SHAPES = {  # depth K: the tree's branching per depth (runner-ups at the shallow depths)
     4: (3, 2, 1, 1),
     6: (3, 2, 2, 1, 1, 1),
+    16: (2, 2) + (1,) * 14,
 }
+
+
+def likeliest(depth: int, alpha: float = 0.9, runner_up: float = 0.4):
+    """The planner's tree with as many nodes as SHAPES[depth]'s: the likeliest nodes at a first-candidate acceptance
+    `alpha` and a runner-up acceptance `runner_up` (tree_planner.best_tree)."""
+    from speculoos_hf.tree import TreeShape
+    from speculoos_hf.tree_planner import best_tree
+
+    size = TreeShape.from_branching(SHAPES[depth]).size
+    return best_tree([alpha] * depth, lambda r: runner_up, nodes=size, depth=depth)[0]
 
 
 def tiny_pair(seed: int = 0, noise: float = 0.15):
@@ -117,7 +130,7 @@ def main() -> None:
     for depth in args.depths:
         shape = SHAPES[depth]
         for sampling in [m == "sampling" for m in args.modes]:
-            for name, tree in (("chain", False), ("tree", shape)):
+            for name, tree in (("chain", False), ("tree", shape), ("likeliest", likeliest(depth))):
                 mode = "T=0.7" if sampling else "greedy"
                 if (depth, name, mode) in done:
                     continue
@@ -127,7 +140,9 @@ def main() -> None:
                     kw = dict(draft_model=draft, num_draft_tokens=depth, draft_tree=tree)
                 seeds = range(args.seeds) if sampling else range(1)
                 rows = [run(target, ids, args.tokens, sampling, seed, **kw) for ids in batch for seed in seeds]
-                report["results"].append({"depth": depth, "shape": list(shape) if tree else None, "method": name,
+                described = None if tree is False else list(tree) if isinstance(tree, tuple) else [
+                    list(tree.parents), list(tree.ranks)]
+                report["results"].append({"depth": depth, "shape": described, "method": name,
                                           "mode": mode, **summed(rows)})
                 print(json.dumps(report["results"][-1]), flush=True)
                 if args.out:  # after every configuration: a long run that stops keeps what it measured
