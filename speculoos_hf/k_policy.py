@@ -90,6 +90,7 @@ class KPolicy:
     unfed: int = 0  # committed tokens per row the draft has not read
     last_choice: dict = field(default_factory=dict, repr=False)
     _stretch: int = 0
+    _experimented: bool = False  # the first drafting round was chosen
 
     def __post_init__(self) -> None:
         self._stretch = self.off_rounds
@@ -194,6 +195,8 @@ class KPolicy:
         """k, or a wider k whose pass was timed once and would pay at its price from settled timings: one slow
         moment there must not cap k for good, so it is timed once more (the fastest of two then stands)."""
         kmax = self.max_k if limit is None else max(0, min(self.max_k, limit))
+        if not any(self.costs.timed_once((j + 1) * batch, batch) for j in range(k + 1, kmax + 1)):
+            return k  # nothing wider rests on a single timing
         rates = self.rates(kmax, batch, rows, settled_only=True)
         best = max(range(kmax + 1), key=lambda j: rates[j] if rates[j] is not None else -1.0)
         return best if best > k and self.costs.timed_once((best + 1) * batch, batch) else k
@@ -202,7 +205,10 @@ class KPolicy:
         """k, but at most `first_k` in the first drafting round: everything it is chosen from is a prior (the wider
         pass, the draft's step, acceptance), and a short first round costs least where the priors are wrong (a CPU
         whose pass over 2 tokens costs two: float32 on an AVX2-only EPYC)."""
-        return k if self.costs.drafting_started() else min(k, self.first_k)
+        if self._experimented or self.costs.drafting_started():
+            return k
+        self._experimented = True  # once: a hybrid's model may not be asked in that round (its rows copy)
+        return min(k, self.first_k)
 
     def _switch_off(self, after_probe: bool) -> int:
         """Start a stretch without speculation (longer when a probe just failed to change the verdict)."""

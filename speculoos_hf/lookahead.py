@@ -50,6 +50,7 @@ class CostModelLookahead:
                       (the draft/target parameter ratio for a model draft, 0 for a copy such as prompt lookup).
     probe_budget:     a probe may cost at most this fraction of the target-alone time of the stretch it ends.
     per_row_limits:   with several rows, cap at 0 the rows whose own expected gain is below 1.
+    first_k:          drafts of the first drafting round, whose every input is a prior.
     """
 
     max_k: int = 12
@@ -67,6 +68,7 @@ class CostModelLookahead:
     prior_catch_up_ratio: float | None = None
     probe_budget: float = 0.05
     per_row_limits: bool = True  # batch > 1: rows whose drafts do not pay draft nothing while the others draft
+    first_k: int = 1  # drafts of the first drafting round (chosen from priors only)
 
     passes: TargetPassTimes = field(init=False, repr=False)
     drafts: DraftTimes = field(init=False, repr=False)
@@ -81,7 +83,7 @@ class CostModelLookahead:
         self.policy = KPolicy(self, max_k=self.max_k, initial_k=self.initial_k, off_rounds=self.off_rounds,
                               max_off_rounds=self.max_off_rounds, probe_k=self.probe_k, min_gain=self.min_gain,
                               measure_plain_step=self.measure_plain_step, probe_budget=self.probe_budget,
-                              per_row_limits=self.per_row_limits)
+                              per_row_limits=self.per_row_limits, first_k=self.first_k)
 
     # ------------------------------------------------------------------ observations
 

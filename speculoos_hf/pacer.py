@@ -251,10 +251,10 @@ def make_pacer(options: SpeculativeOptions, target, draft) -> FixedPacer | CostM
     if copies is not None and ratio == 0:  # prompt lookup alone: drafting is free, k up to its N
         model = CostModelLookahead(max_k=copies, prior_catch_up_ratio=0.0, prior_draft_ratio=0.0)
         return CopyPacer(model, watch, copies, with_model=False)
-    model = CostModelLookahead(max_k=K, prior_catch_up_ratio=ratio)
-    if copies is not None:  # hybrid
-        return CopyPacer(model, watch, copies, with_model=True)
-    return CostModelPacer(model, watch)
+    if copies is not None:  # hybrid: its copies look far from the first round on, the model's k is not held back
+        return CopyPacer(CostModelLookahead(max_k=K, prior_catch_up_ratio=ratio, first_k=K), watch, copies,
+                         with_model=True)
+    return CostModelPacer(CostModelLookahead(max_k=K, prior_catch_up_ratio=ratio), watch)
 
 
 def draft_size_ratio(target, draft) -> float:

@@ -119,7 +119,8 @@ def test_per_row_limits_greedy_equals_target_batch4(monkeypatch):
     seen = count_limited(monkeypatch)
     ids, mask = left_pad_batch([make_prompt(n, seed=n)[0] for n in (3, 8, 5, 2)])
     ref = target.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=30)
-    out = target.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=30, draft_model=draft)
+    out = target.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=30, draft_model=draft,
+                          draft_tree=False)  # chains: per-row limits cut proposals (a tree round drops rows' trees)
     assert torch.equal(out, ref)
     stats = target.speculative_stats
     assert len(seen) >= 5 and stats.draft_tokens_proposed > 0
@@ -134,7 +135,8 @@ def test_per_row_k_from_acceptance_greedy_equals_target(gtest_pair, monkeypatch)
     seen = count_limited(monkeypatch)
     ids = torch.randint(0, GTEST_V, (16, 6), generator=torch.Generator().manual_seed(0))
     ref = target.generate(ids, do_sample=False, max_new_tokens=60, pad_token_id=GTEST_PAD)
-    out = target.generate(ids, do_sample=False, max_new_tokens=60, pad_token_id=GTEST_PAD, draft_model=draft)
+    out = target.generate(ids, do_sample=False, max_new_tokens=60, pad_token_id=GTEST_PAD, draft_model=draft,
+                          draft_tree=False)  # chains: per-row limits cut proposals
     assert torch.equal(out, ref)
     assert target.speculative_stats.draft_tokens_proposed > 0
     assert any(0 in limits and max(limits) > 0 for limits in seen)
@@ -147,11 +149,11 @@ def test_auto_k_sampling_exact_with_per_row_k(gtest_pair, monkeypatch):
     fast_draft_profile(monkeypatch, step_s=0.04)
     seen = count_limited(monkeypatch)
     expected = exact_distribution(target, PROMPT, _processors(temperature=0.8))
-    (spec,) = _generate(target, [PROMPT], N, seed=31, draft_model=draft, temperature=0.8)
+    (spec,) = _generate(target, [PROMPT], N, seed=31, draft_model=draft, temperature=0.8, draft_tree=False)
     assert target.speculative_stats.draft_tokens_proposed > 0
     assert any(0 in limits and max(limits) > 0 for limits in seen)
     assert g_test(spec, expected) > ALPHA
 
     monkeypatch.setattr(decoding, "speculative_verify", _always_accept)
-    (broken,) = _generate(target, [PROMPT], N, seed=32, draft_model=draft, temperature=0.8)
+    (broken,) = _generate(target, [PROMPT], N, seed=32, draft_model=draft, temperature=0.8, draft_tree=False)
     assert g_test(broken, expected) < ALPHA
