@@ -185,6 +185,11 @@ def _batch_table(rows: list[dict]) -> str:
 
 
 def _script_table(rows: list[dict]) -> str:
+    if rows and "tok_s" not in rows[0]:  # tokens per pass only (tree against chain, benchmarks/tree_vs_chain.py)
+        return markdown_table(
+            "method | mode | >depth | shape | >tokens per target pass | >draft forwards per round",
+            [[r["method"], r.get("mode"), r.get("depth"), r.get("shape"), _num(r.get("tokens_per_pass")),
+              _num(r.get("draft_forwards_per_round"))] for r in rows])
     return markdown_table(
         "method | >tok/s | >x the target alone | >accept | >tokens per target pass",
         [[r["method"], _num(r["tok_s"]), _x(r["ratio"]), _pct(r["accepted"] / r["proposed"] if r.get("proposed")
