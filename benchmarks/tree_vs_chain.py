@@ -85,22 +85,64 @@ def prompts(kind: str, n: int, tokenizer) -> list[torch.Tensor]:
                                           return_tensors="pt", return_dict=True)["input_ids"] for t in texts]
 
 
-def run(target, ids, tokens: int, sampling: bool, seed: int, **kw) -> dict:
-    """One generate() call: new tokens, target passes, draft forwards, seconds."""
+def run(target, ids, tokens: int, sampling: bool, seed: int, profile=None, draft=None, **kw) -> dict:
+    """One generate() call: new tokens, target passes, draft forwards, seconds; with a machine `profile`, the cost
+    model times with it and every forward is priced from it (`simulated_machine`): simulated seconds too."""
+    from contextlib import ExitStack
+
+    from speculoos_hf.simulated_machine import ForwardPricer, simulated_machine
+
     settings = dict(do_sample=True, temperature=0.7, top_k=0) if sampling else dict(do_sample=False)
     torch.manual_seed(seed)
     started = time.perf_counter()
-    target.generate(ids, max_new_tokens=tokens, **settings, **kw)
-    s = target.speculative_stats
-    return {"new_tokens": s.new_tokens, "target_passes": s.target_forward_passes,
-            "draft_forwards": s.draft_forward_passes, "seconds": round(time.perf_counter() - started, 2)}
+    with ExitStack() as stack:
+        pricer = None
+        if profile is not None:
+            stack.enter_context(simulated_machine(profile))
+            pricer = stack.enter_context(ForwardPricer(profile, target, [draft]))
+        out = target.generate(ids, max_new_tokens=tokens, **settings, **kw, **({"draft_model": draft} if draft else {}))
+    s = getattr(target, "speculative_stats", None) if draft is not None or kw else None
+    new = int(out.shape[1] - ids.shape[1]) if s is None else s.new_tokens
+    row = {"new_tokens": new, "target_passes": new if s is None else s.target_forward_passes,
+           "draft_forwards": 0 if s is None else s.draft_forward_passes,
+           "seconds": round(time.perf_counter() - started, 2)}
+    if pricer is not None:
+        row["simulated_s"] = pricer.seconds
+    return row
 
 
 def summed(rows: list[dict]) -> dict:
-    total = {k: sum(r[k] for r in rows) for k in ("new_tokens", "target_passes", "draft_forwards", "seconds")}
+    keys = ("new_tokens", "target_passes", "draft_forwards", "seconds") + (("simulated_s",) if "simulated_s" in rows[0]
+                                                                            else ())
+    total = {k: sum(r[k] for r in rows) for k in keys}
     total["tokens_per_pass"] = round(total["new_tokens"] / total["target_passes"], 3)
     total["draft_forwards_per_round"] = round(total["draft_forwards"] / total["target_passes"], 3)
+    if "simulated_s" in total:
+        total["simulated_tok_s"] = round(total["new_tokens"] / total["simulated_s"], 3)
     return total
+
+
+def simulate(args, target, draft, batch, report) -> None:
+    """The plain call with trees ("auto") and without (draft_tree=False) against the target alone, every forward
+    priced from the machine profile `args.simulate` (the cost model times with it too)."""
+    from speculoos_hf.simulated_machine import MachineProfile
+
+    profile = MachineProfile.load(args.simulate)
+    done = {(r["method"], r["mode"]) for r in report["results"]}
+    methods = {"target": {}, "plain_chain": dict(draft=draft, draft_tree=False, draft_quantization=None),
+               "plain": dict(draft=draft, draft_quantization=None)}
+    for sampling in [m == "sampling" for m in args.modes]:
+        mode = "T=0.7" if sampling else "greedy"
+        for name, kw in methods.items():
+            if (name, mode) in done:
+                continue
+            seeds = range(args.seeds) if sampling else range(1)
+            rows = [run(target, ids, args.tokens, sampling, seed, profile=profile, **kw) for ids in batch
+                    for seed in seeds]
+            report["results"].append({"method": name, "mode": mode, **summed(rows)})
+            print(json.dumps(report["results"][-1]), flush=True)
+            if args.out:
+                args.out.write_text(json.dumps(report, indent=1) + "\n")
 
 
 def main() -> None:
@@ -114,6 +156,8 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--modes", nargs="+", choices=("greedy", "sampling"), default=["greedy", "sampling"])
     parser.add_argument("--out", type=Path, help="JSON written after every configuration (and resumed from)")
+    parser.add_argument("--simulate", type=Path, help="a machine profile: the plain call with and without trees "
+                        "against the target alone, in simulated tok/s (instead of the chain/tree comparison)")
     args = parser.parse_args()
     torch.set_num_threads(1 if args.pair == "tiny" else 2)  # tiny models: threads only add overhead
     dtype = getattr(torch, args.dtype)
@@ -126,6 +170,9 @@ def main() -> None:
                                        text=True).stdout.strip(), "results": []}
     if args.out and args.out.exists():  # resume: keep what an earlier run of the same settings measured
         report["results"] = json.loads(args.out.read_text())["results"]
+    if args.simulate:
+        report["profile"] = str(args.simulate)
+        return simulate(args, target, draft, batch, report)
     done = {(r["depth"], r["method"], r["mode"]) for r in report["results"]}
     for depth in args.depths:
         shape = SHAPES[depth]
@@ -134,10 +181,8 @@ def main() -> None:
                 mode = "T=0.7" if sampling else "greedy"
                 if (depth, name, mode) in done:
                     continue
-                if args.lookup:
-                    kw = dict(prompt_lookup_num_tokens=depth, num_draft_tokens=depth, draft_tree=tree)
-                else:
-                    kw = dict(draft_model=draft, num_draft_tokens=depth, draft_tree=tree)
+                kw = dict(num_draft_tokens=depth, draft_tree=tree)
+                kw.update(prompt_lookup_num_tokens=depth) if args.lookup else kw.update(draft=draft)
                 seeds = range(args.seeds) if sampling else range(1)
                 rows = [run(target, ids, args.tokens, sampling, seed, **kw) for ids in batch for seed in seeds]
                 described = None if tree is False else list(tree) if isinstance(tree, tuple) else [
