@@ -1,6 +1,6 @@
 """The tree planner's cost rule (tree_planner.py) and the copies' tries (drafters/lookup_tree.py), without models:
 the likeliest-nodes tree, trees chosen where a pass over many tokens costs what a pass over one does (the flat
-profile of ../shared/profiles) and the chain where it does not (the AVX2 float32 profile in benchmarks/), the
+profile in benchmarks/xeon-amx-bf16/) and the chain where it does not (the AVX2 float32 profile in benchmarks/), the
 runner-ups' acceptance learnt from tree rounds, and each row's trie whose first path is the chain's copy."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from speculoos_hf.tree import TokenTree, TreeShape
 from speculoos_hf.tree_planner import TreePlanner, best_tree
 
 ROOT = Path(__file__).resolve().parents[1]
-FLAT = ROOT.parent / "shared" / "profiles" / "xeon_amx_bf16_int8_draft.json"
+FLAT = ROOT / "benchmarks" / "xeon-amx-bf16" / "xeon_amx_bf16_int8_draft.json"  # kept in the repo
 AVX2_BF16 = ROOT / "benchmarks" / "epyc-avx2" / "profile_avx2_bf16.json"  # T(m) grows with m: not flat
 
 
