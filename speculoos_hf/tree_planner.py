@@ -92,17 +92,19 @@ class TreePlanner:
         self.runner_ups = RunnerUps()
         self.last: dict = {}
 
-    def plan(self, k: int, batch: int, cost_model) -> TreePlan | None:
-        """The next round's tree for a round the pacer gave k drafts (k >= 1), or None: the chain."""
+    def plan(self, k: int, batch: int, cost_model, model_k: int | None = None) -> TreePlan | None:
+        """The next round's tree for a round the pacer gave k drafts (k >= 1), or None: the chain. `model_k`: the
+        draft model's own k beside copies (a hybrid's copies may run longer; 0: the model is not offered)."""
         if self.fixed is not None:
             given = self.fixed if isinstance(self.fixed, TreeShape) else TreeShape.from_branching(self.fixed)
             shape = _cut(given, k)
             return self._with_copies(shape if self.kind != "lookup" else None, k, shape.size, max(given.fan_out()))
         if cost_model is None or cost_model.target_time(batch, batch) is None:
             return None  # nothing timed: the chain
-        if self.kind == "lookup":
+        model_k = k if model_k is None else min(model_k, k)
+        if self.kind == "lookup" or (self.kind == "hybrid" and model_k == 0):
             return TreePlan(None, COPY_NODES, k, MAX_BRANCHES - 1)
-        shape = self._best_shape(k, batch, cost_model)
+        shape = self._best_shape(model_k, batch, cost_model)
         return None if shape is None else self._with_copies(shape, k, shape.size, MAX_BRANCHES - 1)
 
     def _with_copies(self, shape: TreeShape | None, k: int, copy_nodes: int, branches: int) -> TreePlan:

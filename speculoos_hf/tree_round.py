@@ -75,7 +75,8 @@ class TreeSteps:
         plan = None
         lockstep_copies = run.stops.lockstep and self.planner.kind != "model"  # per-row tries: unequal depths
         if k > 0 and not run.plain_first and not lockstep_copies:
-            plan = self.planner.plan(k, state.batch_size, pacer.cost_model())
+            costs = _copy_costs(pacer, state.batch_size, k) if self.planner.kind == "hybrid" else None
+            plan = self.planner.plan(k, state.batch_size, pacer.cost_model(), None if costs is None else costs.model_k)
         if plan is None:
             return self.chain_round(run, tgt, drafter, _Chosen(pacer, k, limits))
         tree_round(run, tgt, drafter, pacer, plan, self.planner, limits)

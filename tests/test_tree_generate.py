@@ -19,6 +19,7 @@ DRAFTERS = {
                                   draft_tree=best_tree([0.8] * 4, lambda r: 0.4, nodes=10, depth=4)[0]),
     "model_auto": lambda d: dict(draft_model=d),  # the plain call: trees where the cost model says they pay
     "lookup_auto": lambda d: dict(prompt_lookup_num_tokens=6),
+    "hybrid_auto": lambda d: dict(draft_model=d, prompt_lookup_num_tokens=6),
 }
 
 

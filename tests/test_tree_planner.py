@@ -130,3 +130,14 @@ def test_copies_cut_where_a_wider_pass_stops_paying():
     assert planner.cut_copies(tree, steep).valid.sum() == 0
     assert planner.cut_copies(tree, 1.0 + 0.12 * torch.arange(9, dtype=torch.float64), ratio=0.2).valid.sum() < \
         cut.valid.sum()  # copies that fared worse than their confidences: fewer nodes
+
+
+def test_hybrid_model_tree_as_deep_as_the_models_k():
+    """Beside copies up to 16 tokens, the model's tree is only as deep as the model's own k; without the model,
+    copies alone."""
+    planner = TreePlanner("hybrid")
+    costs = ProfileCosts(FLAT, alpha=0.7)
+    plan = planner.plan(16, 1, costs, model_k=4)
+    assert plan is not None and plan.shape.depth <= 4 and plan.copy_depth == 16
+    plan = planner.plan(16, 1, costs, model_k=0)
+    assert plan.shape is None and plan.copy_nodes > 0
