@@ -106,3 +106,32 @@ def test_greedy_trees_with_an_all_padding_row_and_eos(drafter):
         out = target.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=16, **DRAFTERS[drafter](draft),
                               **extra)
         assert torch.equal(out, ref), f"{extra}: {out.tolist()} != {ref.tolist()}"
+
+
+def _machine(per_token: float) -> "MachineProfile":
+    """A simulated machine whose pass over m tokens costs 1 + per_token * (m - 1) one-token passes (0.2 s)."""
+    from speculoos_hf.simulated_machine import MachineProfile
+
+    widths = (1, 2, 4, 8, 16, 32, 64)
+    return MachineProfile("synthetic", {1: {m: 0.2 * (1 + per_token * (m - 1)) for m in widths}}, {1: 0.02}, 0.01)
+
+
+@pytest.mark.parametrize("per_token", [0.005, 0.15], ids=["flat", "steep"])
+def test_plain_call_trees_where_they_pay(per_token):
+    """The plain call (draft_tree "auto") on a simulated machine whose wide passes cost what a narrow one does (flat)
+    or 15% of a pass more per token (steep: drafting pays, runner-ups hardly): its simulated time is never above the
+    chains' (draft_tree=False), it drafts trees on the flat machine, and the output is the target's either way."""
+    from speculoos_hf.simulated_machine import ForwardPricer, simulated_machine
+
+    target, draft = tiny_pair("llama", noise=0.05)
+    ids = make_prompt(6, seed=5)
+    ref = target.generate(ids, do_sample=False, max_new_tokens=40)
+    seconds, trees = {}, {}
+    for name, tree in (("auto", "auto"), ("chains", False)):
+        machine = _machine(per_token)
+        with simulated_machine(machine), ForwardPricer(machine, target, [draft]) as pricer:
+            out = target.generate(ids, do_sample=False, max_new_tokens=40, draft_model=draft, draft_tree=tree)
+        assert torch.equal(out, ref)
+        seconds[name], trees[name] = pricer.seconds, sum(r.tree for r in target.speculative_stats.trace)
+    assert seconds["auto"] <= 1.01 * seconds["chains"], seconds
+    assert trees["chains"] == 0 and (trees["auto"] > 5 if per_token < 0.1 else True), trees
