@@ -16,7 +16,7 @@ import sys
 
 from transformers import DynamicCache
 
-from .recurrent_state import recurrent_layers
+from .recurrent_state import has_attention, recurrent_layers
 
 # Model types that pass the generic checks below but cannot be exact, with the reason.
 NOT_EXACT = {
@@ -92,9 +92,7 @@ def _takes_positions(model) -> bool:
 
 
 def _recurrent_only(model) -> bool:
-    cache = DynamicCache(config=model.config)
-    return bool(cache.layers) and len(recurrent_layers(cache)) == len(cache.layers) and not any(
-        hasattr(layer, "keys") for layer in cache.layers)
+    return not has_attention(DynamicCache(config=model.config))
 
 
 def _records_states(model) -> bool:

@@ -20,7 +20,7 @@ row. The layer's cache objects are used as transformers means them: recording is
 only the tensors it exposes (`conv_states`, `recurrent_states`) are read and set.
 
 Memory: a forward over n tokens records n + 1 states per recurrent layer (transformers' recording); the tape holds
-at most the states since the last rollback point (one round). `bytes_per_token` reports one token's worth.
+at most the states since the last rollback point (one round).
 """
 
 from __future__ import annotations
@@ -198,15 +198,6 @@ class RecurrentStates:
         for tape in self.tapes:
             tape.select_rows(rows)
         self.counts = self.counts[rows_host]
-
-    def bytes_per_token(self) -> int:
-        """Bytes of recurrent state recorded per fed token per row, summed over layers (the rollback's memory)."""
-        total = 0
-        for tape in self.tapes:
-            state = tape.layer.recurrent_states[tape.index]
-            if tape.rec is not None:
-                total += state[0].numel() * state.element_size()
-        return total
 
 
 def _take(tape: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
