@@ -111,14 +111,30 @@ class TreePlanner:
         copies = copy_nodes if self.kind in ("lookup", "hybrid") else 0
         return TreePlan(shape, copies, k, branches)
 
-    def _best_shape(self, k: int, batch: int, cm) -> TreeShape | None:
-        """The draft model's best tree against the chain of k (module docstring), or None."""
+    def plan_alone(self, depth: int, batch: int, cost_model) -> TreePlan | None:
+        """Where the pacer drafts nothing (no chain beats the target alone): the draft model's tree, if some tree
+        of at most `depth` beats the target alone by the cost model's `min_gain` (the chain's value counts first
+        candidates only, and a stretch without drafts is not priced again until it ends; a tree's runner-ups may
+        pay where the chain does not). None: a plain round."""
+        if self.fixed is not None or self.kind != "model" or depth < 1 or cost_model is None:
+            return None
+        one = cost_model.target_time(batch, batch)
+        if not one or cost_model.draft_time(batch) is None:
+            return None  # nothing timed, or a clock too coarse to price anything
+        shape = self._best_shape(depth, batch, cost_model, cost_model.min_gain / one, smallest=1)
+        return None if shape is None else TreePlan(shape)
+
+    def _best_shape(self, k: int, batch: int, cm, floor: float | None = None, smallest: int | None = None
+                    ) -> TreeShape | None:
+        """The draft model's best tree at most k deep against the chain of k (module docstring), or against
+        `floor` (tokens per second per row to beat) from `smallest` nodes on; None: none beats it."""
         alpha = cm.acceptance()
         one = cm.target_time(batch, batch)
         step = cm.draft_time(batch) or 0.0
         chain = cm.expected_tokens(k) / (k * step + cm.target_time((k + 1) * batch, batch))
-        best, best_rate = None, chain * TREE_MARGIN
-        for nodes in range(k + 1, MAX_TREE_NODES + 1, max(1, k // 2)):
+        best, best_rate = None, chain * TREE_MARGIN if floor is None else floor
+        start = k + 1 if smallest is None else smallest
+        for nodes in range(start, MAX_TREE_NODES + 1, max(1, k // 2)):
             shape, value = best_tree(alpha, self.runner_ups.rate, nodes, k)
             forwards = 1.0 + sum(cm.target_time(len(level) * batch, batch) / one for level in _expanding(shape))
             rate = (1.0 + value) / (forwards * step + cm.target_time((shape.size + 1) * batch, batch))

@@ -71,15 +71,27 @@ class TreeSteps:
     def __call__(self, run, tgt: KVSlots, drafter, pacer) -> None:
         state = run.state
         ends = run.out.ends_of(state.rows)
-        k, limits = pacer.choose_k(state.rows, remaining=max(e - n for e, n in zip(ends, state.lengths)))
+        remaining = max(e - n for e, n in zip(ends, state.lengths))
+        k, limits = pacer.choose_k(state.rows, remaining=remaining)
         plan = None
         lockstep_copies = run.stops.lockstep and self.planner.kind != "model"  # per-row tries: unequal depths
         if k > 0 and not run.plain_first and not lockstep_copies:
             costs = _copy_costs(pacer, state.batch_size, k) if self.planner.kind == "hybrid" else None
             plan = self.planner.plan(k, state.batch_size, pacer.cost_model(), None if costs is None else costs.model_k)
+        elif k == 0 and not run.plain_first:
+            plan = _tree_instead_of_plain(self.planner, pacer, state.batch_size, remaining - 1)
         if plan is None:
             return self.chain_round(run, tgt, drafter, _Chosen(pacer, k, limits))
         tree_round(run, tgt, drafter, pacer, plan, self.planner, limits)
+
+
+def _tree_instead_of_plain(planner: TreePlanner, pacer, batch: int, remaining: int) -> TreePlan | None:
+    """Where the pacer switched drafting off (its chains do not pay), the planner's tree if it beats the target
+    alone; never where the pacer asks for a plain round to time the target (it is still speculating then)."""
+    cm = pacer.cost_model()
+    if cm is None or cm.speculating:
+        return None
+    return planner.plan_alone(min(cm.max_k, remaining), batch, cm)
 
 
 class _Chosen:

@@ -135,3 +135,25 @@ def test_plain_call_trees_where_they_pay(per_token):
         seconds[name], trees[name] = pricer.seconds, sum(r.tree for r in target.speculative_stats.trace)
     assert seconds["auto"] <= 1.01 * seconds["chains"], seconds
     assert trees["chains"] == 0 and (trees["auto"] > 5 if per_token < 0.1 else True), trees
+
+
+def test_trees_kept_where_the_chains_first_candidates_do_not_pay():
+    """Flat Xeon profile, two rows, a partial draft: early tree rounds accept runner-ups (first candidates 3 of 5),
+    so the chain's value says drafting does not pay and the pacer turns it off. The tree still pays (it beats the
+    target alone): it is drafted instead of the plain rounds, never slower than the chains, output the target's."""
+    from pathlib import Path
+
+    from speculoos_hf.simulated_machine import ForwardPricer, MachineProfile, simulated_machine
+
+    profile = MachineProfile.load(Path(__file__).parents[1] / "benchmarks/xeon-amx-bf16/xeon_amx_bf16.json")
+    target, draft = tiny_pair("llama", noise=0.03)
+    ids = make_prompt(6, seed=1, batch=2)
+    ref = target.generate(ids, do_sample=False, max_new_tokens=48)
+    seconds, trees = {}, {}
+    for name, tree in (("auto", "auto"), ("chains", False)):
+        with simulated_machine(profile), ForwardPricer(profile, target, [draft]) as pricer:
+            out = target.generate(ids, do_sample=False, max_new_tokens=48, draft_model=draft, draft_tree=tree)
+        assert torch.equal(out, ref)
+        seconds[name], trees[name] = pricer.seconds, sum(r.tree for r in target.speculative_stats.trace)
+    assert seconds["auto"] <= seconds["chains"], seconds
+    assert trees["auto"] > 10, trees

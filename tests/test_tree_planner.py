@@ -67,6 +67,25 @@ def test_trees_where_passes_are_flat_and_chains_where_not():
     assert TreePlanner("model").plan(6, 1, None) is None  # nothing timed: the chain
 
 
+def test_tree_instead_of_plain_rounds_where_it_beats_the_target_alone():
+    """Where the pacer drafts nothing: the draft model's tree if it beats the target alone (flat passes, runner-ups
+    paying), none where the target alone wins (a draft step as dear as a target pass), or for a given shape or
+    copies."""
+    costs = _with_gain(ProfileCosts(FLAT, alpha=0.5))
+    plan = TreePlanner("model").plan_alone(6, 1, costs)
+    assert plan is not None and plan.shape.size > plan.shape.depth  # runner-ups: wider than a chain
+    dear = _with_gain(ProfileCosts(FLAT, alpha=0.5))
+    dear.step = dear.target_time(1)
+    assert TreePlanner("model").plan_alone(6, 1, dear) is None
+    assert TreePlanner("model", fixed=(2, 1)).plan_alone(6, 1, costs) is None
+    assert TreePlanner("lookup").plan_alone(6, 1, costs) is None
+
+
+def _with_gain(costs: ProfileCosts, gain: float = 1.03) -> ProfileCosts:
+    costs.min_gain = gain
+    return costs
+
+
 def test_fixed_shape_every_round_cut_to_k():
     plan = TreePlanner("model", fixed=(3, 2, 1, 1)).plan(2, 1, None)
     assert plan.shape.depth == 2 and plan.shape.size == 3 + 6 and plan.copy_nodes == 0
