@@ -134,8 +134,9 @@ def tree_round(run, tgt: KVSlots, drafter, pacer, plan: TreePlan, planner: TreeP
     clock.lap("verify_s")
     outcome = apply_stops(run.stops, state, verdict.accepted, verdict.candidates, ends)
     clock.lap("sync_s")
-    view = _as_chain(tree, drafter.forward_passes - forwards, copies_alone=plan.shape is None)
-    pacer.after_round(view, replace(outcome, accepted=_first_ranks(tree, path, outcome.accepted)))
+    first = _model_chain(tree, path, 0 if plan.shape is None else getattr(drafter, "copied_nodes", 0))  # [B, D]
+    view = _as_chain(tree, first, drafter.forward_passes - forwards, copies_alone=plan.shape is None)
+    pacer.after_round(view, replace(outcome, accepted=_first_ranks(first, path, outcome.accepted)))
     planner.observe(tree, path, outcome.accepted)
     chain.commit(state, outcome, stats, run.streamer, replace(view, num_proposed=_depths(tree)))
     tgt.keep_marked(first_slot, kept_slots(tree, path, outcome))
@@ -208,28 +209,43 @@ def _depths(tree: TokenTree) -> list[int]:
     return (tree.depth * tree.valid).amax(1).tolist() if tree.size else [0] * tree.batch_size
 
 
-def _first_ranks(tree: TokenTree, path: torch.Tensor, accepted: list[int]) -> list[int]:
-    """Per row, how many of the accepted path's nodes are first candidates from the root on: what a chain of the
-    drafter's first choices would have had accepted (the cost model's acceptance by position)."""
+def _first_ranks(first: torch.Tensor, path: torch.Tensor, accepted: list[int]) -> list[int]:
+    """Per row, how many of the accepted path's nodes are on `first` (the chain of first candidates, [B, D] host)
+    from the root on: what that chain would have had accepted (the cost model's acceptance by position)."""
     D = path.shape[1]
-    same = (path == _first_chain(tree)) & (torch.arange(D)[None, :] < torch.tensor(accepted)[:, None])  # [B, D]
+    same = (path == first) & (torch.arange(D)[None, :] < torch.tensor(accepted)[:, None])  # [B, D]
     return same.long().cumprod(dim=1).sum(dim=1).tolist()
 
 
-def _as_chain(tree: TokenTree, forwards: int, copies_alone: bool) -> Proposal:
+def _as_chain(tree: TokenTree, first: torch.Tensor, forwards: int, copies_alone: bool) -> Proposal:
     """The round as the pacer sees a chain: a pass over N + 1 tokens per row, `forwards` draft forwards, and the
-    chain of first candidates from the root (its length per row; copies alone: its confidences, which calibrate
-    the copies' estimates as a chain's copy does)."""
-    nodes = _first_chain(tree)  # [B, D] node indices, -1 beyond
+    chain of first candidates `first` ([B, D] nodes, -1 beyond: its length per row; copies alone: its
+    confidences, which calibrate the copies' estimates as a chain's copy does)."""
     confidence = None
     if copies_alone and tree.confidence is not None:
-        confidence = torch.where(nodes >= 0, tree.confidence.gather(1, nodes.clamp(min=0)), 0.0)  # [B, D]
-    return Proposal(tree.tokens, None, (nodes >= 0).sum(1).tolist(), forwards=forwards, confidence=confidence)
+        confidence = torch.where(first >= 0, tree.confidence.gather(1, first.clamp(min=0)), 0.0)  # [B, D]
+    return Proposal(tree.tokens, None, (first >= 0).sum(1).tolist(), forwards=forwards, confidence=confidence)
 
 
-def _first_chain(tree: TokenTree) -> torch.Tensor:
-    """[B, D] host: the chain of first candidates from the root, node by depth (-1 beyond its end)."""
-    first = tree.children[:, :, 0]  # [B, N+1] pass indices
+def _model_chain(tree: TokenTree, path: torch.Tensor, copied: int) -> torch.Tensor:
+    """[B, D] host: the chain the cost model hears of, the first candidates from the root; beside a hybrid's
+    `copied` nodes (they come first), the model's own, and none in rows whose path took a copy (the model's
+    likeliest token there was left out as that copy's: the round says nothing of its chain)."""
+    first = _first_chain(tree, copied)
+    if copied:
+        took_copy = (path[:, 0] >= 0) & (path[:, 0] < copied)  # [B]
+        first = torch.where(took_copy[:, None], -1, first)
+    return first
+
+
+def _first_chain(tree: TokenTree, skip: int = 0) -> torch.Tensor:
+    """[B, D] host: the chain of first candidates from the root, node by depth (-1 beyond its end); at the root,
+    the first child past the first `skip` nodes (a hybrid's copies come first: the model's own chain)."""
+    first = tree.children[:, :, 0].clone()  # [B, N+1] pass indices
+    if skip:
+        kids = tree.children[:, 0]  # [B, R] the root's children in candidate order (index order)
+        own = torch.where(kids > skip, kids, tree.size + 1).amin(1)  # [B]
+        first[:, 0] = torch.where(own <= tree.size, own, 0)
     at = torch.zeros(tree.batch_size, dtype=torch.long)
     out = torch.full((tree.batch_size, tree.max_depth), -1, dtype=torch.long)
     for d in range(tree.max_depth):

@@ -157,3 +157,27 @@ def test_trees_kept_where_the_chains_first_candidates_do_not_pay():
         seconds[name], trees[name] = pricer.seconds, sum(r.tree for r in target.speculative_stats.trace)
     assert seconds["auto"] <= seconds["chains"], seconds
     assert trees["auto"] > 10, trees
+
+
+def test_hybrid_trees_tell_the_cost_model_of_the_models_own_chain(monkeypatch):
+    """A hybrid's tree tries the copies first at the root: the cost model's acceptance (the model's drafts) hears
+    the model's own first candidates, not the copies' chain, and nothing from rows whose path took a copy. With a
+    draft equal to the target, every model draft it hears of is accepted."""
+    from speculoos_hf.lookahead import CostModelLookahead
+
+    heard = []
+    observe = CostModelLookahead.observe_round
+
+    def spy(self, proposed, accepted, rows=None):
+        heard.append((list(proposed), list(accepted)))
+        return observe(self, proposed, accepted, rows)
+
+    monkeypatch.setattr(CostModelLookahead, "observe_round", spy)
+    target, draft = tiny_pair("llama", noise=0.0)
+    for seed in (0, 1):
+        ids = _repetitive(14, seed)[None]
+        out = target.generate(ids, do_sample=False, max_new_tokens=30, draft_model=draft, prompt_lookup_num_tokens=6,
+                              draft_tree=(2, 2, 1, 1))
+        assert torch.equal(out, target.generate(ids, do_sample=False, max_new_tokens=30))
+    rounds = [(p, a) for p, a in heard[:-1] if sum(p)]
+    assert rounds and all(p == a for p, a in rounds), rounds

@@ -22,6 +22,11 @@ class TreeHybridDrafter(HybridDrafter):
         super().__init__(*args, **kwargs)
         self._copied_nodes = 0  # the last tree's copied nodes (they come first)
 
+    @property
+    def copied_nodes(self) -> int:
+        """The last tree's copied nodes (its first ones; the model's follow)."""
+        return self._copied_nodes
+
     def tree_reason(self) -> str | None:
         reason = getattr(self.model, "tree_reason", None)
         return "its draft model drafts no trees (another tokenizer)" if reason is None else reason()
