@@ -2,8 +2,8 @@
 Speculative Sampling"): a draft whose LM head covers only the N most frequent token ids.
 
 The LM head of a small draft with a large vocabulary is a big share of its step: Qwen2.5-Coder-0.5B's 151,936 x 896
-head is ~27% of its weights. `reduced_head_draft(model, keep_ids)` returns a copy of the draft (sharing the decoder's
-weights, no extra memory for them) whose head computes logits for the kept ids only and returns full-vocabulary
+head is ~27% of its weights. `reduced_head_draft(model, keep_ids)` returns a copy of the draft (its own modules over
+the decoder's weights, no extra memory for them) whose head computes logits for the kept ids only and returns full-vocabulary
 logits with -inf elsewhere. The draft's q is then exactly 0 outside the kept ids, so it never proposes them; the
 accept/reject rule still gives exactly the target distribution (the residual max(0, p - q) carries the mass of the
 ids the draft cannot propose), and only acceptance changes: a draft token the target would have accepted is lost
@@ -108,7 +108,8 @@ def reduced_head_draft(
 ):
     """A copy of `model` (a causal LM with `lm_head`) whose head covers only `keep_ids` (or the `size` most frequent
     ids from `frequent_token_ids(size, ..., token_ids=, texts=, tokenizer=)`), returning full-vocabulary logits with
-    -inf outside them. The decoder's weights are shared with `model` (no copy); `model` is left untouched. Also
+    -inf outside them. The decoder's weights alias `model`'s (no copy) in modules of its own: a dtype or device
+    change of either model leaves the other as it was; `model` is left untouched. Also
     works on a copy made by `int8_draft` (build the reduced head first, then quantise, to quantise it too)."""
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if head is None:
@@ -138,11 +139,16 @@ def reduced_head_draft(
             small.scales.copy_(head.scales[new_head.keep_ids])
         new_head.proj = small
 
-    # a shallow copy: own module/parameter dicts, shared submodules except the head
-    draft = copy.copy(model)
-    draft._modules = dict(model._modules)
-    draft._parameters = dict(model._parameters)
-    draft._buffers = dict(model._buffers)
-    name = next((n for n, m in model.named_children() if m is head), "lm_head")
-    draft._modules[name] = new_head
-    return draft.eval()
+    return _own_modules(model, head, new_head).eval()
+
+
+def _own_modules(model, head, new_head):
+    """A copy of `model` with `new_head` in place of `head`: its own modules, parameters and buffers (so `.to()`,
+    `.half()` or a module swap on either model leaves the other as it was), whose tensors alias `model`'s storage
+    (no weight is copied; an in-place write to a weight shows in both)."""
+    memo = {id(head): new_head}
+    for t in (*model.parameters(), *model.buffers()):
+        if id(t) not in memo:
+            alias = t.detach()
+            memo[id(t)] = nn.Parameter(alias, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else alias
+    return copy.deepcopy(model, memo)
