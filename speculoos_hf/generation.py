@@ -28,7 +28,7 @@ from .checks import (
 )
 from .decoding import speculative_decode
 from .model_support import check_batch
-from .drafters.prepared import PreparedDraft, note_draft_step, prepare_draft
+from .drafters.prepared import PreparedDraft, note_draft_step, note_tokens, prepare_draft
 from .drafters.select import make_drafter
 from .options import (
     DEFAULT_NUM_DRAFT_TOKENS,
@@ -107,7 +107,8 @@ def speculative_generate(model, inputs=None, generation_config=None, *, draft_mo
             (Sun et al. 2024): as exact, never fewer accepted tokens on average, a little more work per round.
         draft_quantization (`"auto"`, `"int8"` or `None`, *optional*, defaults to `"auto"`): `"auto"` drafts with an
             int8 copy of a draft model on CPU where its step is a large share of a round (`drafters.prepared.
-            int8_pays`); `"int8"` always; None never. The copy is made once per draft object (seconds) and reused
+            int8_pays`), and with a reduced LM head over the ids earlier calls used once they show it pays (FR-Spec,
+            `drafters.head_choice`); `"int8"` always; None never. The copy is made once per draft object and reused
             while the draft's weights stay as they were; a draft with offloaded weights is kept as given ("int8":
             ValueError). Exact either way: the output never depends on the draft.
         tokenizer, assistant_tokenizer (*optional*): the target's tokenizer (needed for `stop_strings`) and the
@@ -231,6 +232,7 @@ class _SpeculativeDecode:
         sequences, stats = speculative_decode(model, drafter, request, options, user, pacer)
         stats.record_draft(self.prepared.quantization, self.prepared.prepare_s)
         note_draft_step(self.prepared, model, stats.cost_model)
+        note_tokens(self.prepared, sequences, request.pad_token_id, stats.cost_model)  # the "auto" reduced head
         model.speculative_stats = stats
         if config.return_dict_in_generate:
             return SpeculativeGenerateOutput(sequences=sequences, speculative_stats=stats)

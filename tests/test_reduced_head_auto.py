@@ -26,3 +26,40 @@ def test_reduced_copy_owns_its_modules():
     draft.to(torch.bfloat16)
     assert all(p.dtype == torch.float32 for p in again.parameters())
     assert torch.equal(again(ids).logits, reduced_before)
+
+
+def test_head_rule_keeps_the_ids_in_use_where_the_step_saving_pays():
+    """Tokens on 300 of 65,536 ids, a head half the step: a small head pays; tokens spread over every id: none."""
+    from speculoos_hf.drafters.head_choice import HeadCosts, choose_kept_ids
+
+    costs = HeadCosts(step_share=0.3, head_share=0.5, acceptance=0.8, k=4)
+    counts = torch.zeros(65536, dtype=torch.long)
+    counts[1000:1300] = 50
+    kept = choose_kept_ids(counts, costs, always=[7])
+    assert kept is not None and len(kept) == 1024 and 7 in kept.tolist()
+    assert set(range(1000, 1300)) <= set(kept.tolist()) and torch.equal(kept, kept.sort().values)
+    assert choose_kept_ids(torch.ones(65536, dtype=torch.long), costs) is None  # every id in use: the full head
+    assert choose_kept_ids(counts, HeadCosts(0.01, 0.5, 0.8, 4)) is None  # a step that costs nothing: no saving
+
+
+def test_auto_draft_gets_a_reduced_head_from_the_users_calls(monkeypatch):
+    """draft_quantization="auto" (the default): the first calls' prompts and outputs are counted; once enough were,
+    the draft's head keeps the ids in use (a draft whose head is most of its step), and the output stays the
+    target's own greedy output."""
+    import speculoos_hf.drafters.head_choice as head_choice
+    from conftest import tiny_model
+    from speculoos_hf import enable_speculative
+
+    monkeypatch.setattr(head_choice, "MIN_SEEN_TOKENS", 100)
+    monkeypatch.setattr(head_choice, "HEAD_SIZES", (256, 512))
+    target = enable_speculative(tiny_model("llama", vocab_size=2048))
+    draft = tiny_model("llama", vocab_size=2048, seed=0)  # the target's twin, its own object
+    ids = make_prompt(6, seed=3, batch=2) % 64 + 100  # ids in 100..163
+    kw = dict(do_sample=False, max_new_tokens=40, draft_model=draft, num_draft_tokens=3)
+    labels = []
+    for _ in range(3):
+        out = target.generate(ids, **kw)
+        assert torch.equal(out, target.generate(ids, do_sample=False, max_new_tokens=40))
+        labels.append(target.speculative_stats.draft_quantization)
+    assert labels[0] is None and labels[-1] == "reduced head 256 ids (auto)", labels
+    assert target.speculative_stats.draft_tokens_accepted > 0

@@ -6,6 +6,8 @@ call that needs it and kept for later calls with the same draft object while the
 (`weights_state`: a change in place, a new dtype or device, a swapped module makes a new copy); the output never
 depends on the draft, only speed does. A draft with offloaded ("meta") weights is never copied: "auto" keeps it as
 given, "int8" is refused; an already quantised draft is kept as given. Costs measured per backend: docs/speed.md.
+"auto" also drafts with a reduced head (FR-Spec, `reduced_head_draft`) once the draft's calls so far show that one
+pays (`head_choice`: the ids they used, the step it saves against the acceptance it costs).
 """
 
 from __future__ import annotations
@@ -14,14 +16,16 @@ import hashlib
 import logging
 import time
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 from torch import nn
 from transformers import PreTrainedModel
 
+from .head_choice import auto_head, note_call
 from .quantize import float_linear_bytes, int8_draft, offloaded_tensors
+from .reduced_head import reduced_head_draft
 
 logger = logging.getLogger("speculoos_hf")
 
@@ -57,12 +61,14 @@ class _Share:
 
 @dataclass(frozen=True)
 class PreparedDraft:
-    """What a call drafts with. quantization: "int8", "int8 (auto)", or None (the draft as given); prepare_s: seconds
-    this call spent making the copy (0 when it was made by an earlier call)."""
+    """What a call drafts with. quantization: "int8", "int8 (auto)", "reduced head N ids (auto)" (with ", int8"
+    where both), or None (the draft as given); prepare_s: seconds this call spent making the copy (0 when it was made
+    by an earlier call); source: the draft as given where "auto" prepares it (its calls' tokens choose the head)."""
 
     model: Any
     quantization: str | None = None
     prepare_s: float = 0.0
+    source: Any = field(default=None, compare=False, repr=False)
 
 
 def int8_pays(draft: nn.Module, target: nn.Module, measured_share: float | None = None) -> bool:
@@ -83,12 +89,39 @@ def prepare_draft(draft, quantization: str | None, target=None) -> PreparedDraft
         return _keep_offloaded(draft, quantization)
     if not float_linear_bytes(draft):  # already quantised (int8_draft, torch.ao, torchao): nothing left to shrink
         return PreparedDraft(draft)
-    label = quantization
-    if quantization == "auto":
-        if target is None or not int8_pays(draft, target, _measured_share(draft, target)):
-            return PreparedDraft(draft)
-        quantization, label = "int8", "int8 (auto)"
-    return _cached_copy(draft, quantization, label)
+    if quantization != "auto":
+        return _cached_copy(draft, quantization, quantization)
+    int8 = target is not None and int8_pays(draft, target, _measured_share(draft, target))
+    keep = _auto_head(draft, target)
+    if keep is None:
+        return replace(_cached_copy(draft, "int8", "int8 (auto)") if int8 else PreparedDraft(draft), source=draft)
+    label = f"reduced head {len(keep)} ids (auto)" + (", int8" if int8 else "")
+    make = (lambda d: int8_draft(reduced_head_draft(d, keep))) if int8 else (lambda d: reduced_head_draft(d, keep))
+    return replace(_cached_copy(draft, "head+int8" if int8 else "head", label, make), source=draft)
+
+
+def _auto_head(draft, target) -> torch.Tensor | None:
+    """The reduced head "auto" drafts with (`head_choice.auto_head`: from earlier calls' tokens), or None: a plain
+    linear head only, its step share measured with `target` (else from bytes)."""
+    head = draft.get_output_embeddings()
+    if target is None or type(head) is not nn.Linear:
+        return None
+    share = _measured_share(draft, target)
+    step = step_bytes(draft)
+    share = share if share is not None else step / max(step_bytes(target), 1)
+    head_share = head.weight.numel() * head.weight.element_size() / max(step, 1)
+    config = draft.generation_config if draft.generation_config is not None else draft.config
+    always = [getattr(config, name, None) for name in ("eos_token_id", "pad_token_id", "bos_token_id")]
+    ids = [int(i) for v in always if v is not None for i in (v if isinstance(v, (list, tuple)) else [v])]
+    return auto_head(draft, share, head_share, ids)
+
+
+def note_tokens(prepared: PreparedDraft, sequences: torch.Tensor, pad_id: int | None, cost_model: dict | None
+                ) -> None:
+    """Count a call's prompt and output ids for the "auto" reduced head of its draft (`head_choice`)."""
+    draft = prepared.source
+    if isinstance(draft, PreTrainedModel) and type(draft.get_output_embeddings()) is nn.Linear:
+        note_call(draft, sequences, draft.get_output_embeddings().weight.shape[0], pad_id, cost_model)
 
 
 def _keep_offloaded(draft, quantization: str) -> PreparedDraft:
@@ -104,15 +137,16 @@ def _keep_offloaded(draft, quantization: str) -> PreparedDraft:
     return PreparedDraft(draft)
 
 
-def _cached_copy(draft, quantization: str, label: str) -> PreparedDraft:
-    """The copy made for `quantization`, made again when the draft's weights changed since (`weights_state`)."""
+def _cached_copy(draft, quantization: str, label: str, make=None) -> PreparedDraft:
+    """The copy made for `quantization` (by `make`, else its maker), made again when the draft's weights changed
+    since (`weights_state`)."""
     copies = _COPIES.setdefault(draft, {})
     state = weights_state(draft)
     cached = copies.get(quantization)
     if cached is not None and cached.source == state:
         return PreparedDraft(cached.model, label)
     started = time.perf_counter()
-    copies[quantization] = _Copy(_MAKERS[quantization](draft), state)
+    copies[quantization] = _Copy((make or _MAKERS[quantization])(draft), state)
     seconds = time.perf_counter() - started
     logger.warning("speculoos: drafting with an %s copy of %s, %s in %.1f s (once per draft and weights; the output "
                    "is unchanged; draft_quantization=None keeps the draft as given)", label, type(draft).__name__,
