@@ -1,8 +1,9 @@
 """The policy that chooses each round's k from the costs it is given (pass times and acceptance, see `Costs`).
 
 k maximises batch x E(k) / (k x draft(batch) + T((k+1) x batch)); k = 0 is the target alone and wins unless some
-k beats it by `min_gain`. With several rows, a row whose own gain E_row(k) T_round(0) / T_round(k) is below 1
-drafts nothing while the others draft k (`row_limits`). The decisions form a small state machine (`phase`):
+k beats it by `min_gain`. With several rows and `per_row_limits` (off by default: a capped row's slots are drafted
+and scored anyway), a row whose own gain E_row(k) T_round(0) / T_round(k) is below 1 drafts nothing while the
+others draft k (`row_limits`). The decisions form a small state machine (`phase`):
 
     Measure --first round: a plain step--> On
     On --k > 0 pays--> On            On --no k pays--> Off(n)  (n = stretch - 1; none left: ProbeDue)
@@ -83,7 +84,7 @@ class KPolicy:
     min_gain: float = 1.03
     measure_plain_step: bool = True
     probe_budget: float = 0.05
-    per_row_limits: bool = True
+    per_row_limits: bool = False
     first_k: int = 1  # drafts of the first drafting round
     phase: Phase = field(default_factory=On)
     batch: int = 1  # the last batch size seen

@@ -49,7 +49,10 @@ class CostModelLookahead:
     prior_catch_up_ratio: draft catch-up cost per token / target prefill cost per token before it is measured
                       (the draft/target parameter ratio for a model draft, 0 for a copy such as prompt lookup).
     probe_budget:     a probe may cost at most this fraction of the target-alone time of the stretch it ends.
-    per_row_limits:   with several rows, cap at 0 the rows whose own expected gain is below 1.
+    per_row_limits:   with several rows, cap at 0 the rows whose own expected gain is below 1. Off by default: a
+                      round drafts and scores every row of the batch anyway (one [B, k] draft forward, one [B, k+1]
+                      pass), so a capped row saves nothing and loses the drafts it would have had accepted (and
+                      lags, while the batch lasts as long as its slowest row).
     first_k:          drafts of the first drafting round, whose every input is a prior.
     """
 
@@ -67,7 +70,7 @@ class CostModelLookahead:
     measure_plain_step: bool = True  # the first round is a plain one (unless its batch size was timed already)
     prior_catch_up_ratio: float | None = None
     probe_budget: float = 0.05
-    per_row_limits: bool = True  # batch > 1: rows whose drafts do not pay draft nothing while the others draft
+    per_row_limits: bool = False  # batch > 1: rows whose drafts do not pay draft nothing while the others draft
     first_k: int = 1  # drafts of the first drafting round (chosen from priors only)
 
     passes: TargetPassTimes = field(init=False, repr=False)

@@ -3,6 +3,7 @@ G-test with power), and a draft that is never right gets switched off rather tha
 
 from __future__ import annotations
 
+import functools
 import itertools
 
 import pytest
@@ -93,6 +94,12 @@ def fast_draft_profile(monkeypatch, pass_s=0.1, step_s=0.02):
     monkeypatch.setattr(CostModelLookahead, "catch_up_time", lambda self, tokens: 0.0)
 
 
+def with_row_limits(monkeypatch) -> None:
+    """generate()'s cost model with per-row limits on (off by default: they save nothing in a batch's round)."""
+    monkeypatch.setattr(CostModelLookahead, "__init__",
+                        functools.partialmethod(CostModelLookahead.__init__, per_row_limits=True))
+
+
 def count_limited(monkeypatch) -> list:
     """Records each per-row limit applied to a proposal (the loop's `Proposal.limited`)."""
     seen, original = [], Proposal.limited
@@ -132,6 +139,7 @@ def test_per_row_k_from_acceptance_greedy_equals_target(gtest_pair, monkeypatch)
     pay) keep greedy output exact over a batch of 16 prompts, some rows drafting while others do not."""
     target, draft = gtest_pair
     fast_draft_profile(monkeypatch, step_s=0.02)
+    with_row_limits(monkeypatch)
     seen = count_limited(monkeypatch)
     ids = torch.randint(0, GTEST_V, (16, 6), generator=torch.Generator().manual_seed(0))
     ref = target.generate(ids, do_sample=False, max_new_tokens=60, pad_token_id=GTEST_PAD)
@@ -147,6 +155,7 @@ def test_auto_k_sampling_exact_with_per_row_k(gtest_pair, monkeypatch):
     per-row limits stop some rows' drafts while others draft; power: the same run with a broken rule rejects."""
     target, draft = gtest_pair
     fast_draft_profile(monkeypatch, step_s=0.04)
+    with_row_limits(monkeypatch)
     seen = count_limited(monkeypatch)
     expected = exact_distribution(target, PROMPT, _processors(temperature=0.8))
     (spec,) = _generate(target, [PROMPT], N, seed=31, draft_model=draft, temperature=0.8, draft_tree=False)

@@ -315,7 +315,7 @@ def test_target_pass_time_is_kept_per_batch_size():
 
 def test_rows_whose_drafts_do_not_pay_stop_drafting_alone_and_come_back():
     rows = [10, 11, 12, 13]
-    p = CostModelLookahead(max_k=4, measure_plain_step=False)
+    p = CostModelLookahead(max_k=4, measure_plain_step=False, per_row_limits=True)  # off by default
     for n in range(1, 6):
         p.observe_target(0.1, n, 4)
     p.observe_draft(0.02, 4)
