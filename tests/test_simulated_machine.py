@@ -116,7 +116,7 @@ def test_flat_profile_one_timing_in_twenty_ten_times_too_slow(phase):
 
 def test_flat_profile_batch_of_four_drafts_and_pays():
     """Four left-padded rows on the flat profile's batch-4 passes: the plain call drafts and beats the target's own
-    batched generate() (1.44x at this draft's 75% acceptance; the profile predicts 1.90x at 92%)."""
+    batched generate() (at this draft's 75% acceptance; the profile predicts 1.90x at 92%: figures in docs/speed.md)."""
     target, draft = tiny_pair("llama", noise=0.02)
     ids, mask = left_pad_batch([make_prompt(n, seed=n)[0] for n in (12, 9, 14, 11)])
     speedup, stats = simulated(MachineProfile.load(FLAT), target, draft, ids, mask, new_tokens=64)
