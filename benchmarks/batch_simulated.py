@@ -22,8 +22,8 @@ from speculoos_hf import enable_speculative
 from speculoos_hf.bench.clock import SimulatedClock
 from speculoos_hf.bench.machine import machine_info
 from speculoos_hf.bench.prompts import encode_text, select_prompts
-from speculoos_hf.models import load_pair
-from speculoos_hf.simulated_machine import MachineProfile
+from speculoos_hf.glue.models import load_pair
+from speculoos_hf.pacing.simulated_machine import MachineProfile
 
 METHODS = {
     "plain": {},

@@ -19,7 +19,7 @@ import time
 import torch
 import transformers as T
 
-import speculoos_hf.recurrent_state as rs
+import speculoos_hf.loop.recurrent_state as rs
 from speculoos_hf import enable_speculative
 
 

@@ -36,8 +36,8 @@ SHAPES = {  # depth K: the tree's branching per depth (runner-ups at the shallow
 def likeliest(depth: int, alpha: float = 0.9, runner_up: float = 0.4):
     """The planner's tree with as many nodes as SHAPES[depth]'s: the likeliest nodes at a first-candidate acceptance
     `alpha` and a runner-up acceptance `runner_up` (tree_planner.best_tree)."""
-    from speculoos_hf.tree import TreeShape
-    from speculoos_hf.tree_planner import best_tree
+    from speculoos_hf.trees.tree import TreeShape
+    from speculoos_hf.trees.tree_planner import best_tree
 
     size = TreeShape.from_branching(SHAPES[depth]).size
     return best_tree([alpha] * depth, lambda r: runner_up, nodes=size, depth=depth)[0]
@@ -65,7 +65,7 @@ def tiny_pair(seed: int = 0, noise: float = 0.15):
 
 
 def reference_pair(dtype: torch.dtype):
-    from speculoos_hf.models import load_pair
+    from speculoos_hf.glue.models import load_pair
 
     target, draft, tokenizer = load_pair(dtype=dtype)
     return enable_speculative(target), draft, tokenizer
@@ -90,7 +90,7 @@ def run(target, ids, tokens: int, sampling: bool, seed: int, profile=None, draft
     model times with it and every forward is priced from it (`simulated_machine`): simulated seconds too."""
     from contextlib import ExitStack
 
-    from speculoos_hf.simulated_machine import ForwardPricer, simulated_machine
+    from speculoos_hf.pacing.simulated_machine import ForwardPricer, simulated_machine
 
     settings = dict(do_sample=True, temperature=0.7, top_k=0) if sampling else dict(do_sample=False)
     torch.manual_seed(seed)
@@ -125,7 +125,7 @@ def summed(rows: list[dict]) -> dict:
 def simulate(args, target, draft, batch, report) -> None:
     """The plain call with trees ("auto") and without (draft_tree=False) against the target alone, every forward
     priced from the machine profile `args.simulate` (the cost model times with it too)."""
-    from speculoos_hf.simulated_machine import MachineProfile
+    from speculoos_hf.pacing.simulated_machine import MachineProfile
 
     profile = MachineProfile.load(args.simulate)
     done = {(r["method"], r["mode"]) for r in report["results"]}

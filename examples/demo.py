@@ -13,7 +13,7 @@ import torch
 
 from speculoos_hf import enable_speculative
 from speculoos_hf.drafters import int8_draft
-from speculoos_hf.models import REFERENCE_DRAFT, REFERENCE_TARGET, load_model, load_tokenizer
+from speculoos_hf.glue.models import REFERENCE_DRAFT, REFERENCE_TARGET, load_model, load_tokenizer
 
 
 def timed(fn):

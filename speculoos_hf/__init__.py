@@ -4,19 +4,23 @@
     out = model.generate(input_ids, draft_model=draft, do_sample=True, max_new_tokens=128)
 """
 
-from .generation import (
+from . import _moved
+
+_moved.install()
+
+from .glue.generation import (
     SpeculativeGenerateOutput,
     SpeculativeGenerationMixin,
     SpeculativeModelForCausalLM,
     enable_speculative,
     speculative_generate,
 )
-from .sampler import SpeculativeSampler, auto_regressive_sampling, speculative_sampling
-from .stats import RowStats, SpeculativeStats
-from .suffix_cache import SuffixCache
-from .lookahead import CostModelLookahead
-from .options import SpeculativeOptions
-from .verify import block_verify, greedy_verify, speculative_verify
+from .glue.sampler import SpeculativeSampler, auto_regressive_sampling, speculative_sampling
+from .loop.stats import RowStats, SpeculativeStats
+from .drafters.suffix_cache import SuffixCache
+from .pacing.lookahead import CostModelLookahead
+from .glue.options import SpeculativeOptions
+from .loop.verify import block_verify, greedy_verify, speculative_verify
 
 __version__ = "0.2.0"
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 
 from .dataset.store import unwritable
-from .models import MissingModelPackagesError, cache_root, locate_parts, resolve_alias
-from .placement import parse_max_memory
+from .glue.models import MissingModelPackagesError, cache_root, locate_parts, resolve_alias
+from .glue.placement import parse_max_memory
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")

@@ -27,9 +27,9 @@ from .dataset.option_checks import OptionError
 from .dataset.source import input_problem, open_input
 from .dataset.store import OutputPathError
 from .drafters import int8_draft
-from .generation import enable_speculative
-from .models import load_model, load_tokenizer, resolve_alias
-from .placement import placement_kwargs, placement_summary
+from .glue.generation import enable_speculative
+from .glue.models import load_model, load_tokenizer, resolve_alias
+from .glue.placement import placement_kwargs, placement_summary
 
 PROG = "speculoos-generate"
 
@@ -90,7 +90,7 @@ def _generation_options(p: argparse.ArgumentParser) -> None:
 
 
 def _model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--target", required=True, help="hub id, local directory or offline alias (speculoos_hf.models)")
+    p.add_argument("--target", required=True, help="hub id, local directory or offline alias (speculoos_hf.glue.models)")
     p.add_argument("--draft", default=None, help="hub id, local directory or offline alias; omit for the target alone")
     p.add_argument("--tokenizer", default=None, help="tokenizer (default: the target's)")
     p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"],

@@ -233,9 +233,9 @@ def tiny_tokenizer():
     """An offline `PreTrainedTokenizerFast`: WordLevel over tokenizer_words() + <eos>, <pad>, <unk> (63 ids).
 
     Whitespace pre-tokenizer and a decoder that joins tokens with single spaces, so decode/TextStreamer and
-    stop_strings work. It is the package's toy tokenizer (speculoos_hf.toy), checked against the ids here.
+    stop_strings work. It is the package's toy tokenizer (speculoos_hf.glue.toy), checked against the ids here.
     """
-    from speculoos_hf.toy import TOY_WORDS, toy_tokenizer
+    from speculoos_hf.glue.toy import TOY_WORDS, toy_tokenizer
 
     fast = toy_tokenizer()
     assert TOY_WORDS == tokenizer_words() and len(fast) == TOKENIZER_LEN

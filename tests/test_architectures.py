@@ -21,8 +21,8 @@ import transformers as T
 
 from conftest import PAD_ID, _finish, left_pad_batch, make_prompt, perturbed_copy
 from speculoos_hf import enable_speculative
-from speculoos_hf.cache_layout import slot_distance_reason
-from speculoos_hf.kv_slots import CompactLayout, KVSlots
+from speculoos_hf.loop.cache_layout import slot_distance_reason
+from speculoos_hf.loop.kv_slots import CompactLayout, KVSlots
 
 WINDOW = 4
 NEW = 14  # > 3 windows
@@ -287,7 +287,7 @@ def test_sliding_window_sampling_is_exact(monkeypatch):
     """G-test (test_distribution's method) for a window of 3 slots, prompts of 3 and 6 tokens in one batch and
     5 new tokens: every continuation runs past the window. Power: draft-only samples, an always-accept rule and
     the same sampler with holes left in place (no compaction) must all be rejected."""
-    import speculoos_hf.decoding as decoding
+    import speculoos_hf.loop.decoding as decoding
     from gtest import ALPHA, N, _always_accept, _generate, _processors, exact_distribution, g_test
 
     target = enable_speculative(_windowed_model(0, window=3))

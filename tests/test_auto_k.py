@@ -9,12 +9,12 @@ import itertools
 import pytest
 import torch
 
-import speculoos_hf.decoding as decoding
+import speculoos_hf.loop.decoding as decoding
 from conftest import GTEST_PAD, GTEST_V, left_pad_batch, make_prompt, tiny_model, tiny_pair
 from gtest import ALPHA, N, PROMPT, _always_accept, _generate, _processors, exact_distribution, g_test
 from speculoos_hf import enable_speculative
 from speculoos_hf.drafters.base import Proposal
-from speculoos_hf.lookahead import CostModelLookahead
+from speculoos_hf.pacing.lookahead import CostModelLookahead
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])

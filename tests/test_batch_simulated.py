@@ -11,8 +11,8 @@ import torch
 
 from conftest import left_pad_batch, make_prompt, tiny_pair
 from speculoos_hf.bench.methods import stock_generate
-from speculoos_hf.simulated_machine import ForwardPricer, MachineProfile, SimulatedStopwatch
-from speculoos_hf.timing import using_stopwatch
+from speculoos_hf.pacing.simulated_machine import ForwardPricer, MachineProfile, SimulatedStopwatch
+from speculoos_hf.pacing.timing import using_stopwatch
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 PROFILES = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-import speculoos_hf.decoding as decoding
+import speculoos_hf.loop.decoding as decoding
 from gtest import ALPHA, N, PROMPT, _always_accept, _generate, _processors, exact_distribution, g_test
 
 

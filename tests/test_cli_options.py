@@ -108,7 +108,7 @@ def _refuse_to_load(*args, **kwargs):
 
 def make_world(root: Path) -> dict:
     """Saved toy models, an input, a prompt file, a folder and a file, a saved DatasetDict: the names a case uses."""
-    from speculoos_hf.toy import toy_pair
+    from speculoos_hf.glue.toy import toy_pair
 
     target, draft, tok = toy_pair()
     for name, model in (("target", target), ("draft", draft)):

@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from conftest import make_prompt, tiny_pair
-from speculoos_hf.acceptance_model import AcceptanceModel
-from speculoos_hf.k_policy import KPolicy
-from speculoos_hf.lookahead import CostModelLookahead
-from speculoos_hf.pass_times import TargetPassTimes
-from speculoos_hf.robust_time import RobustTime
-from speculoos_hf.timing import using_stopwatch
+from speculoos_hf.pacing.acceptance_model import AcceptanceModel
+from speculoos_hf.pacing.k_policy import KPolicy
+from speculoos_hf.pacing.lookahead import CostModelLookahead
+from speculoos_hf.pacing.pass_times import TargetPassTimes
+from speculoos_hf.pacing.robust_time import RobustTime
+from speculoos_hf.pacing.timing import using_stopwatch
 
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from speculoos_hf.dataset import DatasetJob, DatasetRun, generate_dataset
 from speculoos_hf.dataset.lock import OutputBusyError
-from speculoos_hf.toy import toy_pair
+from speculoos_hf.glue.toy import toy_pair
 
 MAX_NEW = 6
 ROWS = [{"id": f"r{i}", "prompt": " ".join(f"w{(3 * i + j) % 59:02d}" for j in range(1 + i % 4))} for i in range(12)]

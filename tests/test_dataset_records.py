@@ -2,7 +2,7 @@
 without a draft; generation kwargs the tool owns; tables, column dicts and DatasetDicts as input; a byte-order mark;
 NaN ids; retrying fixed input lines; the options stored in every record and a resume under others refused.
 
-Models: the toy pair of speculoos_hf.toy (tiny float32 Llamas over a word-level vocabulary)."""
+Models: the toy pair of speculoos_hf.glue.toy (tiny float32 Llamas over a word-level vocabulary)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 from speculoos_hf.dataset import DatasetJob, ForeignOutputError, generate_dataset
 from speculoos_hf.dataset.option_checks import OptionError
 from speculoos_hf.dataset.store import OtherOptionsError
-from speculoos_hf.toy import toy_pair
+from speculoos_hf.glue.toy import toy_pair
 
 MAX_NEW = 8
 PROMPTS = [" ".join(f"w{(7 * i + 3 * j) % 59:02d}" for j in range(1 + (i * 3) % 5)) for i in range(10)]

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from speculoos_hf.toy import toy_pair
+from speculoos_hf.glue.toy import toy_pair
 
 DEMO = Path(__file__).resolve().parents[1] / "examples" / "demo.py"
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 
-import speculoos_hf.decoding as decoding
+import speculoos_hf.loop.decoding as decoding
 from gtest import ALPHA, N, PROMPT, T, V, _always_accept, _generate, _model, _processors, exact_distribution, g_test
 from speculoos_hf import enable_speculative
 

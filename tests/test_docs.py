@@ -138,7 +138,7 @@ import inspect  # noqa: E402
 import speculoos  # noqa: E402
 import speculoos_hf  # noqa: E402
 from speculoos_hf import drafters  # noqa: E402
-from speculoos_hf.options import SHARED_OPTIONS, SPECULOOS_OPTIONS  # noqa: E402
+from speculoos_hf.glue.options import SHARED_OPTIONS, SPECULOOS_OPTIONS  # noqa: E402
 
 PUBLIC = sorted({(module.__name__, name) for module in (speculoos_hf, speculoos, drafters) for name in module.__all__})
 # documented argument by argument, as transformers documents its own: every parameter named in the docstring

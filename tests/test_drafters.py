@@ -9,7 +9,7 @@ from speculoos_hf import enable_speculative
 from speculoos_hf.bench import weight_bytes
 from speculoos_hf.drafters import int8_draft
 from speculoos_hf.drafters.quantize import Int8Linear
-from speculoos_hf.toy import toy_pair
+from speculoos_hf.glue.toy import toy_pair
 
 
 def test_int8_draft_keeps_greedy_exact_and_leaves_original_untouched():

@@ -30,7 +30,7 @@ from conftest import (
     tiny_tokenizer,
 )
 from speculoos_hf import SpeculativeGenerationMixin, enable_speculative
-from speculoos_hf.processors import BatchProcessors
+from speculoos_hf.glue.processors import BatchProcessors
 
 
 # The `pair` fixture (shared by the tests that leave the models alone) and `fresh_pair` (for a test that changes them):

@@ -1,6 +1,6 @@
 """Generation over a dataset: `generate_dataset` and the `speculoos-generate` command, one and two processes.
 
-Models are the toy pair of speculoos_hf.toy (tiny float32 Llamas over a word-level vocabulary, peaked logits):
+Models are the toy pair of speculoos_hf.glue.toy (tiny float32 Llamas over a word-level vocabulary, peaked logits):
 greedy completions must equal the target's own plain greedy output for each prompt alone.
 """
 
@@ -17,7 +17,7 @@ import pytest
 from speculoos_hf.dataset import DatasetJob, ForeignOutputError, generate_dataset, read_records
 from speculoos_hf.dataset.plan import batches_by_length, round_robin
 from speculoos_hf.dataset.runner import BatchRunner
-from speculoos_hf.toy import toy_pair
+from speculoos_hf.glue.toy import toy_pair
 
 MAX_NEW = 10
 TIMING_KEYS = {"seconds"}
@@ -218,7 +218,7 @@ def test_datasets_dataset_input(pair, tmp_path):
 
 def test_chat_template_switch(pair, tmp_path):
     target, draft, _ = pair
-    from speculoos_hf.toy import toy_tokenizer
+    from speculoos_hf.glue.toy import toy_tokenizer
 
     tok = toy_tokenizer()
     messages = [{"role": "user", "content": "w05 w06"}]
@@ -414,7 +414,7 @@ def test_cli_dtype_defaults_to_the_checkpoints_own(pair, saved_pair, tmp_path):
 def test_cli_suffix_cache_is_one_cache_for_the_run_kept_in_a_file(pair, saved_pair, tmp_path):
     """--prompt-lookup N --suffix-cache PATH: one SuffixCache takes every row of every batch and is saved at the end;
     the next run loads it and drafts the same prompts' answers from it. The completions stay the target's own."""
-    suffix_cache = pytest.importorskip("speculoos_hf.suffix_cache")
+    suffix_cache = pytest.importorskip("speculoos_hf.drafters.suffix_cache")
     from speculoos_hf.cli_generate import main
 
     target, _, tok = pair

@@ -1,4 +1,4 @@
-"""Copy or ask the model by expected gain (speculoos_hf.gain), and the copy's cap where a longer target pass stops
+"""Copy or ask the model by expected gain (speculoos_hf.pacing.gain), and the copy's cap where a longer target pass stops
 paying: the arithmetic on synthetic confidences and pass-time curves, then greedy equality with stock generate()
 and a G-test with power under forced cost profiles (the cost model's timings replaced, as in test_auto_k.py)."""
 
@@ -9,17 +9,17 @@ import math
 import pytest
 import torch
 
-import speculoos_hf.decoding as decoding
+import speculoos_hf.loop.decoding as decoding
 from conftest import left_pad_batch, make_prompt
 from gtest import ALPHA, N, PROMPT, _always_accept, _generate, _processors, exact_distribution, g_test
 from speculoos_hf.drafters.base import Proposal, RoundOutcome
 from speculoos_hf.drafters.hybrid import HybridDrafter
-from speculoos_hf.gain import (CopyRecord, RoundCosts, best_copy, best_extension, calibrated, copy_tokens,
+from speculoos_hf.pacing.gain import (CopyRecord, RoundCosts, best_copy, best_extension, calibrated, copy_tokens,
                                prefers_copy)
-from speculoos_hf.lookahead import CostModelLookahead
-from speculoos_hf.options import SpeculativeOptions
-from speculoos_hf.pacer import CopyPacer, CostModelPacer, make_pacer
-from speculoos_hf.timing import Stopwatch
+from speculoos_hf.pacing.lookahead import CostModelLookahead
+from speculoos_hf.glue.options import SpeculativeOptions
+from speculoos_hf.pacing.pacer import CopyPacer, CostModelPacer, make_pacer
+from speculoos_hf.pacing.timing import Stopwatch
 
 PAIR = dict(logit_scale=2.0)  # the `pair` fixture: a Llama with less peaked logits, and its perturbed copy
 

@@ -14,7 +14,7 @@ import torch
 
 from conftest import PAD_ID, left_pad_batch, make_prompt, perturbed_copy
 from speculoos_hf import enable_speculative
-from speculoos_hf.kv_slots import KVSlots
+from speculoos_hf.loop.kv_slots import KVSlots
 from test_architectures import tiny_arch
 
 DRAFTERS = {

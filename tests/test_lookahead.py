@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from speculoos_hf.drafters.base import Proposal, RoundOutcome
-from speculoos_hf.lookahead import CostModelLookahead, Measure, Off, On, ProbeDue
-from speculoos_hf.pacer import CostModelPacer
+from speculoos_hf.pacing.lookahead import CostModelLookahead, Measure, Off, On, ProbeDue
+from speculoos_hf.pacing.pacer import CostModelPacer
 
 
 def flat_then_linear(a=0.12, n0=8, slope=0.015):

@@ -10,7 +10,7 @@ import torch
 from conftest import left_pad_batch, make_prompt, perturbed_copy
 from speculoos_hf import enable_speculative
 from speculoos_hf.bench.tiny_models import tiny_model
-from speculoos_hf.model_support import batch_one_reason
+from speculoos_hf.glue.model_support import batch_one_reason
 
 REFUSED = {
     "rwkv": "its own format",

@@ -1,4 +1,4 @@
-"""Offline model loader (speculoos_hf.models), tested without the real weight packages or network."""
+"""Offline model loader (speculoos_hf.glue.models), tested without the real weight packages or network."""
 
 import hashlib
 import json

@@ -19,7 +19,7 @@ import speculoos_hf
 from conftest import left_pad_batch, make_prompt, perturbed_copy, tiny_llama
 from gtest import ALPHA, N, T, V, _always_accept, _processors, exact_distribution, g_test as _g_test
 from speculoos_hf import SpeculativeModelForCausalLM, enable_speculative
-from speculoos_hf.placement import input_device, is_dispatched, placement_kwargs, placement_summary
+from speculoos_hf.glue.placement import input_device, is_dispatched, placement_kwargs, placement_summary
 
 # Embeddings and head on disk too: the model's first parameter is then on "meta", and inputs must go to the
 # execution device of accelerate's hook rather than to `model.device`.

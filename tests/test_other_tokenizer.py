@@ -22,10 +22,10 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-import speculoos_hf.decoding as decoding
+import speculoos_hf.loop.decoding as decoding
 from speculoos_hf import enable_speculative
-from speculoos_hf.decoding import speculative_decode
-from speculoos_hf.options import DecodeRequest, SpeculativeOptions
+from speculoos_hf.loop.decoding import speculative_decode
+from speculoos_hf.glue.options import DecodeRequest, SpeculativeOptions
 from speculoos_hf.drafters.model import ModelDrafter
 from speculoos_hf.drafters.other_tokenizer import OtherTokenizerDrafter, decode_tail, token_bytes
 from speculoos_hf.drafters.select import model_drafter

@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
-import speculoos_hf.decoding as decoding
+import speculoos_hf.loop.decoding as decoding
 from conftest import gtest_model, left_pad_batch, tiny_model
 from gtest import ALPHA, N, PROMPT, _always_accept, _generate, _processors, exact_distribution, g_test
 from speculoos_hf import enable_speculative

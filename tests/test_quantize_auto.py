@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-import speculoos_hf.decoding as decoding
+import speculoos_hf.loop.decoding as decoding
 import speculoos_hf.drafters.prepared as prepared
 from gtest import ALPHA, N, PROMPT, _always_accept, _generate, _processors, exact_distribution, g_test
 from speculoos_hf import enable_speculative
@@ -21,9 +21,9 @@ from speculoos_hf.drafters.prepared import (
     step_bytes,
 )
 from speculoos_hf.drafters.quantize import DEFAULT_BACKEND, Int8Linear
-from speculoos_hf.lookahead import CostModelLookahead
-from speculoos_hf.options import SpeculativeOptions
-from speculoos_hf.toy import toy_pair
+from speculoos_hf.pacing.lookahead import CostModelLookahead
+from speculoos_hf.glue.options import SpeculativeOptions
+from speculoos_hf.glue.toy import toy_pair
 
 
 def _large_llama(device: str):

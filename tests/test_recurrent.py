@@ -16,12 +16,12 @@ import pytest
 import torch
 import transformers as T
 
-import speculoos_hf.decoding as decoding
+import speculoos_hf.loop.decoding as decoding
 from conftest import PAD_ID, left_pad_batch, make_prompt, perturbed_copy, tiny_model
 from gtest import ALPHA, GTEST_PAD, GTEST_V, _always_accept, _generate, _processors, exact_distribution, g_test
 from gtest import mask_pad
 from speculoos_hf import SuffixCache, enable_speculative
-from speculoos_hf.kv_slots import KVSlots
+from speculoos_hf.loop.kv_slots import KVSlots
 
 VOCAB = 64
 NEW = 20
@@ -243,7 +243,7 @@ def test_sampling_matches_exact_distribution(name, prompts, monkeypatch):
 def test_rollback_depth_is_bounded(toys, monkeypatch):
     """Copies longer than recurrent_state.MAX_ROLLBACK are verified in pieces of at most that many drafts, and a
     draft that catches up on a longer stretch keeps only that many states per row; still exact."""
-    from speculoos_hf.recurrent_state import MAX_ROLLBACK
+    from speculoos_hf.loop.recurrent_state import MAX_ROLLBACK
 
     target, draft = toys("qwen3_5")
     fed = []

@@ -12,7 +12,7 @@ import torch
 from transformers import LogitsProcessorList
 from transformers.generation.logits_process import NoBadWordsLogitsProcessor
 
-import speculoos_hf.decoding as decoding
+import speculoos_hf.loop.decoding as decoding
 from conftest import PAD_ID, left_pad_batch, make_prompt, tiny_model, tiny_pair
 from gtest import ALPHA, N, PROMPT, T, _always_accept, _generate, exact_distribution, g_test
 from speculoos_hf import enable_speculative

@@ -13,14 +13,14 @@ from transformers import GenerationConfig, GenerationMixin
 from transformers.generation import logits_process as lp
 from transformers.generation.stopping_criteria import MaxLengthCriteria, StoppingCriteriaList
 
-import speculoos_hf.decoding as decoding
-import speculoos_hf.generation as generation
-import speculoos_hf.options as options_module
+import speculoos_hf.loop.decoding as decoding
+import speculoos_hf.glue.generation as generation
+import speculoos_hf.glue.options as options_module
 from conftest import left_pad_batch, make_prompt, tiny_pair
 from speculoos_hf import SuffixCache, auto_regressive_sampling, speculative_sampling
 from speculoos_hf.drafters import PromptLookupDrafter
 from speculoos_hf.drafters.model import ModelDrafter
-from speculoos_hf.options import AUTO_MAX_DRAFT_TOKENS
+from speculoos_hf.glue.options import AUTO_MAX_DRAFT_TOKENS
 
 PAIR = dict(layers=1)
 GREEDY = dict(do_sample=False, max_new_tokens=12)

@@ -12,8 +12,8 @@ import torch
 
 from conftest import left_pad_batch, make_prompt, tiny_pair
 from speculoos_hf.bench.methods import stock_generate
-from speculoos_hf.simulated_machine import ForwardPricer, MachineProfile, SimulatedStopwatch, simulated_machine
-from speculoos_hf.timing import Work, using_stopwatch
+from speculoos_hf.pacing.simulated_machine import ForwardPricer, MachineProfile, SimulatedStopwatch, simulated_machine
+from speculoos_hf.pacing.timing import Work, using_stopwatch
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 FLAT = BENCHMARKS / "xeon-amx-bf16" / "xeon_amx_bf16_int8_draft.json"  # T(m)/T(1) = 1.0-1.1 up to 16 tokens

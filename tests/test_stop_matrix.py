@@ -1,4 +1,4 @@
-"""The stop decision (speculoos_hf/stops.py) against the target's own generate(), float32 greedy.
+"""The stop decision (speculoos_hf/loop/stops.py) against the target's own generate(), float32 greedy.
 
 A matrix over the stop causes (the length budget, always on; an EOS id; a stop string; a criterion of the user's own;
 lockstep forced by a processor of the user's own that does nothing), each alone and in pairs, batch 1 and 3 (lockstep

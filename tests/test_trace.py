@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import left_pad_batch, make_prompt, tiny_pair
-from speculoos_hf.trace import PHASES, trace_summary
+from speculoos_hf.loop.trace import PHASES, trace_summary
 
 
 def test_trace_has_a_record_per_round_that_adds_up_to_the_stats():

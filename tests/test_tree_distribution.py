@@ -11,10 +11,10 @@ import pytest
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
-import speculoos_hf.tree_round as tree_round
+import speculoos_hf.trees.tree_round as tree_round
 from gtest import ALPHA, PROMPT, T, _generate, _processors, exact_distribution, g_test
-from speculoos_hf.tree_verify import _verdict
-from speculoos_hf.verify import sample_from_weights
+from speculoos_hf.trees.tree_verify import _verdict
+from speculoos_hf.loop.verify import sample_from_weights
 
 
 class LastTokenPenalty(LogitsProcessor):

@@ -9,7 +9,7 @@ import torch
 
 from conftest import left_pad_batch, make_prompt, tiny_model, tiny_pair
 from speculoos_hf import enable_speculative
-from speculoos_hf.tree_planner import best_tree
+from speculoos_hf.trees.tree_planner import best_tree
 
 DRAFTERS = {
     "model": lambda d: dict(draft_model=d, num_draft_tokens=4, draft_tree=(3, 2, 1, 1)),
@@ -110,7 +110,7 @@ def test_greedy_trees_with_an_all_padding_row_and_eos(drafter):
 
 def _machine(per_token: float) -> "MachineProfile":
     """A simulated machine whose pass over m tokens costs 1 + per_token * (m - 1) one-token passes (0.2 s)."""
-    from speculoos_hf.simulated_machine import MachineProfile
+    from speculoos_hf.pacing.simulated_machine import MachineProfile
 
     widths = (1, 2, 4, 8, 16, 32, 64)
     return MachineProfile("synthetic", {1: {m: 0.2 * (1 + per_token * (m - 1)) for m in widths}}, {1: 0.02}, 0.01)
@@ -121,7 +121,7 @@ def test_plain_call_trees_where_they_pay(per_token):
     """The plain call (draft_tree "auto") on a simulated machine whose wide passes cost what a narrow one does (flat)
     or 15% of a pass more per token (steep: drafting pays, runner-ups hardly): its simulated time is never above the
     chains' (draft_tree=False), it drafts trees on the flat machine, and the output is the target's either way."""
-    from speculoos_hf.simulated_machine import ForwardPricer, simulated_machine
+    from speculoos_hf.pacing.simulated_machine import ForwardPricer, simulated_machine
 
     target, draft = tiny_pair("llama", noise=0.05)
     ids = make_prompt(6, seed=5)
@@ -143,7 +143,7 @@ def test_trees_kept_where_the_chains_first_candidates_do_not_pay():
     target alone): it is drafted instead of the plain rounds, never slower than the chains, output the target's."""
     from pathlib import Path
 
-    from speculoos_hf.simulated_machine import ForwardPricer, MachineProfile, simulated_machine
+    from speculoos_hf.pacing.simulated_machine import ForwardPricer, MachineProfile, simulated_machine
 
     profile = MachineProfile.load(Path(__file__).parents[1] / "benchmarks/xeon-amx-bf16/xeon_amx_bf16.json")
     target, draft = tiny_pair("llama", noise=0.03)
@@ -163,7 +163,7 @@ def test_hybrid_trees_tell_the_cost_model_of_the_models_own_chain(monkeypatch):
     """A hybrid's tree tries the copies first at the root: the cost model's acceptance (the model's drafts) hears
     the model's own first candidates, not the copies' chain, and nothing from rows whose path took a copy. With a
     draft equal to the target, every model draft it hears of is accepted."""
-    from speculoos_hf.lookahead import CostModelLookahead
+    from speculoos_hf.pacing.lookahead import CostModelLookahead
 
     heard = []
     observe = CostModelLookahead.observe_round

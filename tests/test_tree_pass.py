@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from conftest import left_pad_batch, make_prompt
-from speculoos_hf.kv_slots import KVSlots
-from speculoos_hf.tree import TokenTree, TreeShape
+from speculoos_hf.loop.kv_slots import KVSlots
+from speculoos_hf.trees.tree import TokenTree, TreeShape
 from test_architectures import tiny_arch
 
 
@@ -64,7 +64,7 @@ def test_tree_forward_equals_clean_forwards(arch):
 
 
 def test_trees_offered_on_the_checked_architectures_only():
-    from speculoos_hf.tree_models import TREE_MODEL_TYPES, tree_reason
+    from speculoos_hf.trees.tree_models import TREE_MODEL_TYPES, tree_reason
 
     assert TREE_MODEL_TYPES == set(ARCHS)
     model = tiny_arch("bloom", window=None)  # ALiBi from the 2D mask: a 4D mask would bypass it

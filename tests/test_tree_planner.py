@@ -15,8 +15,8 @@ import torch
 
 from speculoos_hf.drafters.lookup_tree import continuation_trees
 from speculoos_hf.drafters.suffix_match import Continuations
-from speculoos_hf.tree import TokenTree, TreeShape
-from speculoos_hf.tree_planner import TreePlanner, best_tree
+from speculoos_hf.trees.tree import TokenTree, TreeShape
+from speculoos_hf.trees.tree_planner import TreePlanner, best_tree
 
 ROOT = Path(__file__).resolve().parents[1]
 FLAT = ROOT / "benchmarks" / "xeon-amx-bf16" / "xeon_amx_bf16_int8_draft.json"  # kept in the repo

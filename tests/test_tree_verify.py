@@ -10,9 +10,9 @@ import pytest
 import torch
 from scipy.stats import power_divergence
 
-from speculoos_hf.tree import TokenTree, TreeShape
-from speculoos_hf.tree_verify import _verdict, tree_greedy_verify, tree_sample_verify
-from speculoos_hf.verify import greedy_verify, sample_from_weights, speculative_verify
+from speculoos_hf.trees.tree import TokenTree, TreeShape
+from speculoos_hf.trees.tree_verify import _verdict, tree_greedy_verify, tree_sample_verify
+from speculoos_hf.loop.verify import greedy_verify, sample_from_weights, speculative_verify
 
 V = 4
 F64 = torch.float64

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from speculoos_hf.verify import greedy_verify, place_next_token, speculative_verify
+from speculoos_hf.loop.verify import greedy_verify, place_next_token, speculative_verify
 
 
 def _dists(B, K, V, seed):
@@ -98,7 +98,7 @@ from itertools import product  # noqa: E402
 
 from scipy.stats import power_divergence  # noqa: E402
 
-from speculoos_hf.verify import _residual, block_path_probs, block_verify  # noqa: E402
+from speculoos_hf.loop.verify import _residual, block_path_probs, block_verify  # noqa: E402
 
 F64 = torch.float64
 

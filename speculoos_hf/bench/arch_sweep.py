@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from ..generation import speculative_generate
+from ..glue.generation import speculative_generate
 from .arch_outcomes import (CLASSES, CRASH, DIFFERS, DRAFT_TOKENS, EXACT, NO_CONFIG, PROMPT_1, PROMPTS_3, REFUSED,
                             STOCK_BATCH, Outcome, TypeResult)
 from .arch_table import COLUMNS, counts_text, merged, read_table, render

@@ -9,8 +9,8 @@ The cost model is used through its public API only: `CostModelLookahead(prior_ac
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from ..lookahead import CostModelLookahead
-from ..robust_time import SETTLED
+from ..pacing.lookahead import CostModelLookahead
+from ..pacing.robust_time import SETTLED
 
 
 def pass_time(times: dict, m: int) -> float | None:

@@ -13,9 +13,9 @@ import torch
 from ..cli_checks import OneLineParser, int_at_least
 from ..drafters import int8_draft
 from ..drafters.prepared import prepared_draft
-from ..generation import enable_speculative
-from ..models import REFERENCE_DRAFT, REFERENCE_TARGET, load_model, load_tokenizer
-from ..placement import placement_kwargs, placement_summary
+from ..glue.generation import enable_speculative
+from ..glue.models import REFERENCE_DRAFT, REFERENCE_TARGET, load_model, load_tokenizer
+from ..glue.placement import placement_kwargs, placement_summary
 from .arg_checks import batch_k_problem, check
 from .batched import run_batches
 from .clock import bench_clock

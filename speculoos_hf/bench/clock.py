@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from ..drafters.prepared import prepared_draft
-from ..simulated_machine import ForwardPricer, MachineProfile, simulated_machine
+from ..pacing.simulated_machine import ForwardPricer, MachineProfile, simulated_machine
 
 
 @dataclass

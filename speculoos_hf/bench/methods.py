@@ -15,7 +15,7 @@ import copy
 import json
 from dataclasses import dataclass, field, replace
 from typing import Callable
-from ..generation import SpeculativeGenerationMixin
+from ..glue.generation import SpeculativeGenerationMixin
 from ..drafters.prepared import prepared_draft
 
 MODES = ("greedy", "sample")

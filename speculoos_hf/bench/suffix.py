@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from ..suffix_cache import SuffixCache
+from ..drafters.suffix_cache import SuffixCache
 
 
 def suffix_cache_class():

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..trace import PHASES, RoundRecord, trace_summary
+from ..loop.trace import PHASES, RoundRecord, trace_summary
 
 
 def trace_lines(tallies: dict, batch_rows: list[dict]) -> list[dict]:

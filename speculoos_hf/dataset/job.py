@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
-from ..suffix_cache import SuffixCache
+from ..drafters.suffix_cache import SuffixCache
 from . import option_checks as checks
 
 
@@ -141,7 +141,7 @@ def _stable(value):
 
 
 def _check_suffix_cache(value) -> None:
-    """None, False, True, a path, or a SuffixCache; anything but None/False needs speculoos_hf.suffix_cache."""
+    """None, False, True, a path, or a SuffixCache; anything but None/False needs speculoos_hf.drafters.suffix_cache."""
     if value is None or value is False:
         return
     cache_class = suffix_cache_class()
@@ -151,5 +151,5 @@ def _check_suffix_cache(value) -> None:
 
 
 def suffix_cache_class():
-    """`speculoos_hf.suffix_cache.SuffixCache`."""
+    """`speculoos_hf.drafters.suffix_cache.SuffixCache`."""
     return SuffixCache

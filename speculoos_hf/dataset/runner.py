@@ -6,8 +6,8 @@ import time
 
 import torch
 
-from ..generation import speculative_generate
-from ..placement import input_device
+from ..glue.generation import speculative_generate
+from ..glue.placement import input_device
 from .ends import RowEnds
 from .inputs import InputRecord
 

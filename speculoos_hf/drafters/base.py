@@ -17,7 +17,7 @@ from typing import Callable, Protocol, runtime_checkable
 
 import torch
 
-from ..state import DecodeContext, DecodeState
+from ..loop.state import DecodeContext, DecodeState
 
 
 @dataclass

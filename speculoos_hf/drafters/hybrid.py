@@ -1,7 +1,7 @@
 """Hybrid drafting: per row and round, copy a continuation from the context or ask the draft model.
 
 With the cost model's `RoundCosts` (num_draft_tokens not given), a row copies where its copy is expected to give at
-least the model's tokens per second (`speculoos_hf.gain`), its copy cut where a longer pass stops paying; without
+least the model's tokens per second (`speculoos_hf.pacing.gain`), its copy cut where a longer pass stops paying; without
 them (a given K), a row copies wherever the lookup finds a continuation. Either way the choice depends only on the
 committed prefix and earlier rounds' measurements, so the output stays exact: copied tokens are proposed with a
 one-hot q, the model's with its own q. The proposal records the choice (`Proposal.copied`). A model row may also
@@ -17,8 +17,8 @@ from dataclasses import replace
 
 import torch
 
-from ..gain import RoundCosts, best_copy, best_extension, prefers_copy
-from ..state import DecodeContext, DecodeState
+from ..pacing.gain import RoundCosts, best_copy, best_extension, prefers_copy
+from ..loop.state import DecodeContext, DecodeState
 from .base import Drafter, Proposal, RoundOutcome
 from .prompt_lookup import PromptLookupDrafter
 

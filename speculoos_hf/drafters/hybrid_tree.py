@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from ..state import DecodeState
-from ..tree import TokenTree, TreePlan, join_trees
+from ..loop.state import DecodeState
+from ..trees.tree import TokenTree, TreePlan, join_trees
 from .base import RoundOutcome
 from .hybrid import HybridDrafter
 

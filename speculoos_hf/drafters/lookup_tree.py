@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..state import DecodeState
-from ..tree import TokenTree, TreePlan
+from ..loop.state import DecodeState
+from ..trees.tree import TokenTree, TreePlan
 from .base import RoundOutcome
 from .prompt_lookup import PromptLookupDrafter
 from .suffix_match import PRIOR_TOKENS, Continuations, MatchRule, matched_continuations

@@ -17,7 +17,7 @@ from dataclasses import replace
 
 import torch
 
-from ..state import DecodeContext, DecodeState
+from ..loop.state import DecodeContext, DecodeState
 from .base import Proposal, RoundOutcome
 from .runner import DraftRunner, SharedVocab
 

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 
 import torch
 
-from ..processors import apply_processors
-from ..state import DecodeContext, DecodeState
-from ..tree import TokenTree, TreePlan, TreeShape, node_prefixes
-from ..tree_models import tree_reason
+from ..glue.processors import apply_processors
+from ..loop.state import DecodeContext, DecodeState
+from ..trees.tree import TokenTree, TreePlan, TreeShape, node_prefixes
+from ..trees.tree_models import tree_reason
 from .base import RoundOutcome
 from .model import ModelDrafter
 

@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..state import DecodeContext, DecodeState
+from ..loop.state import DecodeContext, DecodeState
 from .base import Proposal, RoundOutcome
 from .runner import DraftRunner, FedDrafts
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..options import DEFAULT_LOOKUP_TOKENS
-from ..state import DecodeContext, DecodeState
+from ..glue.options import DEFAULT_LOOKUP_TOKENS
+from ..loop.state import DecodeContext, DecodeState
 from .base import Proposal, RoundOutcome
 from .suffix_index import SuffixIndex
 from .suffix_match import Copies, MatchRule, Source, acceptance_estimate, suffix_copies

@@ -11,12 +11,12 @@ from typing import Protocol
 
 import torch
 
-from ..kv_slots import KVSlots
-from ..logits import pad_vocab
-from ..placement import input_device
-from ..processors import apply_processors
-from ..state import DecodeContext, DecodeState
-from ..timing import Stopwatch
+from ..loop.kv_slots import KVSlots
+from ..loop.logits import pad_vocab
+from ..glue.placement import input_device
+from ..glue.processors import apply_processors
+from ..loop.state import DecodeContext, DecodeState
+from ..pacing.timing import Stopwatch
 from .base import Proposal
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from transformers import PreTrainedModel
 
-from ..checks import checked_cache
-from ..options import SpeculativeOptions
-from ..vocab import tokenizer_relation, vocab_size
+from ..glue.checks import checked_cache
+from ..glue.options import SpeculativeOptions
+from ..glue.vocab import tokenizer_relation, vocab_size
 from .base import Drafter, is_drafter, with_counters
 from .hybrid_tree import TreeHybridDrafter
 from .lookup_tree import TreeLookupDrafter
@@ -45,7 +45,7 @@ def model_drafter(target, draft_model, *, tokenizer=None, assistant_tokenizer=No
     """The drafter for a draft model and the id range V both distributions live on: `(drafter, V)`.
 
     One tokenizer: `TreeModelDrafter`, V = the larger vocab_size. Two: `OtherTokenizerDrafter`, V = the target's
-    (which of the two applies: `speculoos_hf.vocab.tokenizer_relation`)."""
+    (which of the two applies: `speculoos_hf.glue.vocab.tokenizer_relation`)."""
     relation, toks = tokenizer_relation(target, draft_model, tokenizer, assistant_tokenizer)
     vt = vocab_size(target)
     if relation == "same":

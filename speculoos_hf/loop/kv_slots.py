@@ -44,7 +44,7 @@ import torch
 from transformers import DynamicCache
 
 from .cache_layout import check_movable, crop_slots, permute_slots, select_cache_rows, slice_slots, slot_distance_reason
-from .placement import input_device
+from ..glue.placement import input_device
 from .recurrent_state import MAX_ROLLBACK, RecurrentStates, has_attention
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from transformers.generation.stopping_criteria import EosTokenCriteria, MaxLengthCriteria, StoppingCriteriaList
 
-from .drafters.base import RoundOutcome
+from ..drafters.base import RoundOutcome
 from .state import DecodeState
 
 NEVER = 1 << 30  # "no stop in this round", as a number of steps

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import torch
 
 from .tree import TokenTree
-from .verify import place_next_token, sample_from_weights
+from ..loop.verify import place_next_token, sample_from_weights
 
 
 @dataclass

@@ -26,10 +26,10 @@ from .checks import (
     checked_cache,
     pop_stop_strings,
 )
-from .decoding import speculative_decode
+from ..loop.decoding import speculative_decode
 from .model_support import check_batch
-from .drafters.prepared import PreparedDraft, note_draft_step, note_tokens, prepare_draft
-from .drafters.select import make_drafter
+from ..drafters.prepared import PreparedDraft, note_draft_step, note_tokens, prepare_draft
+from ..drafters.select import make_drafter
 from .options import (
     DEFAULT_NUM_DRAFT_TOKENS,
     DecodeRequest,
@@ -38,9 +38,9 @@ from .options import (
     drop_speculoos_options,
     wants_prompt_lookup,
 )
-from .pacer import make_pacer
+from ..pacing.pacer import make_pacer
 from .processors import check_supported
-from .stats import SpeculativeStats
+from ..loop.stats import SpeculativeStats
 
 __all__ = ["DEFAULT_NUM_DRAFT_TOKENS", "SpeculativeGenerateOutput", "SpeculativeGenerationMixin",
            "SpeculativeModelForCausalLM", "enable_speculative", "speculative_generate"]

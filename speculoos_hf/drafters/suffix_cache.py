@@ -14,7 +14,7 @@ from collections import deque
 import numpy as np
 
 from . import suffix_cache_file
-from .drafters.suffix_index import IndexView, SuffixIndex
+from .suffix_index import IndexView, SuffixIndex
 from .suffix_cache_file import MAX_TOKENS
 
 SEPARATOR = -1  # joins sequences in the index: no token id equals it, so no match crosses it

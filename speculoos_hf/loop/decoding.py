@@ -20,13 +20,13 @@ from dataclasses import dataclass
 
 import torch
 
-from .drafters.base import Drafter, Proposal, RoundOutcome
+from ..drafters.base import Drafter, Proposal, RoundOutcome
 from .kv_slots import KVSlots
 from .logits import pad_vocab
-from .options import DecodeRequest, SpeculativeOptions, UserObjects
-from .pacer import Pacer, make_pacer
-from .placement import input_device
-from .processors import BatchProcessors, apply_processors
+from ..glue.options import DecodeRequest, SpeculativeOptions, UserObjects
+from ..pacing.pacer import Pacer, make_pacer
+from ..glue.placement import input_device
+from ..glue.processors import BatchProcessors, apply_processors
 from .state import DecodeContext, DecodeState
 from .stats import RowStats, SpeculativeStats
 from .stops import Stops, apply_stops, needs_lockstep, split_stopping_criteria
@@ -75,7 +75,7 @@ def speculative_decode(target, drafter: Drafter, request: DecodeRequest, options
     with pacer.prefilling(rows=run.state.batch_size, prompt_length=run.state.lengths[0]):
         prefill(tgt, run.state)
     drafter.start(run.ctx, run.state)
-    from .tree_round import tree_steps  # here: tree_round builds on this module's steps
+    from ..trees.tree_round import tree_steps  # here: tree_round builds on this module's steps
 
     step = tree_steps(target, tgt, drafter, options, _round)  # token trees where they apply, else the chain
     while run.state.rows:

@@ -19,17 +19,17 @@ from dataclasses import replace
 
 import torch
 
-from . import decoding as chain
-from .drafters.base import Proposal, RoundOutcome
-from .kv_slots import KVSlots
-from .logits import pad_vocab
-from .processors import apply_processors
-from .state import DecodeContext, DecodeState
-from .stops import apply_stops
+from ..loop import decoding as chain
+from ..drafters.base import Proposal, RoundOutcome
+from ..loop.kv_slots import KVSlots
+from ..loop.logits import pad_vocab
+from ..glue.processors import apply_processors
+from ..loop.state import DecodeContext, DecodeState
+from ..loop.stops import apply_stops
 from .tree import TokenTree, TreePlan, node_prefixes
 from .tree_models import tree_reason
 from .tree_planner import TreePlanner
-from .trace import RoundClock
+from ..loop.trace import RoundClock
 from .tree_verify import TreeVerdict, tree_greedy_verify, tree_sample_verify
 
 

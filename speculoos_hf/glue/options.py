@@ -16,7 +16,7 @@ import torch
 from transformers import PreTrainedModel
 
 from .checks import generate_setting, integer_at_least_one
-from .tree import draft_tree_setting
+from ..trees.tree import draft_tree_setting
 
 # num_draft_tokens=None (or "auto"): a cost model picks each round's k up to this, and 0 where drafting cannot pay
 AUTO_MAX_DRAFT_TOKENS = 12
@@ -227,7 +227,7 @@ def _real(value) -> bool:
 
 def _check_suffix_cache(cache) -> None:
     """suffix_cache is a `SuffixCache` or None: anything else (a path, a list, False, a drafter) is refused by name."""
-    from .suffix_cache import SuffixCache  # here: suffix_cache imports the drafters, which import this module
+    from ..drafters.suffix_cache import SuffixCache  # here: suffix_cache imports the drafters, which import this module
 
     if cache is not None and not isinstance(cache, SuffixCache):
         raise ValueError(

@@ -17,12 +17,12 @@ from typing import Protocol
 
 import torch
 
-from .drafters.base import Drafter, Proposal, RoundOutcome
+from ..drafters.base import Drafter, Proposal, RoundOutcome
 from .gain import CopyRecord, RoundCosts, best_copy
 from .lookahead import CostModelLookahead, On
-from .options import SpeculativeOptions
-from .placement import input_device
-from .state import DecodeState
+from ..glue.options import SpeculativeOptions
+from ..glue.placement import input_device
+from ..loop.state import DecodeState
 from .timing import Stopwatch, Work, stopwatch_for
 
 

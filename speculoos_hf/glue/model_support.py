@@ -16,7 +16,7 @@ import sys
 
 from transformers import DynamicCache
 
-from .recurrent_state import has_attention, recurrent_layers
+from ..loop.recurrent_state import has_attention, recurrent_layers
 
 # Model types that pass the generic checks below but cannot be exact, with the reason.
 NOT_EXACT = {

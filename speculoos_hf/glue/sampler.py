@@ -94,7 +94,7 @@ class SpeculativeSampler:
     `auto_regressive_sample_and_decode`, `encode`, `decode`), on top of `generate(draft_model=...)`.
 
     Args:
-        draft_model_name, target_model_name: hub ids, local paths, offline aliases (`speculoos_hf.models`) or loaded
+        draft_model_name, target_model_name: hub ids, local paths, offline aliases (`speculoos_hf.glue.models`) or loaded
             causal LMs sharing a tokenizer.
         K (`int`, *optional*, defaults to 5): drafts per round.
         tokenizer (*optional*): defaults to the target's.

@@ -148,7 +148,7 @@ class TreePlanner:
         """A lookup tree cut per row where a wider pass stops paying (`gain.best_copy` over its nodes in order,
         each node's chance given its parent's scaled by `ratio`, the copies' measured acceptance over their
         confidences'). pass_time [W + 1] CPU: seconds of a pass over m + 1 tokens per row."""
-        from .gain import best_copy
+        from ..pacing.gain import best_copy
 
         if tree.confidence is None or not tree.size:
             return tree

@@ -12,7 +12,7 @@ Cache layout (root: ``$SPECULOOS_CACHE`` or ``~/.cache/speculoos``)::
     hf/<alias>/tokenizer/              tokenizer converted from the GGUF (dtype independent)
     hf/<alias>/<dtype>/                config, model.safetensors, tokenizer, speculoos_source.json
 
-Heavy imports (transformers) happen inside functions so ``import speculoos_hf.models`` stays cheap.
+Heavy imports (transformers) happen inside functions so ``import speculoos_hf.glue.models`` stays cheap.
 """
 
 from __future__ import annotations

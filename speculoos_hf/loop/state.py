@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .processors import BatchProcessors
+from ..glue.processors import BatchProcessors
 
 
 @dataclass
