@@ -16,7 +16,8 @@ import torch
 from speculoos_hf.drafters.lookup_tree import continuation_trees
 from speculoos_hf.drafters.suffix_match import Continuations
 from speculoos_hf.trees.tree import TokenTree, TreeShape
-from speculoos_hf.trees.tree_planner import TreePlanner, best_tree
+from speculoos_hf.trees import tree_planner
+from speculoos_hf.trees.tree_planner import TreePlanner, best_tree, likeliest_nodes
 
 ROOT = Path(__file__).resolve().parents[1]
 FLAT = ROOT / "benchmarks" / "xeon-amx-bf16" / "xeon_amx_bf16_int8_draft.json"  # kept in the repo
@@ -56,6 +57,36 @@ def test_best_tree_takes_the_likeliest_nodes():
     # root: rank 0 (0.5), rank 1 (0.25); depth 2 under rank 0: 0.25, then 0.125 (x2) ...
     assert shape.size == 5 and shape.depth <= 3 and sorted(shape.fan_out(), reverse=True)[0] >= 2
     assert math.isclose(value, 0.5 + 0.25 + 0.25 + 0.125 + 0.125)
+
+
+def test_one_search_serves_every_node_budget():
+    """The likeliest-nodes search's first n nodes are its best tree of n nodes (the planner searches once per
+    round, not once per budget), with the nodes the draft feeds per depth counted as the tree of n nodes has them."""
+    for alpha, runner_up, depth in (([0.9, 0.7, 0.5], 0.4, 5), ([0.5] * 6, 0.3, 6), ([0.8], 0.6, 3)):
+        order = likeliest_nodes(alpha, lambda r: runner_up, 48, depth)
+        for n in range(1, 49):
+            shape, value = best_tree(alpha, lambda r: runner_up, n, depth)
+            assert order.shape(min(n, order.size)) == shape and order.value(min(n, order.size)) == value
+            fan = shape.fan_out()
+            fed = tuple(sum(1 for m in shape.at_depth(d) if fan[m + 1]) for d in range(1, shape.depth))
+            assert order.expanding[shape.size] == fed
+
+
+def test_search_reused_while_its_inputs_have_not_moved(monkeypatch):
+    """Rounds with the same acceptance and runner-ups reuse the last search (same plan); a changed acceptance or
+    runner-up rate searches again and gives a fresh planner's decision."""
+    searches = []
+    search = tree_planner.likeliest_nodes
+    monkeypatch.setattr(tree_planner, "likeliest_nodes", lambda *a, **kw: searches.append(a) or search(*a, **kw))
+    planner, costs = TreePlanner("model"), ProfileCosts(FLAT, alpha=0.7)
+    first = planner.plan(4, 1, costs)
+    assert planner.plan(4, 1, costs) == first and len(searches) == 1
+    costs.alpha = 0.8
+    moved = planner.plan(4, 1, costs)
+    assert len(searches) == 2 and moved.shape.size != first.shape.size  # 23 nodes at 0.8, 47 at 0.7
+    assert moved == TreePlanner("model").plan(4, 1, costs)
+    planner.runner_ups.observe([0, 8, 8, 8], [0, 8, 8, 8])
+    assert planner.plan(4, 1, costs) != moved and len(searches) == 4  # the fresh planner's search, then this one
 
 
 def test_trees_where_passes_are_flat_and_chains_where_not():

@@ -21,6 +21,7 @@ from __future__ import annotations
 import heapq
 import math
 from dataclasses import dataclass, field
+from functools import cache, cached_property
 
 import torch
 
@@ -58,6 +59,50 @@ def best_tree(alpha: list[float], runner_up, nodes: int, depth: int, branches: i
               ) -> tuple[TreeShape, float]:
     """The `nodes` likeliest nodes (module docstring) at most `depth` deep and `branches` wide: (shape, expected
     accepted drafts). alpha[d]: rank 0's acceptance at depth d + 1; runner_up(r): c(r) for r >= 1."""
+    order = likeliest_nodes(alpha, runner_up, nodes, depth, branches)
+    return order.shape(order.size), order.value(order.size)
+
+
+@dataclass(frozen=True)
+class NodeOrder:
+    """Nodes in the order the likeliest-nodes search takes them: its first n nodes are the best tree of n nodes
+    (the search never looks at its budget but to stop), so one search serves every budget up to its own."""
+
+    parents: tuple[int, ...]
+    ranks: tuple[int, ...]
+    values: tuple[float, ...]  # each node's chance to be on the accepted path
+
+    @property
+    def size(self) -> int:
+        return len(self.parents)
+
+    def shape(self, n: int) -> TreeShape:
+        return TreeShape(self.parents[:n], self.ranks[:n])
+
+    def value(self, n: int) -> float:
+        """The first n nodes' expected accepted drafts."""
+        return sum(self.values[:n])
+
+    @cached_property
+    def expanding(self) -> list[tuple[int, ...]]:
+        """[n]: in the tree of the first n nodes, how many nodes have children, depth by depth from 1 (the nodes
+        the draft feeds, one forward per depth)."""
+        depths: list[int] = []
+        fed, counts, out = set(), [], [()]
+        for parent in self.parents:
+            depths.append(1 if parent < 0 else depths[parent] + 1)
+            if parent >= 0 and parent not in fed:
+                fed.add(parent)
+                if depths[parent] > len(counts):
+                    counts.append(0)
+                counts[depths[parent] - 1] += 1
+            out.append(tuple(counts))
+        return out
+
+
+def likeliest_nodes(alpha: list[float], runner_up, nodes: int, depth: int, branches: int = MAX_BRANCHES
+                    ) -> NodeOrder:
+    """The `nodes` likeliest nodes (module docstring) at most `depth` deep and `branches` wide, likeliest first."""
     def chance(d: int, r: int) -> float:  # rank r accepted at depth d (0-based), its node's parent reached
         c = [alpha[min(d, len(alpha) - 1)]] + [runner_up(s) for s in range(1, r + 1)]
         return math.prod(1.0 - x for x in c[:r]) * c[r]
@@ -75,7 +120,7 @@ def best_tree(alpha: list[float], runner_up, nodes: int, depth: int, branches: i
             base = values[parent] if parent >= 0 else 1.0
             heapq.heappush(heap, (-base * chance(d, r + 1), tie, parent, d, r + 1))
             tie += 1
-    return TreeShape(tuple(parents), tuple(ranks)), sum(values)
+    return NodeOrder(tuple(parents), tuple(ranks), tuple(values))
 
 
 class TreePlanner:
@@ -91,6 +136,8 @@ class TreePlanner:
         self.fixed = fixed
         self.runner_ups = RunnerUps()
         self.last: dict = {}
+        self._search_key: tuple | None = None  # what `_search` was searched for (`_likeliest`)
+        self._search: NodeOrder | None = None
 
     def plan(self, k: int, batch: int, cost_model, model_k: int | None = None) -> TreePlan | None:
         """The next round's tree for a round the pacer gave k drafts (k >= 1), or None: the chain. `model_k`: the
@@ -129,20 +176,31 @@ class TreePlanner:
         """The draft model's best tree at most k deep against the chain of k (module docstring), or against
         `floor` (tokens per second per row to beat) from `smallest` nodes on; None: none beats it."""
         alpha = cm.acceptance()
-        one = cm.target_time(batch, batch)
+        pass_time = cache(lambda width: cm.target_time(width * batch, batch))  # tokens per row -> s
+        one = pass_time(1)
         step = cm.draft_time(batch) or 0.0
-        chain = cm.expected_tokens(k) / (k * step + cm.target_time((k + 1) * batch, batch))
+        chain = cm.expected_tokens(k) / (k * step + pass_time(k + 1))
+        order = self._likeliest(alpha, k)
         best, best_rate = None, chain * TREE_MARGIN if floor is None else floor
         start = k + 1 if smallest is None else smallest
         for nodes in range(start, MAX_TREE_NODES + 1, max(1, k // 2)):
-            shape, value = best_tree(alpha, self.runner_ups.rate, nodes, k)
-            forwards = 1.0 + sum(cm.target_time(len(level) * batch, batch) / one for level in _expanding(shape))
-            rate = (1.0 + value) / (forwards * step + cm.target_time((shape.size + 1) * batch, batch))
+            n = min(nodes, order.size)
+            forwards = 1.0 + sum(pass_time(fed) / one for fed in order.expanding[n])
+            rate = (1.0 + order.value(n)) / (forwards * step + pass_time(n + 1))
             if rate > best_rate:
-                best, best_rate = shape, rate
+                best, best_rate = n, rate
         self.last = {"chain_rate": chain, "tree_rate": best_rate if best is not None else None,
-                     "tree_nodes": best.size if best is not None else 0}
-        return best
+                     "tree_nodes": best or 0}
+        return None if best is None else order.shape(best)
+
+    def _likeliest(self, alpha: list[float], k: int) -> NodeOrder:
+        """The likeliest `MAX_TREE_NODES` nodes at most k deep, searched again only when what they depend on moved
+        (k, rank 0's acceptance at depths 1..k, the runner-ups' rates): last round's search otherwise."""
+        key = (k, tuple(alpha[min(d, len(alpha) - 1)] for d in range(k)),
+               tuple(self.runner_ups.rate(r) for r in range(1, MAX_BRANCHES)))
+        if key != self._search_key:
+            self._search_key, self._search = key, likeliest_nodes(alpha, self.runner_ups.rate, MAX_TREE_NODES, k)
+        return self._search
 
     def cut_copies(self, tree: TokenTree, pass_time: torch.Tensor, ratio: float = 1.0) -> TokenTree:
         """A lookup tree cut per row where a wider pass stops paying (`gain.best_copy` over its nodes in order,
@@ -190,9 +248,3 @@ def _cut(shape: TreeShape, depth: int) -> TreeShape:
     keep = [n for n, d in enumerate(shape.depths) if d <= depth]
     index = {n: i for i, n in enumerate(keep)}
     return TreeShape(tuple(index.get(shape.parents[n], -1) for n in keep), tuple(shape.ranks[n] for n in keep))
-
-
-def _expanding(shape: TreeShape) -> list[list[int]]:
-    """The nodes the draft feeds, depth by depth (those with children)."""
-    fan = shape.fan_out()
-    return [[n for n in shape.at_depth(d) if fan[n + 1]] for d in range(1, shape.depth)]
