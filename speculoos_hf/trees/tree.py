@@ -22,7 +22,7 @@ import torch
 @dataclass(frozen=True)
 class TreeShape:
     """A topology shared by every row: node n's parent (-1: the root) and its rank among its siblings (0: the first
-    candidate tried). Nodes in topological order, siblings by rank. Built by `tree_shape.best_tree`."""
+    candidate tried). Nodes in topological order, siblings by rank. Built by `tree_planner.best_tree`."""
 
     parents: tuple[int, ...]
     ranks: tuple[int, ...]
