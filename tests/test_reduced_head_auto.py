@@ -63,3 +63,25 @@ def test_auto_draft_gets_a_reduced_head_from_the_users_calls(monkeypatch):
         labels.append(target.speculative_stats.draft_quantization)
     assert labels[0] is None and labels[-1] == "reduced head 256 ids (auto)", labels
     assert target.speculative_stats.draft_tokens_accepted > 0
+
+
+def test_auto_head_counts_nothing_for_a_draft_with_another_tokenizer(monkeypatch):
+    """A draft with its own tokenizer drafts in its own ids, while a call's sequences are the target's: "auto" counts
+    none of them for its head (they would pick the wrong rows), alone or beside prompt lookup."""
+    import speculoos_hf.drafters.head_choice as head_choice
+    from test_other_tokenizer import _greedy_models, _left_pad, letters_tokenizers
+
+    monkeypatch.setattr(head_choice, "MIN_SEEN_TOKENS", 1)
+    tok_t, tok_d = letters_tokenizers()
+    target, draft = _greedy_models(len(tok_t), len(tok_d))
+    ids, mask = _left_pad([tok_t.encode(s) for s in ("abcd", "fe gh abcdcd")], tok_t.pad_token_id)
+    kw = dict(attention_mask=mask, do_sample=False, max_new_tokens=12, pad_token_id=tok_t.pad_token_id)
+    ref = target.generate(ids, **kw)
+    for extra in (dict(), dict(prompt_lookup_num_tokens=3), dict()):
+        out = target.generate(ids, draft_model=draft, tokenizer=tok_t, assistant_tokenizer=tok_d, **kw, **extra)
+        assert torch.equal(out, ref)
+        assert target.speculative_stats.draft_quantization in (None, "int8 (auto)")
+    assert draft not in head_choice._SEEN
+    same_t, same_d = tiny_pair()  # one tokenizer: counted
+    same_t.generate(make_prompt(6), draft_model=same_d, do_sample=False, max_new_tokens=8)
+    assert same_d in head_choice._SEEN

@@ -40,6 +40,13 @@ def make_drafter(target, draft, options: SpeculativeOptions) -> tuple[Drafter, i
     )
 
 
+def drafts_in_target_ids(drafter: Drafter) -> bool:
+    """Whether the draft model behind `drafter` reads and writes the target's ids (one tokenizer): then a call's
+    tokens are the draft's own ids too (what draft_quantization="auto" counts for its reduced head)."""
+    model = drafter.model if isinstance(drafter, TreeHybridDrafter) else drafter
+    return not isinstance(model, OtherTokenizerDrafter)
+
+
 def model_drafter(target, draft_model, *, tokenizer=None, assistant_tokenizer=None, cache=None,
                   confidence_threshold: float | None = None):
     """The drafter for a draft model and the id range V both distributions live on: `(drafter, V)`.

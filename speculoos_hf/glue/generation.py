@@ -29,7 +29,7 @@ from .checks import (
 from ..loop.decoding import speculative_decode
 from .model_support import check_batch
 from ..drafters.prepared import PreparedDraft, note_draft_step, note_tokens, prepare_draft
-from ..drafters.select import make_drafter
+from ..drafters.select import drafts_in_target_ids, make_drafter
 from .options import (
     DEFAULT_NUM_DRAFT_TOKENS,
     DecodeRequest,
@@ -232,7 +232,8 @@ class _SpeculativeDecode:
         sequences, stats = speculative_decode(model, drafter, request, options, user, pacer)
         stats.record_draft(self.prepared.quantization, self.prepared.prepare_s)
         note_draft_step(self.prepared, model, stats.cost_model)
-        note_tokens(self.prepared, sequences, request.pad_token_id, stats.cost_model)  # the "auto" reduced head
+        if drafts_in_target_ids(drafter):  # the "auto" reduced head counts the draft's own ids
+            note_tokens(self.prepared, sequences, request.pad_token_id, stats.cost_model)
         model.speculative_stats = stats
         if config.return_dict_in_generate:
             return SpeculativeGenerateOutput(sequences=sequences, speculative_stats=stats)
