@@ -76,14 +76,16 @@ def note_call(draft, sequences: torch.Tensor, vocab_size: int, pad_id: int | Non
         seen.k = max(1, int((cost_model or {}).get("best_k_now") or seen.k))
 
 
-def auto_head(draft, step_share: float, head_share: float, always: list[int]) -> torch.Tensor | None:
+def auto_head(draft, shares) -> torch.Tensor | None:
     """The kept ids [N] (sorted) of `draft`'s reduced head, or None (the full head): decided once, as soon as
-    `MIN_SEEN_TOKENS` tokens were counted (module docstring). `always`: ids every head keeps (EOS, padding)."""
+    `MIN_SEEN_TOKENS` tokens were counted (module docstring). `shares()`: (step share, head share, ids every head
+    keeps), asked for only when the head is decided (it reads every parameter's size)."""
     if draft in _CHOSEN:
         return _CHOSEN[draft]
     seen = _SEEN.get(draft)
     if seen is None or seen.total < MIN_SEEN_TOKENS:
         return None
+    step_share, head_share, always = shares()
     costs = HeadCosts(step_share, head_share, seen.acceptance, seen.k)
     _CHOSEN[draft] = choose_kept_ids(seen.counts, costs, always)
     return _CHOSEN[draft]

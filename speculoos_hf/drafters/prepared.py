@@ -91,8 +91,9 @@ def prepare_draft(draft, quantization: str | None, target=None) -> PreparedDraft
         return PreparedDraft(draft)
     if quantization != "auto":
         return _cached_copy(draft, quantization, quantization)
-    int8 = target is not None and int8_pays(draft, target, _measured_share(draft, target))
-    keep = _auto_head(draft, target)
+    measured = _measured_share(draft, target)
+    int8 = target is not None and int8_pays(draft, target, measured)
+    keep = _auto_head(draft, target, measured)
     if keep is None:
         return replace(_cached_copy(draft, "int8", "int8 (auto)") if int8 else PreparedDraft(draft), source=draft)
     label = f"reduced head {len(keep)} ids (auto)" + (", int8" if int8 else "")
@@ -100,20 +101,22 @@ def prepare_draft(draft, quantization: str | None, target=None) -> PreparedDraft
     return replace(_cached_copy(draft, "head+int8" if int8 else "head", label, make), source=draft)
 
 
-def _auto_head(draft, target) -> torch.Tensor | None:
+def _auto_head(draft, target, measured_share: float | None) -> torch.Tensor | None:
     """The reduced head "auto" drafts with (`head_choice.auto_head`: from earlier calls' tokens), or None: a plain
     linear head only, its step share measured with `target` (else from bytes)."""
     head = draft.get_output_embeddings()
     if target is None or type(head) is not nn.Linear:
         return None
-    share = _measured_share(draft, target)
-    step = step_bytes(draft)
-    share = share if share is not None else step / max(step_bytes(target), 1)
-    head_share = head.weight.numel() * head.weight.element_size() / max(step, 1)
-    config = draft.generation_config if draft.generation_config is not None else draft.config
-    always = [getattr(config, name, None) for name in ("eos_token_id", "pad_token_id", "bos_token_id")]
-    ids = [int(i) for v in always if v is not None for i in (v if isinstance(v, (list, tuple)) else [v])]
-    return auto_head(draft, share, head_share, ids)
+
+    def shares() -> tuple[float, float, list[int]]:
+        step = step_bytes(draft)
+        share = measured_share if measured_share is not None else step / max(step_bytes(target), 1)
+        config = draft.generation_config if draft.generation_config is not None else draft.config
+        always = [getattr(config, name, None) for name in ("eos_token_id", "pad_token_id", "bos_token_id")]
+        ids = [int(i) for v in always if v is not None for i in (v if isinstance(v, (list, tuple)) else [v])]
+        return share, head.weight.numel() * head.weight.element_size() / max(step, 1), ids
+
+    return auto_head(draft, shares)
 
 
 def note_tokens(prepared: PreparedDraft, sequences: torch.Tensor, pad_id: int | None, cost_model: dict | None
