@@ -163,3 +163,23 @@ def test_exact_needs_stock_batched_to_equal_rows_alone(monkeypatch):
     result = _speculoos_replaced(monkeypatch, lambda model, ids, **kwargs: torch.cat(
         [ids, batched_shifted(model, ids, kwargs.get("attention_mask"), kwargs["max_new_tokens"])], dim=1))
     assert result.batch1.kind == sweep.EXACT and result.batch3.kind == sweep.STOCK_BATCH
+
+
+def test_stock_outputs_are_kept_per_model_not_per_id():
+    """The target's own outputs are kept while their model lives: a model built after another one was freed (it may
+    get the same id()) gets its own greedy tokens, never the freed one's."""
+    import gc
+
+    from speculoos_hf.bench.tiny_models import tiny_model
+
+    build = tiny_model.__wrapped__  # a model of its own (tiny_model keeps the ones it built for the process)
+    first = build("llama", seed=0)
+    made = sweep.stock_alone(first, sweep.PROMPT_1, 4)
+    assert torch.equal(made, sweep.stock_greedy(first, sweep.prompt(sweep.PROMPT_1).unsqueeze(0), None, 4))
+    kept = len(sweep._ALONE)
+    del first
+    gc.collect()
+    assert len(sweep._ALONE) == kept - 1  # its outputs went with it
+    second = build("llama", seed=1)
+    want = sweep.stock_greedy(second, sweep.prompt(sweep.PROMPT_1).unsqueeze(0), None, 4)
+    assert torch.equal(sweep.stock_alone(second, sweep.PROMPT_1, 4), want)

@@ -22,6 +22,7 @@ import re
 import sys
 import time
 import warnings
+import weakref
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -147,16 +148,17 @@ def _quiet(fn, *args, **kwargs):
         return fn(*args, **kwargs)
 
 
-_ALONE: dict = {}
+_ALONE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> {(length, new_tokens): tokens}
 
 
 def stock_alone(model, length: int, new_tokens: int) -> torch.Tensor:
     """The target's own greedy new tokens `[1, new_tokens]` for the prompt of `length` tokens, alone (made once per
-    process: batch 1 and the rows of batch 3 share their prompts)."""
-    key = (id(model), length, new_tokens)
-    if key not in _ALONE:
-        _ALONE[key] = stock_greedy(model, prompt(length).unsqueeze(0), None, new_tokens)
-    return _ALONE[key]
+    model: batch 1 and the rows of batch 3 share their prompts; kept while the model lives, so a later model never
+    meets an earlier one's tokens)."""
+    made = _ALONE.setdefault(model, {})
+    if (length, new_tokens) not in made:
+        made[length, new_tokens] = stock_greedy(model, prompt(length).unsqueeze(0), None, new_tokens)
+    return made[length, new_tokens]
 
 
 def stock_greedy(model, ids, mask, new_tokens: int) -> torch.Tensor:
