@@ -33,15 +33,26 @@ from __future__ import annotations
 
 import copy
 import os
+from pathlib import Path
 
 import pytest
 import torch
 
 from speculoos_hf import enable_speculative
+from speculoos_hf.pacing.simulated_machine import MachineProfile, simulated_machine
 
 # Tiny models: intra-op threading only adds overhead (and, on a busy 2-core machine, OpenMP spin/contention
 # can make each tiny matmul take milliseconds). One thread keeps the suite fast and deterministic.
 torch.set_num_threads(1)
+
+# The flat-pass Xeon's profile with the int8 draft (T(m)/T(1) = 1.0-1.1 up to 16 tokens), kept in the repo.
+FLAT_PROFILE = Path(__file__).resolve().parent.parent / "benchmarks" / "xeon-amx-bf16" / "xeon_amx_bf16_int8_draft.json"
+
+
+def on_flat_machine():
+    """The cost model times with the flat profile (`simulated_machine`): its choices no longer depend on how busy
+    this machine is, so tests of what it decides cannot fail on a loaded machine."""
+    return simulated_machine(MachineProfile.load(FLAT_PROFILE))
 
 # Token ids of the tiny tokenizer (and the convention used by every tiny model).
 NUM_WORDS = 60

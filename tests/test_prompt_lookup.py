@@ -4,20 +4,16 @@ itself, its cache and its own G-tests: test_suffix_lookup.py."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
 import speculoos_hf.loop.decoding as decoding
-from conftest import gtest_model, left_pad_batch, tiny_model
+from conftest import gtest_model, left_pad_batch, on_flat_machine, tiny_model
 from gtest import ALPHA, N, PROMPT, _always_accept, _generate, _processors, exact_distribution, g_test
 from speculoos_hf import enable_speculative
 from speculoos_hf.drafters.prompt_lookup import PromptLookupDrafter
-from speculoos_hf.pacing.simulated_machine import MachineProfile, simulated_machine
 
-FLAT_PROFILE = Path(__file__).resolve().parent.parent / "benchmarks" / "xeon-amx-bf16" / "xeon_amx_bf16_int8_draft.json"
 PAIR = dict(logit_scale=2.0)  # the `pair` fixture: a Llama with less peaked logits, and its perturbed copy
 
 
@@ -59,7 +55,7 @@ def test_prompt_lookup_copies_what_the_target_repeats(pair):
     target, _ = pair
     ids = torch.tensor([[7, 3, 9, 11, 7, 3]])
     kw = dict(do_sample=False, max_new_tokens=30, logits_processor=LogitsProcessorList([RepeatPeriod()]))
-    with simulated_machine(MachineProfile.load(FLAT_PROFILE)):
+    with on_flat_machine():
         out = target.generate(ids, prompt_lookup_num_tokens=5, **kw)
     assert torch.equal(out, target.generate(ids, **kw))
     stats = target.speculative_stats

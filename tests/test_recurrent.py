@@ -17,7 +17,7 @@ import torch
 import transformers as T
 
 import speculoos_hf.loop.decoding as decoding
-from conftest import PAD_ID, left_pad_batch, make_prompt, perturbed_copy, tiny_model
+from conftest import PAD_ID, left_pad_batch, make_prompt, on_flat_machine, perturbed_copy, tiny_model
 from gtest import ALPHA, GTEST_PAD, GTEST_V, _always_accept, _generate, _processors, exact_distribution, g_test
 from gtest import mask_pad
 from speculoos_hf import SuffixCache, enable_speculative
@@ -101,8 +101,10 @@ def test_greedy_equals_stock_at_every_k(name, K, toys):
 
 @pytest.mark.parametrize("name", list(BUILDERS))
 def test_greedy_equals_stock_under_the_cost_model(name, toys):
+    """The cost model times with the flat profile: on a busy machine's wall clock it may rightly draft nothing."""
     target, draft = toys(name)
-    stats = _assert_equal_to_stock(target, draft, *_batch())  # num_draft_tokens: the cost model's k
+    with on_flat_machine():
+        stats = _assert_equal_to_stock(target, draft, *_batch())  # num_draft_tokens: the cost model's k
     assert stats.draft_tokens_proposed > 0
 
 

@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import left_pad_batch, make_prompt, tiny_pair
+from conftest import FLAT_PROFILE, left_pad_batch, make_prompt, tiny_pair
 from speculoos_hf.bench.methods import stock_generate
 from speculoos_hf.pacing.simulated_machine import ForwardPricer, MachineProfile, SimulatedStopwatch, simulated_machine
 from speculoos_hf.pacing.timing import Work, using_stopwatch
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
-FLAT = BENCHMARKS / "xeon-amx-bf16" / "xeon_amx_bf16_int8_draft.json"  # T(m)/T(1) = 1.0-1.1 up to 16 tokens
+FLAT = FLAT_PROFILE
 AVX2_FP32 = BENCHMARKS / "epyc-avx2" / "profile_avx2_fp32.json"  # T(2) = 2 T(1), then nearly flat
 
 
