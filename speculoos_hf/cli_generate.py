@@ -21,7 +21,7 @@ import torch
 
 from .cli_checks import (OneLineParser, device_problem, file_problem, int_at_least, model_problem, number_in,
                          placement_problems, positive_number, refuse_first, tokenizer_problem)
-from .dataset import DatasetJob, DatasetRun, ForeignOutputError, distributed_state
+from .dataset import DatasetJob, DatasetRun, ForeignOutputError, close_group, distributed_state
 from .dataset.lock import OutputBusyError
 from .dataset.option_checks import OptionError
 from .dataset.source import input_problem, open_input
@@ -234,6 +234,7 @@ def main(argv=None) -> int:
         summary = run.generate(target, draft, tokenizer)
     if state.is_main_process:
         print(summary, file=sys.stderr)
+    close_group(state)
     return 0
 
 

@@ -9,7 +9,7 @@ one writer per output (`lock.py`).
 Record format, resuming and processes: docs/dataset.md.
 """
 
-from .distributed import distributed_state
+from .distributed import close_group, distributed_state
 from .inputs import InputRecord
 from .reading import read_records
 from .job import DatasetJob
@@ -22,6 +22,7 @@ from .store import ForeignOutputError, OtherOptionsError, OutputPathError
 __all__ = [
     "DatasetJob",
     "DatasetRun",
+    "close_group",
     "ForeignOutputError",
     "GenerationSummary",
     "InputRecord",

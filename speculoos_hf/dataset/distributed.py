@@ -38,3 +38,13 @@ def broadcast(state, obj):
     from accelerate.utils import broadcast_object_list
 
     return broadcast_object_list([obj], from_process=0)[0]
+
+
+def close_group(state) -> None:
+    """Meet the other processes, then take the process group down before the interpreter exits: a gloo group left
+    to the interpreter's teardown can abort a process that has done all its work ("terminate called without an
+    active exception") and fail the launch."""
+    if state.num_processes == 1 or not torch.distributed.is_initialized():
+        return
+    state.wait_for_everyone()
+    torch.distributed.destroy_process_group()
