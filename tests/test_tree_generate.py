@@ -119,22 +119,26 @@ def _machine(per_token: float) -> "MachineProfile":
 @pytest.mark.parametrize("per_token", [0.005, 0.15], ids=["flat", "steep"])
 def test_plain_call_trees_where_they_pay(per_token):
     """The plain call (draft_tree "auto") on a simulated machine whose wide passes cost what a narrow one does (flat)
-    or 15% of a pass more per token (steep: drafting pays, runner-ups hardly): its simulated time is never above the
-    chains' (draft_tree=False), it drafts trees on the flat machine, and the output is the target's either way."""
+    or 15% of a pass more per token (steep: drafting pays, runner-ups hardly): over six prompts its simulated time
+    is below the chains' (draft_tree=False) on the flat machine and within 3% of it on the steep one (one prompt's
+    40 tokens vary by 10% either way there: a round more or less), it drafts trees on the flat machine, and the
+    output is the target's either way."""
     from speculoos_hf.pacing.simulated_machine import ForwardPricer, simulated_machine
 
     target, draft = tiny_pair("llama", noise=0.05)
-    ids = make_prompt(6, seed=5)
-    ref = target.generate(ids, do_sample=False, max_new_tokens=40)
-    seconds, trees = {}, {}
-    for name, tree in (("auto", "auto"), ("chains", False)):
-        machine = _machine(per_token)
-        with simulated_machine(machine), ForwardPricer(machine, target, [draft]) as pricer:
-            out = target.generate(ids, do_sample=False, max_new_tokens=40, draft_model=draft, draft_tree=tree)
-        assert torch.equal(out, ref)
-        seconds[name], trees[name] = pricer.seconds, sum(r.tree for r in target.speculative_stats.trace)
-    assert seconds["auto"] <= 1.01 * seconds["chains"], seconds
-    assert trees["chains"] == 0 and (trees["auto"] > 5 if per_token < 0.1 else True), trees
+    seconds, trees = {"auto": 0.0, "chains": 0.0}, {"auto": 0, "chains": 0}
+    for seed in range(1, 7):
+        ids = make_prompt(6, seed=seed)
+        ref = target.generate(ids, do_sample=False, max_new_tokens=40)
+        for name, tree in (("auto", "auto"), ("chains", False)):
+            machine = _machine(per_token)
+            with simulated_machine(machine), ForwardPricer(machine, target, [draft]) as pricer:
+                out = target.generate(ids, do_sample=False, max_new_tokens=40, draft_model=draft, draft_tree=tree)
+            assert torch.equal(out, ref)
+            seconds[name] += pricer.seconds
+            trees[name] += sum(r.tree for r in target.speculative_stats.trace)
+    assert seconds["auto"] <= (1.0 if per_token < 0.1 else 1.03) * seconds["chains"], seconds
+    assert trees["chains"] == 0 and (trees["auto"] > 30 if per_token < 0.1 else True), trees
 
 
 def test_trees_kept_where_the_chains_first_candidates_do_not_pay():

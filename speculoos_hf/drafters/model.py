@@ -18,6 +18,7 @@ from dataclasses import replace
 import torch
 
 from ..loop.state import DecodeContext, DecodeState
+from ..pacing.draft_stop import DraftStop
 from .base import Proposal, RoundOutcome
 from .runner import DraftRunner, SharedVocab
 
@@ -56,9 +57,13 @@ class ModelDrafter:
 
     def propose(self, state: DecodeState, k: int) -> Proposal:
         """Feed the pending committed tokens, then draft up to k tokens per row from the processed distribution."""
+        return self.propose_until(state, k, None)
+
+    def propose_until(self, state: DecodeState, k: int, stop: DraftStop | None) -> Proposal:
+        """`propose`, going on past each draft only while the cost model's `stop` says one more pays (up to k)."""
         catch_up = max(c - f for c, f in zip(state.lengths, self.cached_len))
         logits = self.runner.feed(*self._pending(state))  # [B, V_draft]
-        return replace(self.runner.draft(self.ctx, state, k, logits, self.vocab), catch_up=catch_up,
+        return replace(self.runner.draft(self.ctx, state, k, logits, self.vocab, stop), catch_up=catch_up,
                        catch_up_seconds=self.runner.feed_seconds())
 
     def commit(self, state: DecodeState, outcome: RoundOutcome, used: list[bool] | None = None) -> None:

@@ -16,6 +16,7 @@ from ..loop.logits import pad_vocab
 from ..glue.placement import input_device
 from ..glue.processors import apply_processors
 from ..loop.state import DecodeContext, DecodeState
+from ..pacing.draft_stop import DraftStop
 from ..pacing.timing import Stopwatch
 from .base import Proposal
 
@@ -112,10 +113,10 @@ class DraftRunner:
         return logits
 
     def draft(self, ctx: DecodeContext, state: DecodeState, k: int, logits: torch.Tensor,
-              vocab: DraftVocab) -> Proposal:
+              vocab: DraftVocab, stop: DraftStop | None = None) -> Proposal:
         """Up to k draft tokens per row, the first from `logits` [B, V_draft] (after the pending chunk), one forward
         per further token. Each is drawn from the target-id scores after the target's processors with its own prefix
-        (written into `state.seq` as it goes); greedy: the argmax."""
+        (written into `state.seq` as it goes); greedy: the argmax. `stop`: the cost model's rule for going on."""
         C = state.lengths_tensor()  # [B]
         tokens, probs, has_ids = [], [], []
         for j in range(k):
@@ -125,12 +126,14 @@ class DraftRunner:
                                       vocab.scores(logits, ctx), state.rows)  # [B, V]
             if ctx.processors.may_ban_all:
                 has_ids.append(scores.amax(dim=-1) > float("-inf"))  # [B] the processors left the row some id
-            token, q = self._choose(ctx, scores)  # [B], [B, V] or None
+            token, q = self._choose(ctx, scores, stop)  # [B], [B, V] or None
             state.seq.scatter_(1, (C + j)[:, None], token[:, None])  # later positions' processors see it
             tokens.append(token)
             if ctx.do_sample:
                 probs.append(q)
             if j + 1 < k and self._unsure(q, token):
+                break
+            if stop is not None and not stop.goes_on(q.gather(1, token[:, None]).squeeze(1), ask=j + 1 < k):
                 break
         return _proposal(ctx, state, tokens, probs, _proposable(has_ids))
 
@@ -151,11 +154,12 @@ class DraftRunner:
         self.kv.select_rows(alive, alive_host)
         self._fed = None
 
-    def _choose(self, ctx: DecodeContext, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _choose(self, ctx: DecodeContext, scores: torch.Tensor, stop: DraftStop | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The draft token [B] and, when sampling or stopping on confidence, the q [B, V] it is drawn from. Where the
         processors left no token, q is a one-hot on id 0 (never proposed: see `_proposable`)."""
         q = None
-        if ctx.do_sample or self.confidence_threshold is not None:
+        if ctx.do_sample or self.confidence_threshold is not None or stop is not None:
             nothing_left = scores.amax(dim=-1, keepdim=True) == float("-inf")  # [B, 1]
             first_id = torch.arange(scores.shape[-1], device=scores.device) == 0  # [V]
             q = torch.softmax(torch.where(nothing_left & first_id, 0.0, scores), dim=-1)  # [B, V]

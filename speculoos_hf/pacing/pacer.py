@@ -18,6 +18,7 @@ from typing import Protocol
 import torch
 
 from ..drafters.base import Drafter, Proposal, RoundOutcome
+from .draft_stop import ConfidenceRecord, DraftStop, draft_stop
 from .gain import CopyRecord, RoundCosts, best_copy
 from .lookahead import CostModelLookahead, On
 from ..glue.options import SpeculativeOptions
@@ -95,22 +96,36 @@ class CostModelPacer:
     """num_draft_tokens="auto": `model` picks each round's k (up to its `max_k`) from the times `watch` measures.
     Timings are read in `after_round`, after the round's own host sync has made them complete."""
 
-    def __init__(self, model: CostModelLookahead, watch: Stopwatch):
+    def __init__(self, model: CostModelLookahead, watch: Stopwatch, confidence_stop: bool = False):
         self.model = model
         self.watch = watch
+        self.confidence_stop = confidence_stop  # a model drafter's rounds go on while one more draft pays
+        self.confidences = ConfidenceRecord()
         self._prefill = None  # (span, tokens, unfed) until the first round reports it
         self._draft_span = self._target_span = None
         self._rows: list[int] | None = None  # the live rows of the round under way
+        self._cap = 0  # the most drafts the round under way may take under the confidence stop
+        self._stop: DraftStop | None = None  # that round's stop rule, while its books are open
 
     def choose_k(self, rows: list[int], remaining: int) -> tuple[int, list[int] | None]:
         """The cost model's k; with several rows, rows whose drafts do not pay are capped at 0."""
         model, B = self.model, len(rows)
         self._rows = list(rows)
-        k = model.choose_k(batch=B, limit=min(model.max_k, remaining - 1), remaining=remaining, rows=self._rows)
+        started = model.drafting_started()  # the first drafting round is an experiment priced from priors
+        limit = min(model.max_k, remaining - 1)
+        k = model.choose_k(batch=B, limit=limit, remaining=remaining, rows=self._rows)
+        self._cap = limit if self.confidence_stop and started and k > 0 and model.phase == On() else 0
         return k, (model.row_limits(k, self._rows, B) if model.phase == On() else None)
 
     def propose(self, drafter: Drafter, state: DecodeState, k: int) -> Proposal:
-        return drafter.propose(state, k)
+        """The drafter's proposal; a model drafter's round, once drafting is under way, goes on past k while the
+        cost model's `DraftStop` says one more draft pays (up to the round's limit)."""
+        self._stop = None
+        if self._cap > k and hasattr(drafter, "propose_until"):
+            self._stop = draft_stop(self.model, self.confidences, k, self._cap, state.batch_size, state.seq.device)
+        if self._stop is None:
+            return drafter.propose(state, k)
+        return drafter.propose_until(state, self._stop.cap, self._stop)
 
     def cap(self, proposal: Proposal) -> Proposal:
         return proposal
@@ -145,6 +160,9 @@ class CostModelPacer:
             self._observe_draft(proposal, B)
         model.observe_target(self.watch.seconds(self._target_span, Work("target", B, proposal.k + 1)), proposal.k + 1, B)
         model.observe_round(proposal.counts(), outcome.accepted, rows=self._rows)
+        if self._stop is not None:
+            self.confidences.observe(self._stop.drafted_bands(proposal.k), proposal.counts(), outcome.accepted)
+            self._stop = None
 
     def _observe_draft(self, proposal: Proposal, B: int) -> None:
         """A proposal whose first forward read many committed tokens (the prompt, a stretch without drafts) is a
@@ -168,7 +186,11 @@ class CostModelPacer:
             model.observe_draft(max(seconds - caught, 0.0) / (forwards - 1), B)
 
     def summary(self) -> dict | None:
-        return self.model.summary()
+        out = self.model.summary()
+        if self.confidence_stop:
+            alpha = self.model.acceptance()
+            out["draft_acceptance_by_confidence"] = self.confidences.summary(sum(alpha) / len(alpha))
+        return out
 
     def cost_model(self) -> CostModelLookahead | None:
         return self.model
@@ -254,7 +276,8 @@ def make_pacer(options: SpeculativeOptions, target, draft) -> FixedPacer | CostM
     if copies is not None:  # hybrid: its copies look far from the first round on, the model's k is not held back
         return CopyPacer(CostModelLookahead(max_k=K, prior_catch_up_ratio=ratio, first_k=K), watch, copies,
                          with_model=True)
-    return CostModelPacer(CostModelLookahead(max_k=K, prior_catch_up_ratio=ratio), watch)
+    return CostModelPacer(CostModelLookahead(max_k=K, prior_catch_up_ratio=ratio), watch,
+                          confidence_stop=options.draft_confidence_threshold is None)
 
 
 def draft_size_ratio(target, draft) -> float:
