@@ -92,6 +92,8 @@ def speculative_generate(model, inputs=None, generation_config=None, *, draft_mo
             asked, and the stats report what was asked.
         draft_confidence_threshold (`float` in [0, 1), *optional*): dynamic lookahead: a round stops drafting once,
             in every row, the draft gave its latest token less than this probability. Costs one host sync per draft.
+            Unset, under `"auto"` a draft model's round goes on past the cost model's k while one more draft is
+            expected to pay, judged from the probabilities the draft gave its tokens (docs/speed.md); 0.0: never.
         prompt_lookup_num_tokens (`int`, *optional*): copy up to N tokens per round from each row's prompt and output
             (the longest recurring suffix; transformers' name). Alone: no draft model runs; with `draft_model`: the
             hybrid, which takes per row and round the copy or the model's drafts, by expected gain.
