@@ -19,7 +19,7 @@ import pytest
 import torch
 import transformers as T
 
-from conftest import PAD_ID, _finish, left_pad_batch, make_prompt, perturbed_copy
+from conftest import PAD_ID, _finish, left_pad_batch, make_prompt, on_flat_machine, perturbed_copy
 from speculoos_hf import enable_speculative
 from speculoos_hf.loop.cache_layout import slot_distance_reason
 from speculoos_hf.loop.kv_slots import CompactLayout, KVSlots
@@ -201,12 +201,15 @@ def test_rows_leaving_at_different_times(name, compactions, arch_pair):
 
 @pytest.mark.parametrize("name", ["mistral", "gemma2", "mpt"])
 def test_prompt_lookup_with_windows(name, arch_pair):
-    """Prompt lookup (no draft model: rows propose different numbers of tokens) on slot-counting targets."""
+    """Prompt lookup (no draft model: rows propose different numbers of tokens) on slot-counting targets. The cost
+    model times with the flat profile: on a busy machine's wall clock it may rightly copy nothing."""
     target, _ = arch_pair(name)
     rows = [torch.tensor([5, 6, 7, 8, 5, 6, 7, 8, 5, 6]), torch.tensor([9, 1, 2, 9, 1]), torch.tensor([3, 4, 3])]
     ids, mask = left_pad_batch(rows)
     ref = target.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=NEW)
-    spec = target.generate(ids, attention_mask=mask, prompt_lookup_num_tokens=3, do_sample=False, max_new_tokens=NEW)
+    with on_flat_machine():
+        spec = target.generate(ids, attention_mask=mask, prompt_lookup_num_tokens=3, do_sample=False,
+                               max_new_tokens=NEW)
     assert torch.equal(spec, ref), f"\n{spec.tolist()}\n!= target alone\n{ref.tolist()}"
     assert target.speculative_stats.draft_tokens_proposed > 0
 

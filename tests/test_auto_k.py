@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import speculoos_hf.loop.decoding as decoding
-from conftest import GTEST_PAD, GTEST_V, left_pad_batch, make_prompt, tiny_model, tiny_pair
+from conftest import GTEST_PAD, GTEST_V, left_pad_batch, make_prompt, on_flat_machine, tiny_model, tiny_pair
 from gtest import ALPHA, N, PROMPT, _always_accept, _generate, _processors, exact_distribution, g_test
 from speculoos_hf import enable_speculative
 from speculoos_hf.drafters.base import Proposal
@@ -19,10 +19,12 @@ from speculoos_hf.pacing.lookahead import CostModelLookahead
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
 def test_auto_k_greedy_equals_target_batched(arch):
+    """The cost model times with the flat profile: on a busy machine's wall clock it may rightly draft nothing."""
     target, draft = tiny_pair(arch)
     ids, mask = left_pad_batch([make_prompt(n, seed=n)[0] for n in (2, 7, 4)])
     ref = target.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=40)
-    out = target.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=40, draft_model=draft)
+    with on_flat_machine():
+        out = target.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=40, draft_model=draft)
     assert torch.equal(out, ref)
     stats = target.speculative_stats
     assert stats.draft_tokens_accepted > 0 and stats.num_draft_tokens >= 4

@@ -18,7 +18,8 @@ from transformers import (
 )
 from transformers.generation.streamers import BaseStreamer
 
-from conftest import PAD_ID, TOKENIZER_LEN, left_pad_batch, make_prompt, perturbed_copy, tiny_model, tiny_pair
+from conftest import (PAD_ID, TOKENIZER_LEN, left_pad_batch, make_prompt, on_flat_machine, perturbed_copy, tiny_model,
+                      tiny_pair)
 import speculoos_hf
 from speculoos_hf.drafters import Proposal
 from speculoos_hf import (
@@ -525,7 +526,8 @@ def test_prompt_lookup_from_the_generation_config_in_force(fresh_pair):
     ids = torch.tensor([[5, 6, 7, 8, 9, 5, 6, 7, 8, 9, 5, 6]])
     ref = target.generate(ids, do_sample=False, max_new_tokens=10)
     target.speculative_stats = None
-    out = target.generate(ids, GenerationConfig(prompt_lookup_num_tokens=3, do_sample=False, max_new_tokens=10))
+    with on_flat_machine():  # the cost model paces the copies: on a busy machine's wall clock it may copy nothing
+        out = target.generate(ids, GenerationConfig(prompt_lookup_num_tokens=3, do_sample=False, max_new_tokens=10))
     assert torch.equal(out, ref) and target.speculative_stats.draft_tokens_proposed > 0
     target.speculative_stats = None
     target.generation_config.prompt_lookup_num_tokens = 3

@@ -126,12 +126,14 @@ def test_prompt_lookup_hybrid_drafter_and_suffix_cache(name, toys):
     target, draft = toys(name)
     repeat = torch.cat([make_prompt(6, seed=1)] * 3, dim=1)  # the context repeats: lookup finds copies
     ids, mask = left_pad_batch([repeat[0], make_prompt(4, seed=2)[0], repeat[0, :9]])
-    lookup = _assert_equal_to_stock(target, None, ids, mask, prompt_lookup_num_tokens=5)
+    with on_flat_machine():  # the cost model paces the copies: on a busy machine's wall clock it may copy nothing
+        lookup = _assert_equal_to_stock(target, None, ids, mask, prompt_lookup_num_tokens=5)
     assert lookup.draft_tokens_proposed > 0
     _assert_equal_to_stock(target, draft, ids, mask, prompt_lookup_num_tokens=5, num_draft_tokens=3)
     cache = SuffixCache()
     cache.add(target.generate(repeat, do_sample=False, max_new_tokens=NEW)[0].tolist())
-    cached = _assert_equal_to_stock(target, None, repeat, suffix_cache=cache)
+    with on_flat_machine():
+        cached = _assert_equal_to_stock(target, None, repeat, suffix_cache=cache)
     assert cached.draft_tokens_accepted > 0
 
 
