@@ -15,6 +15,7 @@ from gtest import ALPHA, N, PROMPT, _always_accept, _generate, _processors, exac
 from speculoos_hf.pacing.draft_stop import BANDS, ConfidenceRecord, DraftStop, draft_stop
 from speculoos_hf.pacing.k_policy import KPolicy
 from speculoos_hf.pacing.lookahead import CostModelLookahead
+from speculoos_hf.pacing.pacer import CostModelPacer
 
 
 def test_the_record_counts_reached_drafts_by_band():
@@ -87,18 +88,27 @@ def _widths(stats) -> list[int]:
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
 def test_greedy_equals_stock_with_the_stop_on_a_flat_machine(arch):
-    """Left-padded batch of 3: the plain call's rounds run under the stop rule (its record is on the stats, rounds
-    drafted more than the cost model's first k) and the output is the target's own."""
+    """One row at a time (prompts of 9, 7, 4 tokens): the plain call's rounds run under the stop rule (its record is
+    on the stats, a round drafted 8 or more) and the output is the target's own; the same with the three
+    left-padded together, where the rule applies once a single row is left."""
     target, draft = tiny_pair(arch, noise=0.0)
-    ids, mask = left_pad_batch([make_prompt(n, seed=n)[0] for n in (2, 7, 4)])
+    prompts = [make_prompt(n, seed=n)[0] for n in (9, 7, 4)]
+    for ids in [p[None, :] for p in prompts]:
+        ref = target.generate(ids, do_sample=False, max_new_tokens=60)
+        with on_flat_machine():
+            out = target.generate(ids, do_sample=False, max_new_tokens=60, draft_model=draft, draft_tree=False)
+        assert torch.equal(out, ref)
+        stats = target.speculative_stats
+        assert "draft_acceptance_by_confidence" in stats.cost_model and max(_widths(stats)) >= 8
+    ids, mask = left_pad_batch(prompts)  # an EOS from row 0's output ends rows at different rounds
     ref = target.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=40)
+    eos = int(ref[0, ids.shape[1] + 12])
+    ref = target.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=40, eos_token_id=eos)
     with on_flat_machine():
         out = target.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=40, draft_model=draft,
-                              draft_tree=False)
+                              draft_tree=False, eos_token_id=eos)
     assert torch.equal(out, ref)
-    stats = target.speculative_stats
-    assert "draft_acceptance_by_confidence" in stats.cost_model and max(_widths(stats)) >= 8
-    target.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=8, draft_model=draft,
+    target.generate(prompts[0][None, :], do_sample=False, max_new_tokens=8, draft_model=draft,
                     draft_confidence_threshold=0.5)
     assert "draft_acceptance_by_confidence" not in target.speculative_stats.cost_model  # the user's rule instead
 
@@ -121,7 +131,7 @@ def test_a_draft_that_is_often_wrong_stops_early():
 def test_sampling_exact_under_the_stop(gtest_pair, monkeypatch):
     """G-test: the cost model gives each round k = 1 and the stop rule carries it on, here made to follow the first
     row's own draws (so the stop falls at a different draft in each round); the broken rule is caught at the same
-    N."""
+    N. The rule applies to one row; here it is made to run over all 12,000 (as if each were alone)."""
     target, draft = gtest_pair
     monkeypatch.setattr(CostModelLookahead, "target_time", lambda self, tokens, batch=None: 0.1)
     monkeypatch.setattr(CostModelLookahead, "draft_time", lambda self, batch: 0.01)
@@ -130,6 +140,14 @@ def test_sampling_exact_under_the_stop(gtest_pair, monkeypatch):
     monkeypatch.setattr(CostModelLookahead, "__init__",  # 5 new tokens: every round drafts, under the rule
                         functools.partialmethod(CostModelLookahead.__init__, measure_plain_step=False))
     monkeypatch.setattr(CostModelLookahead, "drafting_started", lambda self: True)
+    choose = CostModelPacer.choose_k
+
+    def as_if_alone(self, rows, remaining):
+        k, limits = choose(self, rows, remaining)
+        self._cap = min(self.model.max_k, remaining - 1) if k > 0 else 0
+        return k, limits
+
+    monkeypatch.setattr(CostModelPacer, "choose_k", as_if_alone)
     stops, original = [], DraftStop.goes_on
 
     def first_row_decides(self, confidence, ask):

@@ -114,12 +114,13 @@ class CostModelPacer:
         started = model.drafting_started()  # the first drafting round is an experiment priced from priors
         limit = min(model.max_k, remaining - 1)
         k = model.choose_k(batch=B, limit=limit, remaining=remaining, rows=self._rows)
-        self._cap = limit if self.confidence_stop and started and k > 0 and model.phase == On() else 0
+        alone = B == 1  # in a batch, rows draft in lockstep: there the rule lost a pass on the reference pair
+        self._cap = limit if self.confidence_stop and alone and started and k > 0 and model.phase == On() else 0
         return k, (model.row_limits(k, self._rows, B) if model.phase == On() else None)
 
     def propose(self, drafter: Drafter, state: DecodeState, k: int) -> Proposal:
-        """The drafter's proposal; a model drafter's round, once drafting is under way, goes on past k while the
-        cost model's `DraftStop` says one more draft pays (up to the round's limit)."""
+        """The drafter's proposal; a model drafter's round over one row, once drafting is under way, goes on past k
+        while the cost model's `DraftStop` says one more draft pays (up to the round's limit)."""
         self._stop = None
         if self._cap > k and hasattr(drafter, "propose_until"):
             self._stop = draft_stop(self.model, self.confidences, k, self._cap, state.batch_size, state.seq.device)
