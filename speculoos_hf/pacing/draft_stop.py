@@ -9,7 +9,7 @@ One more draft is expected to add about sum_i s_i(j) accepted tokens and costs a
 wider per row; at the round's expected tokens per second r (the cost model's rate for its k) it pays while
 sum_i s_i(j) >= r * (step + T(j + 2) - T(j + 1)). Where passes are flat and the draft is sure, rounds run long;
 where a wider pass costs (AVX2 float32), they stop early. Whether position j + 1 is drafted depends only on the
-drafts before it, so the output stays exact.
+drafts before it, so the output stays exact. The pacer (pacer.py) applies the rule to chain rounds over one row.
 """
 
 from __future__ import annotations
