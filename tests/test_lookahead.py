@@ -366,3 +366,22 @@ def test_a_width_timed_often_is_predicted_by_its_own_mean():
     assert model.target_time(2, 1) == pytest.approx(0.82) and model.target_time(9, 1) == pytest.approx(0.89)
     assert 0.8 < model.target_time(4, 1) < 0.9  # not timed: the fit
     assert model.best_k(1) == 0  # at 30% acceptance no copy repays a pass that costs twice the plain one
+
+
+def test_a_prefill_over_a_few_tokens_prices_no_token():
+    """A 2-token prompt's prefill reads one token: its time is a pass's, not a token's. It must not become the
+    roofline's slope (a pass over m tokens priced at m one-token passes, so that no draft ever pays); a prefill over
+    many tokens still sets it."""
+    from speculoos_hf.pacing.pass_times import TargetPassTimes
+
+    short, long = TargetPassTimes(), TargetPassTimes()
+    short.observe_prefill(0.2, 1)
+    long.observe_prefill(0.2 * 64 / 8, 64)  # compute-bound: 8 tokens per one-token pass
+    for passes in (short, long):
+        passes.observe(0.2, 1, 1)
+    assert short.prefill_per_token is None and short.predict(4, 1) < 0.25
+    assert long.prefill_per_token == pytest.approx(0.025) and long.predict(32, 1) > 0.5
+    model = CostModelLookahead()
+    model.observe_prefill(0.2, 1, unfed=2)
+    model.observe_target(0.2, 1)
+    assert model.best_k(1) > 0  # drafting can pay after a short prompt

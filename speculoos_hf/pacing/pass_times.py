@@ -9,8 +9,8 @@ was timed, else from the passes of every batch size):
 - a width not timed: T(m) = a + b max(0, m - n0), fitted by weighted least squares to the widths timed (the
   narrowest left out: it is its own), with a ridge pulling b to the prior slope. The prior: the prefill is
   compute-bound, so its cost per token b_pre and the one-token pass a give the roofline max(a, b_pre m), i.e.
-  n0 = floor(a / b_pre), slope b_pre; without a usable prefill timing (0 s on a coarse clock, inf, NaN) the CPU
-  default n0. The width one token per row past the widest timed is priced flat: the policy looks one step further;
+  n0 = floor(a / b_pre), slope b_pre; without a usable prefill timing (0 s on a coarse clock, inf, NaN, or a
+  prefill over fewer than 4 tokens: a pass's cost, not a token's) the CPU default n0. The width one token per row past the widest timed is priced flat: the policy looks one step further;
 - monotone in the width: never dearer than a wider width timed, never cheaper than a narrower one timed.
 Draft step (one token per row): per batch size (the nearest one timed); catch-up (committed tokens the draft had not
 read) per token. Before they are timed, and at most until three timings are in, the priors: a share of a one-token
@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from .robust_time import RobustTime
 
 MAX_PRIOR_N0 = 256
+MIN_PREFILL_TOKENS = 4  # a prefill over fewer tokens prices nothing per token
 SUSPECT_RATIO = 1.5  # an unsettled width this much dearer than a wider one is timed again
 
 
@@ -44,8 +45,11 @@ class TargetPassTimes:
     _fits: dict = field(default_factory=dict, repr=False)  # batch size (None: all) -> (a, b, n0)
 
     def observe_prefill(self, seconds: float, tokens: int) -> None:
-        """The prompt's prefill scored `tokens` tokens (all rows) in `seconds`."""
-        self.prefill_per_token = _finite_positive(seconds / tokens) if tokens > 0 else None
+        """The prompt's prefill scored `tokens` tokens (all rows) in `seconds`. A prefill over fewer than
+        `MIN_PREFILL_TOKENS` says what a pass costs, not what a token costs (it is not compute-bound): unusable as
+        the roofline's slope (a 2-token prompt would price a pass over m tokens at m one-token passes)."""
+        usable = tokens >= MIN_PREFILL_TOKENS
+        self.prefill_per_token = _finite_positive(seconds / tokens) if usable else None
         self._fits = {}
 
     def observe(self, seconds: float, tokens_per_row: int, batch: int = 1) -> None:
