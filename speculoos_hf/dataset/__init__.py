@@ -22,7 +22,6 @@ from .store import ForeignOutputError, OtherOptionsError, OutputPathError
 __all__ = [
     "DatasetJob",
     "DatasetRun",
-    "close_group",
     "ForeignOutputError",
     "GenerationSummary",
     "InputRecord",
@@ -30,6 +29,7 @@ __all__ = [
     "OtherOptionsError",
     "OutputBusyError",
     "OutputPathError",
+    "close_group",
     "distributed_state",
     "generate_dataset",
     "read_records",

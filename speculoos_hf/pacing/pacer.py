@@ -114,9 +114,10 @@ class CostModelPacer:
         started = model.drafting_started()  # the first drafting round is an experiment priced from priors
         limit = min(model.max_k, remaining - 1)
         k = model.choose_k(batch=B, limit=limit, remaining=remaining, rows=self._rows)
+        on = model.phase == On()
         alone = B == 1  # in a batch, rows draft in lockstep: there the rule lost a pass on the reference pair
-        self._cap = limit if self.confidence_stop and alone and started and k > 0 and model.phase == On() else 0
-        return k, (model.row_limits(k, self._rows, B) if model.phase == On() else None)
+        self._cap = limit if self.confidence_stop and alone and started and k > 0 and on else 0
+        return k, (model.row_limits(k, self._rows, B) if on else None)
 
     def propose(self, drafter: Drafter, state: DecodeState, k: int) -> Proposal:
         """The drafter's proposal; a model drafter's round over one row, once drafting is under way, goes on past k

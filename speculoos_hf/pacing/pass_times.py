@@ -10,7 +10,8 @@ was timed, else from the passes of every batch size):
   narrowest left out: it is its own), with a ridge pulling b to the prior slope. The prior: the prefill is
   compute-bound, so its cost per token b_pre and the one-token pass a give the roofline max(a, b_pre m), i.e.
   n0 = floor(a / b_pre), slope b_pre; without a usable prefill timing (0 s on a coarse clock, inf, NaN, or a
-  prefill over fewer than 4 tokens: a pass's cost, not a token's) the CPU default n0. The width one token per row past the widest timed is priced flat: the policy looks one step further;
+  prefill over fewer than 4 tokens: a pass's cost, not a token's) the CPU default n0. The width one token per row
+  past the widest timed is priced flat: the policy looks one step further;
 - monotone in the width: never dearer than a wider width timed, never cheaper than a narrower one timed.
 Draft step (one token per row): per batch size (the nearest one timed); catch-up (committed tokens the draft had not
 read) per token. Before they are timed, and at most until three timings are in, the priors: a share of a one-token
