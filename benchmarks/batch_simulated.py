@@ -32,7 +32,7 @@ METHODS = {
 }
 
 
-def run(profile_path: str, tokens: int, batch: int, out: str) -> dict:
+def run(profile_path: str, tokens: int, batch: int, out: str, repeat: int = 1) -> dict:
     target, draft, tok = load_pair(dtype=torch.float32)
     target, tok.padding_side = enable_speculative(target), "left"
     texts = [encode_text(tok, p.text, True) for p in select_prompts(None, "code", batch)][:batch]
@@ -48,13 +48,13 @@ def run(profile_path: str, tokens: int, batch: int, out: str) -> dict:
               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "recorded": "at run time", "clock": clock.name, "profile": profile_path, "batch_size": B,
               "new_tokens_per_row": tokens, "machine": machine_info(None, "float32"), "results": rows}
-    for name, kwargs in METHODS.items():
+    for call, (name, kwargs) in ((c, m) for c in range(repeat) for m in METHODS.items()):
         started = time.time()
         with torch.inference_mode(), clock.timing(target, draft) as span:
             target.generate(enc.input_ids, attention_mask=enc.attention_mask, draft_model=draft, do_sample=False,
                             max_new_tokens=tokens, min_new_tokens=tokens, **kwargs)
         st = target.speculative_stats
-        rows.append({"method": name, "kwargs": kwargs, "tok_s": B * tokens / span.seconds,
+        rows.append({"method": name, "kwargs": kwargs, "call": call + 1, "tok_s": B * tokens / span.seconds,
                      "ratio": stock / span.seconds, "accepted": st.draft_tokens_accepted,
                      "proposed": st.draft_tokens_proposed, "tokens": st.new_tokens,
                      "passes": sum(r.target_forward_passes for r in st.per_row),  # per row: tokens per pass per row
@@ -71,5 +71,7 @@ if __name__ == "__main__":
     p.add_argument("profile", help="a machine profile (the JSON speculoos-bench --profile writes)")
     p.add_argument("tokens", type=int, help="new tokens per row")
     p.add_argument("out", help="the result JSON")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="run the methods in turn this many times (later calls start from what earlier ones measured)")
     a = p.parse_args()
-    run(a.profile, a.tokens, 4, a.out)
+    run(a.profile, a.tokens, 4, a.out, a.repeat)

@@ -39,6 +39,7 @@ import pytest
 import torch
 
 from speculoos_hf import enable_speculative
+from speculoos_hf.pacing.memory import forget_pacing
 from speculoos_hf.pacing.simulated_machine import MachineProfile, simulated_machine
 
 # Tiny models: intra-op threading only adds overhead (and, on a busy 2-core machine, OpenMP spin/contention
@@ -332,8 +333,10 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(autouse=True)
 def _seed_torch():
-    """Every test starts from the same global torch seed."""
+    """Every test starts from the same global torch seed, and its cost models from their priors (nothing an
+    earlier test's calls measured on a shared model is carried, see pacing/memory.py)."""
     torch.manual_seed(0)
+    forget_pacing()
     yield
 
 

@@ -38,6 +38,7 @@ from .options import (
     drop_speculoos_options,
     wants_prompt_lookup,
 )
+from ..pacing.memory import sampling_setting
 from ..pacing.pacer import make_pacer
 from .processors import check_supported
 from ..loop.stats import SpeculativeStats
@@ -218,7 +219,7 @@ class _SpeculativeDecode:
         cache = checked_cache(model, model_kwargs.get("cache"))
         options = self.options.within(config.max_length - input_ids.shape[1] - 1)  # at most what can be drafted
         drafter, V = make_drafter(model, self.prepared.model, options)
-        pacer = make_pacer(options, model, self.prepared.model)
+        pacer = make_pacer(options, model, self.prepared.model, sampling_setting(config))
         if self.streamer is not None:
             self.streamer.put(input_ids.cpu())
         request = DecodeRequest(

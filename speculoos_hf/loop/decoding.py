@@ -73,7 +73,7 @@ def speculative_decode(target, drafter: Drafter, request: DecodeRequest, options
     pacer = pacer if pacer is not None else make_pacer(options, target, drafter)
     tgt = KVSlots(target, user.cache)
     with pacer.prefilling(rows=run.state.batch_size, prompt_length=run.state.lengths[0]):
-        prefill(tgt, run.state)
+        run.stats.prefill_passes = int(prefill(tgt, run.state))
     drafter.start(run.ctx, run.state)
     from ..trees.tree_round import tree_steps  # here: tree_round builds on this module's steps
 
@@ -132,7 +132,7 @@ def _round(run: _Run, tgt: KVSlots, drafter: Drafter, pacer: Pacer) -> None:
     clock.lap("draft_s")
     first_slot = tgt.num_slots
     stats.target_cache_slots = max(stats.target_cache_slots, first_slot + proposal.k + 1)
-    with pacer.scoring():
+    with pacer.scoring(prefill=tgt.held_tokens):  # the first pass may read the prompt too (prefill)
         scores = score(tgt, ctx, state, proposal)  # [B, k+1, V]
     clock.lap("target_s")
     verdict = verify(ctx, proposal, scores)
@@ -150,13 +150,20 @@ def _round(run: _Run, tgt: KVSlots, drafter: Drafter, pacer: Pacer) -> None:
 # ----------------------------------------------------------------------------------------------------- the steps
 
 
-def prefill(tgt: KVSlots, state: DecodeState) -> None:
-    """Fill the target cache with each prompt but its last token (left padding becomes masked slots)."""
+def prefill(tgt: KVSlots, state: DecodeState) -> bool:
+    """Fill the target cache with each prompt but its last token (left padding becomes masked slots); where the
+    cache can hold them, they ride with the first round's pass instead (one forward fewer, as stock's prefill
+    gives the first token). Returns whether a forward of its own read them."""
     B, P = state.batch_size, state.lengths[0]
     tgt.start(B)
+    skip = all_padding_rows(state)
+    if P > 1 and tgt.can_defer and not skip.any():  # an all-padding row's positions start after its prompt
+        tgt.defer(state.seq[:, : P - 1], state.valid_host[:, : P - 1])
+        return False
     if P > 1:
         tgt.forward(state.seq[:, : P - 1], state.valid_host[:, : P - 1], logits_to_keep=1)  # host mask: no sync
-    tgt.skip_position(all_padding_rows(state))
+    tgt.skip_position(skip)
+    return P > 1
 
 
 def all_padding_rows(state: DecodeState) -> torch.Tensor:
@@ -333,6 +340,7 @@ def _start_state(input_ids: torch.Tensor, mask: torch.Tensor, width: int, pad: i
 
 def _finish_stats(stats: SpeculativeStats, tgt: KVSlots, drafter: Drafter, pacer: Pacer, started: float) -> None:
     stats.cost_model = pacer.summary()
+    pacer.finish()
     stats.draft_forward_passes = drafter.forward_passes
     stats.draft_input_tokens = drafter.input_tokens
     stats.draft_tokens_proposed = sum(r.draft_tokens_proposed for r in stats.per_row)

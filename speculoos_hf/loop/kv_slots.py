@@ -72,6 +72,7 @@ class KVSlots:
         self.forward_passes = 0
         self.input_slots = 0
         self._offset = torch.zeros(0, dtype=torch.long)  # [B] host, added to real tokens' positions (skip_position)
+        self._held: tuple[torch.Tensor, torch.Tensor] | None = None  # tokens [B, n] and valid [B, n] host (defer)
 
     @property
     def max_drafts(self) -> int | float:
@@ -84,7 +85,19 @@ class KVSlots:
 
     @property
     def num_slots(self) -> int:
-        return self.layout.num_slots
+        """Slots in the cache, the held tokens' included (they take the next slots, see `defer`)."""
+        return self.layout.num_slots + self.held_tokens
+
+    @property
+    def held_tokens(self) -> int:
+        """Tokens per row held by `defer` until the next forward (0: none)."""
+        return 0 if self._held is None else self._held[0].shape[1]
+
+    @property
+    def can_defer(self) -> bool:
+        """Whether `defer` may hold tokens: not where a forward records a state per token (recurrent layers) or
+        the layout moves slots (compact), whose rounds assume a short chunk."""
+        return not self.recurrent and not self.compact
 
     @property
     def compactions(self) -> int:
@@ -100,6 +113,18 @@ class KVSlots:
         self.recurrent.start(batch_size)
         self._offset = torch.zeros(batch_size, dtype=torch.long)
 
+    def defer(self, tokens: torch.Tensor, valid: torch.Tensor) -> None:
+        """Hold `tokens` [B, n] (valid [B, n] host 0/1) to be fed in front of the next forward's: a prompt's prefill
+        rides with the first round's pass, one forward fewer. Their slots count in `num_slots` from now on."""
+        if not self.can_defer:
+            raise ValueError("this model's cache cannot hold tokens for a later forward")
+        self._held = (tokens, valid.cpu().bool())
+
+    def flush(self) -> None:
+        """Feed the held tokens now (before a forward that cannot take them in front, such as a tree's)."""
+        if self._held is not None:
+            self.forward(self._held[0][:, :0], None, logits_to_keep=1)
+
     def skip_position(self, rows: torch.Tensor) -> None:
         """Rows [B] (0/1) whose prompt is all padding: stock numbers their new tokens from 1, not 0."""
         self._offset = self._offset + rows.cpu().long()
@@ -109,11 +134,15 @@ class KVSlots:
         Returns logits [B, keep, V] (float32) for the last `logits_to_keep` of the fed tokens, in the caller's order."""
         tokens = tokens.to(self.device)
         B, n = tokens.shape
+        valid = torch.ones(B, n, dtype=torch.bool) if valid is None else valid.cpu().bool()  # [B, n] host
+        if self._held is not None:  # the held tokens go first (defer)
+            (held, held_valid), self._held = self._held, None
+            tokens, valid = torch.cat([held.to(self.device), tokens], 1), torch.cat([held_valid, valid], 1)
+            B, n = tokens.shape
         if self.max_id is not None:
             # An id only the other model has (padded vocabularies) is fed as a stand-in: the target always rejects
             # such a draft (p = 0) so its slot becomes a hole; for the draft it can cost acceptance, never exactness.
             tokens = tokens.clamp(max=self.max_id - 1)
-        valid = torch.ones(B, n, dtype=torch.bool) if valid is None else valid.cpu().bool()  # [B, n] host
         order = self.layout.feed_order(valid)  # [B, n] host, or None: as given
         if order is not None:
             tokens, valid = tokens.gather(1, order.to(self.device)), valid.gather(1, order)
@@ -203,6 +232,7 @@ class KVSlots:
         reason = self.tree_reason()
         if reason is not None:
             raise ValueError(f"this model cannot score a token tree in one pass: {reason}")
+        self.flush()  # held tokens are fed first, in a forward of their own
         tokens = tokens.to(self.device)
         if self.max_id is not None:
             tokens = tokens.clamp(max=self.max_id - 1)  # as in `forward`

@@ -31,8 +31,8 @@ class RowStats:
 
 @dataclass
 class SpeculativeStats:
-    """Totals over the batch, plus `per_row`. Target passes count verification forwards (the target's prompt
-    prefill is one more, excluded here); draft passes count every draft forward (a model draft reads the prompt
+    """Totals over the batch, plus `per_row`. Target passes count verification forwards (the first one reads the
+    prompt too, unless `prefill_passes` says a forward of its own read it, as for recurrent targets); draft passes count every draft forward (a model draft reads the prompt
     with its first proposal); `accepted_at_position[j]` counts rows that accepted draft j."""
 
     num_draft_tokens: int
@@ -48,6 +48,7 @@ class SpeculativeStats:
     draft_input_tokens: int = 0
     target_cache_slots: int = 0  # peak KV slots of the target cache: tokens plus masked holes (batch > 1)
     elapsed_s: float = 0.0
+    prefill_passes: int = 0  # target forwards that read the prompt alone (0: it rode with the first round's)
     rounds_without_drafts: int = 0  # target passes that scored one token per row (the cost model's k = 0)
     cost_model: dict | None = None  # num_draft_tokens=None: what the cost model measured and predicted at the end
     draft_quantization: str | None = None  # the draft drafted as: "int8", "int8 (auto)", or None (as given)

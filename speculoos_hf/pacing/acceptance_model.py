@@ -7,7 +7,9 @@
   follows what was drafted, never the largest k allowed.
 - E(k) = 1 + sum_{i=1..k} prod_{j<i} alpha_j, expected new tokens per row with k drafts.
 - Per row (batch > 1): a row's accepted over reached drafts, shrunk towards the batch's with a few
-  pseudo-observations and forgotten slowly while the row drafts nothing; a row with no record takes alpha_j.
+  pseudo-observations and forgotten slowly while the row drafts nothing; a row with no record takes alpha_j. The
+  batch's rate is itself shrunk towards the mean alpha_j, so one round in which every row rejected its first draft
+  (an answer's opening word) cannot make every row's drafts look worthless for the rest of the call.
 """
 
 from __future__ import annotations
@@ -77,6 +79,11 @@ class AcceptanceModel:
                 self._rows.setdefault(row, RowAcceptance()).add(n_prop, n_acc)
                 self._pool.add(n_prop, n_acc)
 
+    def by_position_only(self, max_k: int | None = None) -> "AcceptanceModel":
+        """A copy with the acceptance by position and none of the rows' records (for another call's rows)."""
+        return AcceptanceModel(prior=self.prior, rate=self.rate, max_k=self.max_k if max_k is None else max_k,
+                               _alpha=list(self._alpha), _seen=list(self._seen))
+
     def by_position(self, k: int) -> list[float]:
         """alpha_0..alpha_{k-1} (k at most max_k), positions with few observations shrunk to the one before."""
         if self._shrunk is None:
@@ -113,7 +120,9 @@ class AcceptanceModel:
         at every position (its record shrunk towards the batch's); None for fewer than two rows."""
         if rows is None or len(rows) < 2:
             return None
-        batch_curve, pooled = self.token_curve(k), self._pool.rate()
+        batch_curve = self.token_curve(k)
+        alpha = self.by_position(max(1, len(self._alpha)))
+        pooled = self._pool.shrunk(sum(alpha) / len(alpha))  # the rows' rate, with the positions' as its prior
         curves = []
         for row in rows:
             record = self._rows.get(row)

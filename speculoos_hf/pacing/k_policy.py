@@ -5,7 +5,7 @@ k beats it by `min_gain`. With several rows and `per_row_limits` (off by default
 and scored anyway), a row whose own gain E_row(k) T_round(0) / T_round(k) is below 1 drafts nothing while the
 others draft k (`row_limits`). The decisions form a small state machine (`phase`):
 
-    Measure --first round: a plain step--> On
+    Measure --the first round, then until a pass is timed: plain steps--> as On
     On --k > 0 pays--> On            On --no k pays--> Off(n)  (n = stretch - 1; none left: ProbeDue)
     Off(n) --a plain round--> Off(n - 1) ... --> ProbeDue
     ProbeDue --k > 0 pays--> On      ProbeDue --else, a probe round--> On(after_probe)
@@ -29,7 +29,8 @@ from typing import Protocol
 @dataclass(frozen=True)
 class Measure:
     """Before the first decision: a plain step (no drafts) times the target alone, so a draft that never pays is
-    never even started."""
+    never even started. The call's first round is always plain: its pass may read the prompt too (a prefill's
+    timing), and an answer's first token is where a draft agrees least (a chat's opening words)."""
 
 
 @dataclass(frozen=True)
@@ -92,10 +93,20 @@ class KPolicy:
     last_choice: dict = field(default_factory=dict, repr=False)
     _stretch: int = 0
     _experimented: bool = False  # the first drafting round was chosen
+    _begun: bool = False  # the call's first round was chosen
 
     def __post_init__(self) -> None:
         self._stretch = self.off_rounds
         self.phase = Measure() if self.measure_plain_step else On()
+
+    @property
+    def stretch(self) -> int:
+        """Plain rounds in the next stretch without drafts."""
+        return self._stretch
+
+    def carry_stretch(self, stretch: int) -> None:
+        """An earlier call's stretch without drafts (doubled by its failed probes) stands for this one."""
+        self._stretch = max(self.off_rounds, min(stretch, self.max_off_rounds))
 
     def after_round(self, proposed: list[int]) -> None:
         """A round is over: a round with drafts left the draft one token behind, a plain one one more."""
@@ -172,8 +183,8 @@ class KPolicy:
         if isinstance(phase, Off):
             self.phase = Off(phase.left - 1) if phase.left > 1 else self._after_stretch()
             return 0
-        if isinstance(phase, Measure) and not self.costs.target_timed(b):
-            self.phase = On()
+        if isinstance(phase, Measure) and not (self._begun and self.costs.target_timed(b)):
+            self._begun = True  # the call's first round, then until a pass is timed: plain rounds
             return 0
         if isinstance(phase, On) and self.costs.plain_suspect(b):
             return 0  # a plain round times the one-token pass again: one slow timing must not price the target alone

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 from .acceptance_model import AcceptanceModel
 from .k_policy import KPolicy, Measure, Off, On, Phase, ProbeDue
+from .memory import Learnt
 from .pass_times import DraftTimes, TargetPassTimes
 
 __all__ = ["CostModelLookahead", "MEASURED_PASSES", "Measure", "Off", "On", "Phase", "ProbeDue"]
@@ -87,6 +88,20 @@ class CostModelLookahead:
                               max_off_rounds=self.max_off_rounds, probe_k=self.probe_k, min_gain=self.min_gain,
                               measure_plain_step=self.measure_plain_step, probe_budget=self.probe_budget,
                               per_row_limits=self.per_row_limits, first_k=self.first_k)
+
+    # ------------------------------------------------------------------ across calls (memory.py)
+
+    def start_from(self, learnt: Learnt) -> None:
+        """Take what an earlier call measured (memory.py): its timings, and its acceptance by position when carried;
+        no plain round then times the target alone, no short first drafting round tests the priors."""
+        self.passes, self.drafts = learnt.passes, learnt.drafts
+        if learnt.accept is not None:
+            self.accept = learnt.accept.by_position_only(max_k=self.max_k)
+        self.policy.carry_stretch(learnt.stretch)
+
+    def hand_on(self, setting=None) -> Learnt:
+        """What the next call may start from (copied when kept, see memory.Slot.keep)."""
+        return Learnt(self.passes, self.drafts, self.accept.by_position_only(), self.policy.stretch, setting)
 
     # ------------------------------------------------------------------ observations
 

@@ -21,6 +21,7 @@ from ..drafters.base import Drafter, Proposal, RoundOutcome
 from .draft_stop import ConfidenceRecord, DraftStop, draft_stop
 from .gain import CopyRecord, RoundCosts, best_copy
 from .lookahead import CostModelLookahead, On
+from .memory import Learnt, Slot, slot_for
 from ..glue.options import SpeculativeOptions
 from ..glue.placement import input_device
 from ..loop.state import DecodeState
@@ -45,8 +46,9 @@ class Pacer(Protocol):
     def drafting(self):
         """Context around the round's proposal."""
 
-    def scoring(self):
-        """Context around the round's target pass."""
+    def scoring(self, prefill: int = 0):
+        """Context around the round's target pass; `prefill`: prompt tokens per row it reads first (the prompt's
+        prefill riding with the first round's pass)."""
 
     def after_round(self, proposal: Proposal, outcome: RoundOutcome) -> None:
         """The round is over (after its host sync): what it proposed and what was accepted."""
@@ -56,6 +58,9 @@ class Pacer(Protocol):
 
     def cost_model(self) -> CostModelLookahead | None:
         """The cost model it measures with, for the token trees' planner (tree_planner.py); None: none."""
+
+    def finish(self) -> None:
+        """The call is over: leave what was measured for the next call on the same models (memory.py)."""
 
 
 class FixedPacer:
@@ -79,7 +84,7 @@ class FixedPacer:
     def drafting(self):
         return nullcontext()
 
-    def scoring(self):
+    def scoring(self, prefill: int = 0):
         return nullcontext()
 
     def after_round(self, proposal: Proposal, outcome: RoundOutcome) -> None:
@@ -91,18 +96,28 @@ class FixedPacer:
     def cost_model(self) -> CostModelLookahead | None:
         return None
 
+    def finish(self) -> None:
+        pass
+
 
 class CostModelPacer:
     """num_draft_tokens="auto": `model` picks each round's k (up to its `max_k`) from the times `watch` measures.
     Timings are read in `after_round`, after the round's own host sync has made them complete."""
 
-    def __init__(self, model: CostModelLookahead, watch: Stopwatch, confidence_stop: bool = False):
+    def __init__(self, model: CostModelLookahead, watch: Stopwatch, confidence_stop: bool = False,
+                 slot: Slot | None = None):
         self.model = model
         self.watch = watch
         self.confidence_stop = confidence_stop  # a model drafter's rounds go on while one more draft pays
         self.confidences = ConfidenceRecord()
+        self.slot = slot  # where earlier calls on the same models left their books, and this one leaves its own
+        self.learnt = slot.recall() if slot is not None else None
+        if self.learnt is not None:
+            model.start_from(self.learnt)
+            self.confidences = self.learnt.confidences or self.confidences
         self._prefill = None  # (span, tokens, unfed) until the first round reports it
         self._draft_span = self._target_span = None
+        self._merged = 0  # prompt tokens per row the round's pass read first (its prefill)
         self._rows: list[int] | None = None  # the live rows of the round under way
         self._cap = 0  # the most drafts the round under way may take under the confidence stop
         self._stop: DraftStop | None = None  # that round's stop rule, while its books are open
@@ -145,26 +160,35 @@ class CostModelPacer:
         self._draft_span = self.watch.stop(mark)
 
     @contextmanager
-    def scoring(self):
+    def scoring(self, prefill: int = 0):
         mark = self.watch.start()
         yield
         self._target_span = self.watch.stop(mark)
+        self._merged = prefill
 
     def after_round(self, proposal: Proposal, outcome: RoundOutcome) -> None:
         """Feed the cost model this round's draft and target times and each row's acceptance."""
         model, B = self.model, len(outcome.accepted)
         if self._prefill is not None:
-            span, rows, prompt_length = self._prefill  # the prefill reads all but the last prompt token
-            seconds = self.watch.seconds(span, Work("prefill", rows, prompt_length - 1))
-            model.observe_prefill(seconds, (prompt_length - 1) * rows, unfed=prompt_length)
-            self._prefill = None
+            self._observe_prefill(proposal.k + 1)
         if proposal.k > 0:
             self._observe_draft(proposal, B)
-        model.observe_target(self.watch.seconds(self._target_span, Work("target", B, proposal.k + 1)), proposal.k + 1, B)
+        if not self._merged:  # a pass that read the prompt too was the prefill's timing
+            width = proposal.k + 1
+            model.observe_target(self.watch.seconds(self._target_span, Work("target", B, width)), width, B)
         model.observe_round(proposal.counts(), outcome.accepted, rows=self._rows)
         if self._stop is not None:
             self.confidences.observe(self._stop.drafted_bands(proposal.k), proposal.counts(), outcome.accepted)
             self._stop = None
+
+    def _observe_prefill(self, width: int) -> None:
+        """The prompt's prefill: a forward of its own (all but the last prompt token), or the first round's pass
+        that read those tokens and then its `width` per row."""
+        span, rows, prompt_length = self._prefill
+        self._prefill = None
+        tokens = prompt_length - 1 + (width if self._merged else 0)
+        seconds = self.watch.seconds(self._target_span if self._merged else span, Work("prefill", rows, tokens))
+        self.model.observe_prefill(seconds, tokens * rows, unfed=prompt_length)
 
     def _observe_draft(self, proposal: Proposal, B: int) -> None:
         """A proposal whose first forward read many committed tokens (the prompt, a stretch without drafts) is a
@@ -197,6 +221,13 @@ class CostModelPacer:
     def cost_model(self) -> CostModelLookahead | None:
         return self.model
 
+    def finish(self) -> None:
+        if self.slot is not None:
+            self.slot.keep(self.hand_on())
+
+    def hand_on(self) -> Learnt:
+        return replace(self.model.hand_on(self.slot.setting if self.slot else None), confidences=self.confidences)
+
 
 class CopyPacer(CostModelPacer):
     """The cost model for prompt lookup, alone or beside a draft model (`with_model`): a copy is free to draft, so
@@ -206,12 +237,14 @@ class CopyPacer(CostModelPacer):
     Beside a model, the model's k comes from the cost model's phases and the hybrid asks it in the rows where it is
     expected to give more tokens per second than the copy (`RoundCosts`). Both use earlier rounds' timings only."""
 
-    def __init__(self, model: CostModelLookahead, watch: Stopwatch, copy_tokens: int, with_model: bool):
-        super().__init__(model, watch)
+    def __init__(self, model: CostModelLookahead, watch: Stopwatch, copy_tokens: int, with_model: bool,
+                 slot: Slot | None = None):
+        super().__init__(model, watch, slot=slot)
         self.copy_tokens = copy_tokens
         self.with_model = with_model
         self._model_k = 0  # the model's drafts this round (0: not offered)
-        self.copies = CopyRecord()  # how verified copies fared against their confidences
+        carried = self.learnt.copies if self.learnt is not None else None
+        self.copies = carried or CopyRecord()  # how verified copies fared against their confidences
 
     def choose_k(self, rows: list[int], remaining: int) -> tuple[int, list[int] | None]:
         """Room for the copy or the model's k, whichever is longer; per row, the copy's cap and the hybrid's choice
@@ -264,22 +297,29 @@ class CopyPacer(CostModelPacer):
     def summary(self) -> dict | None:
         return {**(super().summary() or {}), "copy_acceptance_over_confidence": round(self.copies.ratio(), 4)}
 
+    def hand_on(self) -> Learnt:
+        return replace(super().hand_on(), copies=self.copies)
 
-def make_pacer(options: SpeculativeOptions, target, draft) -> FixedPacer | CostModelPacer | CopyPacer:
-    """The pacer `options` ask for; `draft` (a draft model, a drafter, or None) sets the cost model's prior."""
+
+def make_pacer(options: SpeculativeOptions, target, draft, setting=None) -> FixedPacer | CostModelPacer | CopyPacer:
+    """The pacer `options` ask for; `draft` (a draft model, a drafter, or None) sets the cost model's prior. A cost
+    model starts from what the last call on the same target, draft and clock measured (memory.py); `setting`: the
+    call's sampling settings (acceptance is carried only between calls with equal ones)."""
     K = options.max_draft_tokens
     if not options.auto_k:
         return FixedPacer(K)
     ratio, copies = draft_size_ratio(target, draft), options.prompt_lookup_num_tokens
     watch = stopwatch_for(input_device(target))
+    confident = options.draft_confidence_threshold is None
+    slot = slot_for(target, draft, ("copy" if copies is not None else "model", ratio > 0, confident), watch, setting)
     if copies is not None and ratio == 0:  # prompt lookup alone: drafting is free, k up to its N
         model = CostModelLookahead(max_k=copies, prior_catch_up_ratio=0.0, prior_draft_ratio=0.0)
-        return CopyPacer(model, watch, copies, with_model=False)
+        return CopyPacer(model, watch, copies, with_model=False, slot=slot)
     if copies is not None:  # hybrid: its copies look far from the first round on, the model's k is not held back
         return CopyPacer(CostModelLookahead(max_k=K, prior_catch_up_ratio=ratio, first_k=K), watch, copies,
-                         with_model=True)
-    return CostModelPacer(CostModelLookahead(max_k=K, prior_catch_up_ratio=ratio), watch,
-                          confidence_stop=options.draft_confidence_threshold is None)
+                         with_model=True, slot=slot)
+    return CostModelPacer(CostModelLookahead(max_k=K, prior_catch_up_ratio=ratio), watch, confidence_stop=confident,
+                          slot=slot)
 
 
 def draft_size_ratio(target, draft) -> float:

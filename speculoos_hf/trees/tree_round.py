@@ -124,6 +124,10 @@ def tree_round(run, tgt: KVSlots, drafter, pacer, plan: TreePlan, planner: TreeP
         if limits is not None:  # from earlier rounds only: exact
             tree = tree.first_nodes(torch.tensor([tree.size if n > 0 else 0 for n in limits]))
     clock.lap("draft_s")
+    if tgt.held_tokens:  # a prompt held for the first pass: a tree's pass reads it in a forward of its own first
+        with pacer.prefilling(rows=state.batch_size, prompt_length=tgt.held_tokens + 1):
+            tgt.flush()
+        stats.prefill_passes = 1
     first_slot = tgt.num_slots
     stats.target_cache_slots = max(stats.target_cache_slots, first_slot + tree.size + 1)
     with pacer.scoring():
