@@ -94,6 +94,7 @@ def fast_draft_profile(monkeypatch, pass_s=0.1, step_s=0.02):
     monkeypatch.setattr(CostModelLookahead, "target_time", lambda self, tokens, batch=None: pass_s)
     monkeypatch.setattr(CostModelLookahead, "draft_time", lambda self, batch: step_s)
     monkeypatch.setattr(CostModelLookahead, "catch_up_time", lambda self, tokens: 0.0)
+    monkeypatch.setattr(CostModelLookahead, "target_timed", lambda self, batch: True)  # every pass is known
 
 
 def with_row_limits(monkeypatch) -> None:

@@ -11,6 +11,7 @@ import torch
 
 from conftest import left_pad_batch, make_prompt, tiny_pair
 from speculoos_hf.bench.methods import stock_generate
+from speculoos_hf.pacing.memory import forget_pacing
 from speculoos_hf.pacing.simulated_machine import ForwardPricer, MachineProfile, SimulatedStopwatch
 from speculoos_hf.pacing.timing import using_stopwatch
 
@@ -27,23 +28,31 @@ METHODS = {
 }
 
 
+PROMPT_SETS = 3  # one set moves a method by up to 10% either way (which rows lag decides the last rounds)
+
+
 @pytest.fixture(scope="module", params=sorted(PROFILES))
 def batch_of_four(request):
-    """(profile name, {method: (speedup over the target's batched generate(), stats)}), 64 greedy tokens per row
-    with a draft accepted about 75% of the time."""
+    """(profile name, {method: (speedup over the target's batched generate() summed over the prompt sets, the last
+    set's stats)}), 64 greedy tokens per row with a draft accepted about 75% of the time. Every call starts from
+    the cost model's priors (nothing carried from the call before)."""
     profile = MachineProfile.load(PROFILES[request.param])
     target, draft = tiny_pair("llama", noise=0.02)
-    ids, mask = left_pad_batch([make_prompt(n, seed=n)[0] for n in (12, 9, 14, 11)])
-    kwargs = dict(do_sample=False, max_new_tokens=64, attention_mask=mask)
-    with ForwardPricer(profile, target) as alone:
-        ref = stock_generate(target)(ids, **kwargs)
-    runs = {}
-    for name, extra in METHODS.items():
-        with using_stopwatch(SimulatedStopwatch(profile)), ForwardPricer(profile, target, [draft]) as spec:
-            out = target.generate(ids, draft_model=draft, **kwargs, **extra)
-        assert torch.equal(out, ref), name
-        runs[name] = (alone.seconds / spec.seconds, target.speculative_stats)
-    return request.param, runs
+    alone_s, spec_s, stats = 0.0, dict.fromkeys(METHODS, 0.0), {}
+    for seed in range(PROMPT_SETS):
+        ids, mask = left_pad_batch([make_prompt(n, seed=n + 17 * seed)[0] for n in (12, 9, 14, 11)])
+        kwargs = dict(do_sample=False, max_new_tokens=64, attention_mask=mask)
+        with ForwardPricer(profile, target) as alone:
+            ref = stock_generate(target)(ids, **kwargs)
+        alone_s += alone.seconds
+        for name, extra in METHODS.items():
+            forget_pacing()
+            with using_stopwatch(SimulatedStopwatch(profile)), ForwardPricer(profile, target, [draft]) as spec:
+                out = target.generate(ids, draft_model=draft, **kwargs, **extra)
+            assert torch.equal(out, ref), name
+            spec_s[name] += spec.seconds
+            stats[name] = target.speculative_stats
+    return request.param, {name: (alone_s / spec_s[name], stats[name]) for name in METHODS}
 
 
 def test_no_row_stops_drafting_while_the_others_draft(batch_of_four):
@@ -57,8 +66,8 @@ def test_no_row_stops_drafting_while_the_others_draft(batch_of_four):
 
 
 def test_plain_call_keeps_up_with_the_best_hand_set_chain(batch_of_four):
-    """Flat profile: the plain call (trees where they pay) at least the best hand-set chain (1.66x against K=4's
-    1.63x; 1.44x with the per-row caps); its own chain within 5% of it. AVX2 float32: within 10% (K=6: 1.87x)."""
+    """Flat profile: the plain call (trees where they pay) within 3% of the best hand-set chain (three prompt sets:
+    1.43x against K=4's 1.46x), its own chain within 5% (1.47x). AVX2 float32: within 10% (1.60x against 1.67x)."""
     machine, runs = batch_of_four
     best = max(runs["K=4"][0], runs["K=6"][0])
     floor = {"flat": 0.97, "avx2": 0.9}[machine]
@@ -67,6 +76,9 @@ def test_plain_call_keeps_up_with_the_best_hand_set_chain(batch_of_four):
 
 
 def test_batch_of_four_pays_on_both_profiles(batch_of_four):
-    """Floors from today's figures (flat: plain 1.66x, its chain 1.63x; AVX2 float32: 1.72x and 1.75x)."""
+    """Floors from today's figures over three prompt sets (flat: plain 1.43x, its chain 1.47x; AVX2 float32: 1.60x
+    and 1.58x; before the prompt rode with the first pass: 1.42x / 1.44x and 1.57x / 1.56x)."""
     machine, runs = batch_of_four
-    assert runs["plain"][0] > 1.6 and runs["plain chain"][0] > 1.55, {n: s for n, (s, _) in runs.items()}
+    floor = {"flat": 1.38, "avx2": 1.52}[machine]
+    assert runs["plain"][0] > floor and runs["plain chain"][0] > floor, {n: s for n, (s, _) in runs.items()}
+

@@ -361,11 +361,12 @@ def test_no_token_is_recomputed(K):
     finally:
         del target.forward, draft.forward
     stats = target.speculative_stats
-    assert t_log[0] == P - 1  # the target's prompt prefill
+    assert t_log[0] == P - 1 + K + 1  # the prompt's prefill rides with the first round's pass (K drafts + x0)
+    assert stats.prefill_passes == 0
     assert d_log[0] == P  # the draft reads the whole prompt (x0 too) with its first proposal, once
     assert all(1 <= n <= K + 1 for n in t_log[1:])
     assert all(1 <= n <= 2 for n in d_log[1:])
-    assert len(t_log) - 1 == stats.target_forward_passes
+    assert len(t_log) == stats.target_forward_passes  # every target forward is a round's
     assert sum(t_log) == stats.target_input_tokens
     assert sum(d_log) == stats.draft_input_tokens
     # every round feeds the pending token plus the k drafts: nothing else, nothing twice

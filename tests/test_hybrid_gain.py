@@ -130,6 +130,7 @@ def profile(monkeypatch, pass_time, step_s=0.02):
                         lambda self, tokens, batch=None: pass_time(tokens // (batch or 1)))
     monkeypatch.setattr(CostModelLookahead, "draft_time", lambda self, batch: step_s)
     monkeypatch.setattr(CostModelLookahead, "catch_up_time", lambda self, tokens: 0.0)
+    monkeypatch.setattr(CostModelLookahead, "target_timed", lambda self, batch: True)  # every pass is known
 
 
 def test_lookup_alone_under_the_cost_model_drafts_for_free(pair):

@@ -95,6 +95,7 @@ def test_greedy_equals_stock_at_every_k(name, K, toys):
     batch = _assert_equal_to_stock(target, draft, *_batch(), num_draft_tokens=K)
     for stats in (single, batch):
         assert 0 < stats.draft_tokens_accepted < stats.draft_tokens_proposed, "drafts must be rejected somewhere"
+        assert stats.prefill_passes == 1  # a recurrent state per token: the prompt is read by a forward of its own
     accepted = [r.draft_tokens_accepted / max(r.draft_tokens_proposed, 1) for r in batch.per_row]
     assert len(set(accepted)) > 1, "rows must accept differently (so that per-row rollback is exercised)"
 

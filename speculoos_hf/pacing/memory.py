@@ -8,8 +8,8 @@ the confidence and copy records, and how long a stretch without drafts lasts. Ev
 the call runs, so a changed machine or prompt moves them within a few rounds.
 
 Keyed weakly on the target (entries die with it), then on the pacer's kind, the clock (the real one of a device, or
-a simulated machine's profile) and the models' dtypes and devices; an entry whose draft object is gone or another
-is skipped. The output never depends on any of it: only how many tokens each round drafts.
+a simulated machine's profile), the draft object and the models' dtypes and devices; an entry whose draft object is
+gone (its id reused by another) is skipped. The output never depends on any of it: only how many tokens each round drafts.
 `forget_pacing()` drops everything learnt (tests start from priors).
 """
 
@@ -77,7 +77,7 @@ def slot_for(target, draft, kind: tuple, watch, setting=None) -> Slot:
     """The slot of a call: `kind` names the pacer, `watch` its clock (its `clock_key()`, else the object itself),
     `setting` the sampling settings (acceptance is carried only between calls with equal ones)."""
     clock = watch.clock_key() if hasattr(watch, "clock_key") else ("watch", id(watch))
-    return Slot(target, draft, (kind, clock, _layout(target), _layout(draft)), setting)
+    return Slot(target, draft, (kind, clock, id(draft), _layout(target), _layout(draft)), setting)
 
 
 SAMPLING_FIELDS = ("do_sample", "temperature", "top_k", "top_p", "min_p", "typical_p", "repetition_penalty",
