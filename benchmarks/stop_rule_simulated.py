@@ -4,7 +4,7 @@ The tokens are real (the pair in float32 on this CPU); the seconds are the profi
 (ratio: the target alone's simulated time over the method's; tokens_per_pass: new tokens per target pass) and
 writes them all, with the command, commit, date and machine, to OUT.json.
 
-    python benchmarks/stop_rule_simulated.py PROFILE.json NEW_TOKENS OUT.json METHODS_JSON [MODES] [PROMPTS], e.g.
+    python benchmarks/stop_rule_simulated.py PROFILE.json NEW_TOKENS OUT.json METHODS_JSON [MODES] [PROMPTS] [--cold], e.g.
     python benchmarks/stop_rule_simulated.py benchmarks/xeon-amx-bf16/xeon_amx_bf16_int8_draft.json 128 out.json \\
         '{"plain": {}, "plain, no stop rule": {"draft_confidence_threshold": 0.0}}' greedy,sample 2
 """
@@ -25,6 +25,7 @@ from speculoos_hf.bench.clock import SimulatedClock
 from speculoos_hf.bench.machine import machine_info
 from speculoos_hf.bench.prompts import encode_text, select_prompts
 from speculoos_hf.glue.models import load_pair
+from speculoos_hf.pacing.memory import forget_pacing
 from speculoos_hf.pacing.simulated_machine import MachineProfile
 
 SAMPLING = {"greedy": {"do_sample": False}, "sample": {"do_sample": True, "temperature": 0.7}}
@@ -44,7 +45,8 @@ def one_run(target, draft, enc, clock, tokens: int, mode: str, kwargs: dict, see
             "wall_s": time.time() - started, "widths": [r.width for r in st.trace]}
 
 
-def run(profile_path: str, tokens: int, out: str, methods: dict, modes: list[str], prompts: int) -> dict:
+def run(profile_path: str, tokens: int, out: str, methods: dict, modes: list[str], prompts: int,
+        cold: bool = False) -> dict:
     target, draft, tok = load_pair(dtype=torch.float32)
     target = enable_speculative(target)
     profile = MachineProfile.load(profile_path)
@@ -59,6 +61,8 @@ def run(profile_path: str, tokens: int, out: str, methods: dict, modes: list[str
         enc = tok([encode_text(tok, prompt.text, True)], return_tensors="pt")
         alone = profile.target_pass(1, enc.input_ids.shape[1]) + (tokens - 1) * profile.target_pass(1, 1)
         for mode in modes:
+            if cold:  # the first method of each prompt and mode starts from the cost model's priors
+                forget_pacing()
             for name, kwargs in methods.items():
                 row = {"prompt": i, "mode": mode, "method": name, "kwargs": kwargs,
                        **one_run(target, draft, enc, clock, tokens, mode, kwargs, seed=i)}
@@ -78,5 +82,7 @@ if __name__ == "__main__":
     p.add_argument("methods", help='JSON: {"name": {generate() keywords}, ...}')
     p.add_argument("modes", nargs="?", default="greedy,sample", help="greedy, sample or both (comma-separated)")
     p.add_argument("prompts", nargs="?", type=int, default=1, help="coding prompts, from the first")
+    p.add_argument("--cold", action="store_true",
+                   help="forget what earlier calls measured before each prompt and mode (its first method starts cold)")
     a = p.parse_args()
-    run(a.profile, a.tokens, a.out, json.loads(a.methods), a.modes.split(","), a.prompts)
+    run(a.profile, a.tokens, a.out, json.loads(a.methods), a.modes.split(","), a.prompts, a.cold)
