@@ -19,6 +19,7 @@ from .glue.sampler import SpeculativeSampler, auto_regressive_sampling, speculat
 from .loop.stats import RowStats, SpeculativeStats
 from .drafters.suffix_cache import SuffixCache
 from .pacing.lookahead import CostModelLookahead
+from .pacing.memory import forget_pacing
 from .glue.options import SpeculativeOptions
 from .loop.verify import block_verify, greedy_verify, speculative_verify
 
@@ -37,6 +38,7 @@ __all__ = [
     "auto_regressive_sampling",
     "block_verify",
     "enable_speculative",
+    "forget_pacing",
     "greedy_verify",
     "speculative_generate",
     "speculative_sampling",

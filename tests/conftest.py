@@ -39,7 +39,7 @@ import pytest
 import torch
 
 from speculoos_hf import enable_speculative
-from speculoos_hf.pacing.memory import forget_pacing
+from speculoos_hf import forget_pacing
 from speculoos_hf.pacing.simulated_machine import MachineProfile, simulated_machine
 
 # Tiny models: intra-op threading only adds overhead (and, on a busy 2-core machine, OpenMP spin/contention

@@ -18,7 +18,7 @@ from ..loop.state import DecodeState
 from ..trees.tree import TokenTree, TreePlan
 from .base import RoundOutcome
 from .prompt_lookup import PromptLookupDrafter
-from .suffix_match import PRIOR_TOKENS, Continuations, MatchRule, matched_continuations
+from .suffix_match import PRIOR_TOKENS, Continuations, Copies, MatchRule, chain_copies, matched_continuations
 
 
 @dataclass(frozen=True)
@@ -118,6 +118,29 @@ def _sibling_rank(parent: np.ndarray, count: np.ndarray, recency: np.ndarray) ->
     return rank
 
 
+def with_first_branch(c: Continuations, rows: np.ndarray, copies: Copies) -> Continuations:
+    """`c` with each row in `rows` [B] bool also continued by its copy in `copies`, counted as many times as its
+    other occurrences (at least once) and as the most recent: the trie's first path."""
+    at = np.flatnonzero(rows)
+    if not len(at):
+        return c
+    times = np.maximum(np.bincount(c.row, minlength=len(rows))[at], 1)  # [A]
+    row = np.repeat(at, times)  # [R]
+    W = max(c.tokens.shape[1], copies.tokens.shape[1])
+    j = np.arange(W)[None, :]
+    padded = np.full((len(rows), W), -1, dtype=np.int64)
+    padded[:, : copies.tokens.shape[1]] = np.where(j[:, : copies.tokens.shape[1]] < copies.counts[:, None],
+                                                   copies.tokens, -1)
+    old = np.full((len(c.row), W), -1, dtype=np.int64)
+    old[:, : c.tokens.shape[1]] = c.tokens
+    top = int(c.rank.max(initial=0)) + 1
+    return Continuations(np.concatenate([old, padded[row]]), np.concatenate([c.row, row]),
+                         np.concatenate([c.rank, np.full(len(row), top)]), np.maximum(c.caps, copies.counts),
+                         np.where(rows, np.maximum(c.match, copies.match), c.match),
+                         None if c.src is None else np.concatenate([c.src, np.zeros(len(row), dtype=np.int64)]),
+                         None if c.col is None else np.concatenate([c.col, copies.origin[row] - 1]))
+
+
 class TreeLookupDrafter(PromptLookupDrafter):
     """A `PromptLookupDrafter` that also offers its continuations as trees (`propose_tree`); chains as ever."""
 
@@ -125,10 +148,17 @@ class TreeLookupDrafter(PromptLookupDrafter):
         return None
 
     def propose_tree(self, state: DecodeState, plan: TreePlan) -> TokenTree:
-        """Each row's trie of up to `plan.copy_nodes` copied tokens, `plan.copy_depth` deep at most."""
+        """Each row's trie of up to `plan.copy_nodes` copied tokens, `plan.copy_depth` deep at most; a row whose copy
+        resumes from its anchor (copy_anchor.py) has that copy as its first path."""
         self._ingest(state)
         rule = MatchRule(self.max_ngram_size, self.min_ngram_size, self.threshold, self.multiple)
-        found = matched_continuations(*self._sources(state), rule, min(plan.copy_depth, self.num_tokens))
+        own, sources = self._sources(state)
+        depth = min(plan.copy_depth, self.num_tokens)
+        found = matched_continuations(own, sources, rule, depth)
+        if self._anchors is not None:
+            chain = chain_copies(found, rule.threshold)
+            steered, used = self._anchors.steer(own.view, own.slots, own.hi + 1, chain, depth)
+            found = with_first_branch(found, used, steered)
         trees = continuation_trees(found, state.batch_size, self.threshold, plan.copy_nodes, plan.branches)
         return TokenTree(torch.from_numpy(trees.tokens).to(state.seq.device), torch.from_numpy(trees.parents),
                          torch.from_numpy(trees.valid), confidence=torch.from_numpy(trees.confidence))

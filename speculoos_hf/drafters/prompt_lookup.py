@@ -15,6 +15,7 @@ import torch
 from ..glue.options import DEFAULT_LOOKUP_TOKENS
 from ..loop.state import DecodeContext, DecodeState
 from .base import Proposal, RoundOutcome
+from .copy_anchor import CopyAnchors
 from .suffix_index import SuffixIndex
 from .suffix_match import Copies, MatchRule, Source, acceptance_estimate, suffix_copies
 
@@ -38,6 +39,8 @@ class PromptLookupDrafter:
             (None: no such cap).
         cache (`SuffixCache`, *optional*): earlier calls' prompts and outputs, searched as they were at `start`;
             each row is added to it when it finishes.
+        anchored (`bool`, *optional*, defaults to True): after a copy breaks, resume from where it broke while the
+            suffix matched is short (`copy_anchor.py`: edits).
 
     A copy depends only on committed tokens and is verified as a one-hot proposal, so the output is exact. It costs
     no model forward; the target pass grows with the copied tokens, which the cost model prices (`gain.best_copy`).
@@ -48,7 +51,7 @@ class PromptLookupDrafter:
 
     def __init__(self, num_tokens: int = DEFAULT_LOOKUP_TOKENS, max_ngram_size: int | None = None,
                  min_ngram_size: int = 1, *, threshold: float = DEFAULT_THRESHOLD,
-                 multiple: float | None = DEFAULT_MULTIPLE, cache=None):
+                 multiple: float | None = DEFAULT_MULTIPLE, cache=None, anchored: bool = True):
         max_ngram_size = DEFAULT_MAX_MATCH if max_ngram_size is None else max_ngram_size
         if num_tokens < 1 or max_ngram_size < 1 or not 1 <= min_ngram_size <= max_ngram_size:
             raise ValueError(
@@ -63,6 +66,7 @@ class PromptLookupDrafter:
         self.threshold = threshold
         self.multiple = multiple
         self.cache = cache
+        self.anchored = anchored
 
     def start(self, ctx: DecodeContext, state: DecodeState) -> None:
         """Index every row's prompt (left padding excluded) and take the cache's snapshot; copies from the cache stop
@@ -73,6 +77,7 @@ class PromptLookupDrafter:
         self._live = list(state.rows)
         self._added: set[int] = set()
         self._cache_view = self.cache.view() if self.cache is not None else None
+        self._anchors = CopyAnchors(B) if self.anchored else None
         self._ingest(state)
 
     def propose(self, state: DecodeState, k: int) -> Proposal:
@@ -85,7 +90,11 @@ class PromptLookupDrafter:
         """Each row's copy of up to min(k, num_tokens) tokens and its matched suffix's length (what `propose` offers)."""
         self._ingest(state)  # a no-op after `commit`; keeps the index right for callers that skip it
         rule = MatchRule(self.max_ngram_size, self.min_ngram_size, self.threshold, self.multiple)
-        return suffix_copies(*self._sources(state), rule, min(k, self.num_tokens))
+        own, sources = self._sources(state)
+        copies = suffix_copies(own, sources, rule, min(k, self.num_tokens))
+        if self._anchors is None:
+            return copies
+        return self._anchors.steer(own.view, own.slots, own.hi + 1, copies, min(k, self.num_tokens))[0]
 
     def commit(self, state: DecodeState, outcome: RoundOutcome) -> None:
         """Index the round's committed tokens; rows that finished go to the cache (prompt and own output)."""

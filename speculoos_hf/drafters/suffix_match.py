@@ -50,6 +50,7 @@ class Copies:
     counts: np.ndarray  # [B]
     confidence: np.ndarray  # [B, w] float32
     match: np.ndarray  # [B] matched suffix length (0: none)
+    origin: np.ndarray | None = None  # [B] column of the row's own context where its copy starts (-1: elsewhere)
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,8 @@ class Continuations:
     rank: np.ndarray  # [M]
     caps: np.ndarray  # [B]
     match: np.ndarray  # [B]
+    src: np.ndarray | None = None  # [M] the source each hit is in (0: the rows' own contexts)
+    col: np.ndarray | None = None  # [M] the column its suffix ends at
 
 
 def matched_continuations(own: Source, sources: list[Source], rule: MatchRule, max_tokens: int) -> Continuations:
@@ -88,14 +91,31 @@ def matched_continuations(own: Source, sources: list[Source], rule: MatchRule, m
         caps = np.where(length < rule.max_match, np.minimum(caps, capped), caps)
     caps = np.where(length > 0, caps, 0)
     cont, rank = _continuations(sources, hits, int(caps.max(initial=0)))
-    return Continuations(cont, hits.row, rank, caps, length)
+    return Continuations(cont, hits.row, rank, caps, length, hits.src, hits.col)
 
 
 def suffix_copies(own: Source, sources: list[Source], rule: MatchRule, max_tokens: int) -> Copies:
     """The copies for every row of `own` (the rows' own contexts; `sources` holds `own` and any cache)."""
-    c = matched_continuations(own, sources, rule, max_tokens)
-    tokens, counts, confidence = _follow(c.tokens, c.row, c.rank, c.caps, rule.threshold)
-    return Copies(tokens, counts, confidence, c.match)
+    return chain_copies(matched_continuations(own, sources, rule, max_tokens), rule.threshold)
+
+
+def chain_copies(c: Continuations, threshold: float) -> Copies:
+    """Each row's copy: the continuation of `c` that most occurrences follow, token by token (see `_follow`)."""
+    tokens, counts, confidence = _follow(c.tokens, c.row, c.rank, c.caps, threshold)
+    return Copies(tokens, counts, confidence, c.match, _origins(c, tokens, counts))
+
+
+def _origins(c: Continuations, tokens: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Per row, where in its own context the most recent occurrence that the whole copy follows continues (-1: no
+    copy, or only another source's occurrences follow it). [B]"""
+    B, W = len(counts), tokens.shape[1]
+    origin = np.full(B, -1, dtype=np.int64)
+    n = counts[c.row]  # [M]
+    agree = (c.tokens[:, :W] == tokens[c.row]) | (np.arange(W)[None, :] >= n[:, None])  # [M, W]
+    follows = np.flatnonzero(agree.all(axis=1) & (n > 0) & (c.src == 0))
+    order = follows[np.argsort(c.rank[follows], kind="stable")]  # the most recent last: it wins the assignment
+    origin[c.row[order]] = c.col[order] + 1
+    return origin
 
 
 def acceptance_estimate(copies: Copies) -> np.ndarray:
