@@ -12,7 +12,8 @@ from speculoos_hf import SuffixCache
 from speculoos_hf.bench.lookup_replay import replay_lookup
 from speculoos_hf.drafters.prompt_lookup import PromptLookupDrafter
 
-SETTINGS = [(0.3, 2.0), (0.1, 4.0), (0.1, 8.0), (0.1, 16.0), (0.1, None)]
+SETTINGS = [(0.3, 2.0, True), (0.1, 4.0, True), (0.1, 8.0, True), (0.1, 16.0, True), (0.1, None, True),
+            (0.1, 8.0, False)]  # (threshold, multiple, anchored: copy_anchor.py)
 
 
 def pooled(replays, field="new_tokens"):
@@ -21,15 +22,15 @@ def pooled(replays, field="new_tokens"):
 
 def main(path: str) -> None:
     answers = json.loads(Path(path).read_text())["answers"]
-    print("threshold multiple | edits tok/pass | copied/round | later requests tok/pass (through the cache)")
-    for threshold, multiple in SETTINGS:
+    print("threshold multiple anchored | edits tok/pass | copied/round | later requests tok/pass (through the cache)")
+    for threshold, multiple, anchored in SETTINGS:
         caches, edits, later = {}, [], []
         for a in answers:
             cache = caches.setdefault(a["group"], SuffixCache()) if a["group"] else None
-            drafter = PromptLookupDrafter(32, threshold=threshold, multiple=multiple, cache=cache)
+            drafter = PromptLookupDrafter(32, threshold=threshold, multiple=multiple, cache=cache, anchored=anchored)
             replay = replay_lookup(a["prompt"], a["output"], drafter)
             (edits if a["cls"] == "edit" else later if a["cls"] == "repeat later" else []).append(replay)
-        print(f"{threshold:9} {str(multiple):8} | {pooled(edits):14.2f} | {pooled(edits, 'copied'):12.1f} | "
+        print(f"{threshold:9} {str(multiple):8} {str(anchored):8} | {pooled(edits):14.2f} | {pooled(edits, 'copied'):12.1f} | "
               f"{pooled(later):.2f}")
     first_token_by_match(answers)
 
@@ -39,7 +40,7 @@ def first_token_by_match(answers) -> None:
     caches, rounds = {}, []
     for a in answers:
         cache = caches.setdefault(a["group"], SuffixCache()) if a["group"] else None
-        drafter = PromptLookupDrafter(32, threshold=0.0, multiple=None, cache=cache)
+        drafter = PromptLookupDrafter(32, threshold=0.0, multiple=None, cache=cache, anchored=False)
         rounds += [r for r in replay_lookup(a["prompt"], a["output"], drafter).rounds if r.copied]
     for lo, hi in [(1, 1), (2, 2), (3, 3), (4, 5), (6, 64)]:
         inside = [r for r in rounds if lo <= r.match <= hi]
