@@ -3,8 +3,9 @@
 A call that starts from priors spends its first rounds finding out what the machine costs: a plain round to time
 the target alone, a short first drafting round, k climbing while acceptance settles. A later call on the same
 target and draft (a benchmark's repeats, a chat's turns, a dataset's prompts) starts from what the last one
-measured instead: its pass times, draft steps, acceptance by position (when the sampling settings are the same),
-the confidence and copy records, and how long a stretch without drafts lasts. Every figure goes on being updated as
+measured instead: its pass times, draft steps, acceptance by position and the draft's confidence record (when
+the sampling settings are the same), and how long a stretch without drafts lasts. Not how copies fared against the
+matcher's confidence: that depends on the prompt (a warm start from it lost 5-10% tokens per pass on edits). Every figure goes on being updated as
 the call runs, so a changed machine or prompt moves them within a few rounds.
 
 Keyed weakly on the target (entries die with it), then on the pacer's kind, the clock (the real one of a device, or
@@ -35,7 +36,6 @@ class Learnt:
     stretch: int  # plain rounds in a stretch without drafts (k_policy)
     setting: Any = None  # the sampling settings the acceptance was measured under
     confidences: Any = None  # draft_stop.ConfidenceRecord
-    copies: Any = None  # gain.CopyRecord
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ import torch
 from ..drafters.base import Drafter, Proposal, RoundOutcome
 from .draft_stop import ConfidenceRecord, DraftStop, draft_stop
 from .gain import CopyRecord, RoundCosts, best_copy
-from .lookahead import CostModelLookahead, On
+from .lookahead import CostModelLookahead, Measure, On
 from .memory import Learnt, Slot, slot_for
 from ..glue.options import SpeculativeOptions
 from ..glue.placement import input_device
@@ -243,16 +243,15 @@ class CopyPacer(CostModelPacer):
         self.copy_tokens = copy_tokens
         self.with_model = with_model
         self._model_k = 0  # the model's drafts this round (0: not offered)
-        carried = self.learnt.copies if self.learnt is not None else None
-        self.copies = carried or CopyRecord()  # how verified copies fared against their confidences
+        self.copies = CopyRecord()  # how this call's verified copies fared against their confidences (per prompt)
 
     def choose_k(self, rows: list[int], remaining: int) -> tuple[int, list[int] | None]:
         """Room for the copy or the model's k, whichever is longer; per row, the copy's cap and the hybrid's choice
         decide (no limits here)."""
         k_model, _ = super().choose_k(rows, remaining)
         self._model_k = k_model if self.with_model else 0
-        if self.model.target_time(len(rows), len(rows)) is None:
-            return 0, None  # nothing timed yet: a plain round times the target alone
+        if isinstance(self.model.phase, Measure) or self.model.target_time(len(rows), len(rows)) is None:
+            return 0, None  # the call's first round (the answer's first token), or nothing timed yet: plain
         return max(0, min(max(k_model, self.copy_tokens), remaining - 1)), None
 
     def propose(self, drafter: Drafter, state: DecodeState, k: int) -> Proposal:
@@ -296,9 +295,6 @@ class CopyPacer(CostModelPacer):
 
     def summary(self) -> dict | None:
         return {**(super().summary() or {}), "copy_acceptance_over_confidence": round(self.copies.ratio(), 4)}
-
-    def hand_on(self) -> Learnt:
-        return replace(super().hand_on(), copies=self.copies)
 
 
 def make_pacer(options: SpeculativeOptions, target, draft, setting=None) -> FixedPacer | CostModelPacer | CopyPacer:
