@@ -22,6 +22,7 @@ FLAG = re.compile(r"(?<![\w-])--[a-zA-Z][\w-]*")
 PROGRAMS = {"speculoos_hf.bench.arch_sweep": "arch_sweep", "speculoos-bench": "bench", "speculoos_hf.bench": "bench",
             "speculoos-generate": "generate", "speculoos_hf.cli_generate": "generate", "examples/demo.py": "demo", "accelerate": "accelerate",
             "pytest": "pytest", "pip": "pip"}
+PROGRAMS.update({f"benchmarks/{path.name}": "scripts" for path in (ROOT / "benchmarks").glob("*.py")})
 PAGE_PROGRAM = {"bench.md": "bench", "dataset.md": "generate"}  # a bare `--flag` on these pages is that command's
 
 
@@ -32,7 +33,9 @@ def _options(parser) -> set[str]:
 def known_flags() -> dict[str, set[str]]:
     """Every flag each documented program takes, read from its own parser."""
     demo = set(re.findall(r'"(--[\w-]+)"', (ROOT / "examples" / "demo.py").read_text()))
+    scripts = {f for path in (ROOT / "benchmarks").glob("*.py") for f in re.findall(r'"(--[\w-]+)"', path.read_text())}
     flags = {"bench": _options(bench_cli.parser()), "generate": _options(cli_generate.parser()), "demo": demo,
+             "scripts": scripts,
              "arch_sweep": _options(arch_sweep.parser()),
              "pytest": {"--run-slow"}, "pip": None}  # None: not ours, not checked
     try:
