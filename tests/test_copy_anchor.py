@@ -83,3 +83,20 @@ def _count_anchored(monkeypatch) -> list[int]:
 
     monkeypatch.setattr(copy_anchor.CopyAnchors, "_resumed", resumed)
     return used
+
+
+def test_an_anchor_points_into_the_cache_too():
+    """A second request whose answer is the first one's with a rename: its copies come from the SuffixCache, and
+    so do its anchors (the rename breaks copies from the cache as it does copies from the prompt)."""
+    from speculoos_hf import SuffixCache
+
+    prompt, first = _renamed(seed=2, old=7, new=8)
+    second = [9 if t == 8 else t for t in first]  # the first answer again, renamed once more
+    request = [1, 2, 4, 5]  # no code in the second prompt: only the cache holds it
+    tokens_per_pass = {}
+    for anchored in (False, True):
+        cache = SuffixCache()
+        replay_lookup(prompt, first, PromptLookupDrafter(16, cache=cache, anchored=anchored))
+        again = replay_lookup(request, second, PromptLookupDrafter(16, cache=cache, anchored=anchored))
+        tokens_per_pass[anchored] = again.tokens_per_pass
+    assert tokens_per_pass[True] > 1.5 * tokens_per_pass[False], tokens_per_pass

@@ -137,7 +137,7 @@ def with_first_branch(c: Continuations, rows: np.ndarray, copies: Copies) -> Con
     return Continuations(np.concatenate([old, padded[row]]), np.concatenate([c.row, row]),
                          np.concatenate([c.rank, np.full(len(row), top)]), np.maximum(c.caps, copies.counts),
                          np.where(rows, np.maximum(c.match, copies.match), c.match),
-                         None if c.src is None else np.concatenate([c.src, np.zeros(len(row), dtype=np.int64)]),
+                         None if c.src is None else np.concatenate([c.src, copies.origin_src[row]]),
                          None if c.col is None else np.concatenate([c.col, copies.origin[row] - 1]))
 
 
@@ -157,7 +157,8 @@ class TreeLookupDrafter(PromptLookupDrafter):
         found = matched_continuations(own, sources, rule, depth)
         if self._anchors is not None:
             chain = chain_copies(found, rule.threshold)
-            steered, used = self._anchors.steer(own.view, own.slots, own.hi + 1, chain, depth)
+            steered, used = self._anchors.steer(own.view, own.slots, own.hi + 1, chain, depth, self._cache_view,
+                                                self._vocab_size)
             found = with_first_branch(found, used, steered)
         trees = continuation_trees(found, state.batch_size, self.threshold, plan.copy_nodes, plan.branches)
         return TokenTree(torch.from_numpy(trees.tokens).to(state.seq.device), torch.from_numpy(trees.parents),

@@ -94,7 +94,8 @@ class PromptLookupDrafter:
         copies = suffix_copies(own, sources, rule, min(k, self.num_tokens))
         if self._anchors is None:
             return copies
-        return self._anchors.steer(own.view, own.slots, own.hi + 1, copies, min(k, self.num_tokens))[0]
+        return self._anchors.steer(own.view, own.slots, own.hi + 1, copies, min(k, self.num_tokens),
+                                   self._cache_view, self._vocab_size)[0]
 
     def commit(self, state: DecodeState, outcome: RoundOutcome) -> None:
         """Index the round's committed tokens; rows that finished go to the cache (prompt and own output)."""

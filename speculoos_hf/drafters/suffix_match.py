@@ -50,7 +50,8 @@ class Copies:
     counts: np.ndarray  # [B]
     confidence: np.ndarray  # [B, w] float32
     match: np.ndarray  # [B] matched suffix length (0: none)
-    origin: np.ndarray | None = None  # [B] column of the row's own context where its copy starts (-1: elsewhere)
+    origin: np.ndarray | None = None  # [B] column where the row's copy starts in its source (-1: no copy)
+    origin_src: np.ndarray | None = None  # [B] that source: 0 the row's own context, 1 the cache (-1: no copy)
 
 
 @dataclass(frozen=True)
@@ -102,20 +103,20 @@ def suffix_copies(own: Source, sources: list[Source], rule: MatchRule, max_token
 def chain_copies(c: Continuations, threshold: float) -> Copies:
     """Each row's copy: the continuation of `c` that most occurrences follow, token by token (see `_follow`)."""
     tokens, counts, confidence = _follow(c.tokens, c.row, c.rank, c.caps, threshold)
-    return Copies(tokens, counts, confidence, c.match, _origins(c, tokens, counts))
+    return Copies(tokens, counts, confidence, c.match, *_origins(c, tokens, counts))
 
 
-def _origins(c: Continuations, tokens: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """Per row, where in its own context the most recent occurrence that the whole copy follows continues (-1: no
-    copy, or only another source's occurrences follow it). [B]"""
+def _origins(c: Continuations, tokens: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, where the most recent occurrence that the whole copy follows continues: (column, source) [B] each
+    (-1: no copy)."""
     B, W = len(counts), tokens.shape[1]
-    origin = np.full(B, -1, dtype=np.int64)
+    origin, src = np.full(B, -1, dtype=np.int64), np.full(B, -1, dtype=np.int64)
     n = counts[c.row]  # [M]
     agree = (c.tokens[:, :W] == tokens[c.row]) | (np.arange(W)[None, :] >= n[:, None])  # [M, W]
-    follows = np.flatnonzero(agree.all(axis=1) & (n > 0) & (c.src == 0))
+    follows = np.flatnonzero(agree.all(axis=1) & (n > 0))
     order = follows[np.argsort(c.rank[follows], kind="stable")]  # the most recent last: it wins the assignment
-    origin[c.row[order]] = c.col[order] + 1
-    return origin
+    origin[c.row[order]], src[c.row[order]] = c.col[order] + 1, c.src[order]
+    return origin, src
 
 
 def acceptance_estimate(copies: Copies) -> np.ndarray:
