@@ -10,9 +10,7 @@ are real (the pair in float32 on this CPU, the draft as the plain call prepares 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import subprocess
 import sys
 import time
 
@@ -22,6 +20,7 @@ from speculoos_hf import enable_speculative
 from speculoos_hf.bench.clock import SimulatedClock
 from speculoos_hf.bench.machine import machine_info
 from speculoos_hf.bench.prompts import encode_text, select_prompts
+from speculoos_hf.bench.report import run_record
 from speculoos_hf.glue.models import load_pair
 from speculoos_hf.pacing.simulated_machine import MachineProfile
 
@@ -43,11 +42,8 @@ def run(profile_path: str, tokens: int, batch: int, out: str, repeat: int = 1) -
     stock = profile.target_pass(B, P) + (tokens - 1) * profile.target_pass(B, 1)
     rows = [{"method": "target alone (batched generate(), priced: prefill + one-token passes)",
              "tok_s": B * tokens / stock, "ratio": 1.0, "tokens": B * tokens, "passes": B * tokens}]
-    result = {"command": "python " + " ".join(sys.argv),
-              "commit": subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True).strip(),
-              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "recorded": "at run time", "clock": clock.name, "profile": profile_path, "batch_size": B,
-              "new_tokens_per_row": tokens, "machine": machine_info(None, "float32"), "results": rows}
+    result = {**run_record("python " + " ".join(sys.argv)), "clock": clock.name, "profile": profile_path,
+              "batch_size": B, "new_tokens_per_row": tokens, "machine": machine_info(None, "float32"), "results": rows}
     for call, (name, kwargs) in ((c, m) for c in range(repeat) for m in METHODS.items()):
         started = time.time()
         with torch.inference_mode(), clock.timing(target, draft) as span:

@@ -12,9 +12,7 @@ writes them all, with the command, commit, date and machine, to OUT.json.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import subprocess
 import sys
 import time
 
@@ -24,6 +22,7 @@ from speculoos_hf import enable_speculative
 from speculoos_hf.bench.clock import SimulatedClock
 from speculoos_hf.bench.machine import machine_info
 from speculoos_hf.bench.prompts import encode_text, select_prompts
+from speculoos_hf.bench.report import run_record
 from speculoos_hf.glue.models import load_pair
 from speculoos_hf.pacing.memory import forget_pacing
 from speculoos_hf.pacing.simulated_machine import MachineProfile
@@ -52,10 +51,8 @@ def run(profile_path: str, tokens: int, out: str, methods: dict, modes: list[str
     profile = MachineProfile.load(profile_path)
     clock = SimulatedClock(profile)
     rows = []
-    result = {"command": "python " + " ".join(sys.argv),
-              "commit": subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True).strip(),
-              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "recorded": "at run time", "clock": clock.name, "profile": profile_path, "new_tokens": tokens,
+    result = {**run_record("python " + " ".join(sys.argv)), "clock": clock.name, "profile": profile_path,
+              "new_tokens": tokens,
               "machine": machine_info(None, "float32"), "results": rows}
     for i, prompt in enumerate(select_prompts(None, "code", prompts)[:prompts]):
         enc = tok([encode_text(tok, prompt.text, True)], return_tensors="pt")
