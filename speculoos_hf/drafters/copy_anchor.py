@@ -30,7 +30,8 @@ ANCHOR_MATCH = 4  # an anchored copy is priced as a copy after a match this long
 
 
 class CopyAnchors:
-    """Per row slot: the anchor (a column of the row's own context, -1: none) and the last round's copy."""
+    """Per row slot: the anchor (a column of the row's own context or of a cache, -1: none) and the last round's
+    copy."""
 
     def __init__(self, slots: int):
         self.anchor = np.full(slots, -1, dtype=np.int64)
@@ -148,4 +149,5 @@ def _replaced(copies: Copies, use: np.ndarray, taken: np.ndarray, start: np.ndar
     grown[use], conf[use] = own[use], (j < n[:, None])[use].astype(np.float32)
     counts = np.where(use, n, copies.counts)
     match = np.where(use, ANCHOR_MATCH, copies.match)
-    return Copies(grown, counts, conf, match, np.where(use, start, copies.origin), np.where(use, src, copies.origin_src))
+    origin, origin_src = np.where(use, start, copies.origin), np.where(use, src, copies.origin_src)
+    return Copies(grown, counts, conf, match, origin, origin_src)

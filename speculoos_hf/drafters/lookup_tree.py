@@ -155,10 +155,8 @@ class TreeLookupDrafter(PromptLookupDrafter):
         own, sources = self._sources(state)
         depth = min(plan.copy_depth, self.num_tokens)
         found = matched_continuations(own, sources, rule, depth)
-        if self._anchors is not None:
-            chain = chain_copies(found, rule.threshold)
-            steered, used = self._anchors.steer(own.view, own.slots, own.hi + 1, chain, depth, self._cache_view,
-                                                self._vocab_size)
+        if self.anchored:  # the chain's copy tells where it comes from: the anchors' books need it
+            steered, used = self._steered(own, chain_copies(found, rule.threshold), depth)
             found = with_first_branch(found, used, steered)
         trees = continuation_trees(found, state.batch_size, self.threshold, plan.copy_nodes, plan.branches)
         return TokenTree(torch.from_numpy(trees.tokens).to(state.seq.device), torch.from_numpy(trees.parents),

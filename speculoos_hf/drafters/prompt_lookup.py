@@ -90,12 +90,14 @@ class PromptLookupDrafter:
         """Each row's copy of up to min(k, num_tokens) tokens and its matched suffix's length (what `propose` offers)."""
         self._ingest(state)  # a no-op after `commit`; keeps the index right for callers that skip it
         rule = MatchRule(self.max_ngram_size, self.min_ngram_size, self.threshold, self.multiple)
-        own, sources = self._sources(state)
-        copies = suffix_copies(own, sources, rule, min(k, self.num_tokens))
+        own, sources, width = *self._sources(state), min(k, self.num_tokens)
+        return self._steered(own, suffix_copies(own, sources, rule, width), width)[0]
+
+    def _steered(self, own: Source, copies: Copies, width: int) -> tuple[Copies, np.ndarray]:
+        """`copies` with each row whose copy resumes from its anchor replaced (copy_anchor.py), and which rows [B]."""
         if self._anchors is None:
-            return copies
-        return self._anchors.steer(own.view, own.slots, own.hi + 1, copies, min(k, self.num_tokens),
-                                   self._cache_view, self._vocab_size)[0]
+            return copies, np.zeros(len(own.slots), dtype=bool)
+        return self._anchors.steer(own.view, own.slots, own.hi + 1, copies, width, self._cache_view, self._vocab_size)
 
     def commit(self, state: DecodeState, outcome: RoundOutcome) -> None:
         """Index the round's committed tokens; rows that finished go to the cache (prompt and own output)."""
