@@ -4,7 +4,8 @@ The tokens are real (the pair in float32 on this CPU); the seconds are the profi
 (ratio: the target alone's simulated time over the method's; tokens_per_pass: new tokens per target pass) and
 writes them all, with the command, commit, date and machine, to OUT.json.
 
-    python benchmarks/stop_rule_simulated.py PROFILE.json NEW_TOKENS OUT.json METHODS_JSON [MODES] [PROMPTS] [--cold], e.g.
+    python benchmarks/stop_rule_simulated.py PROFILE.json NEW_TOKENS OUT.json METHODS_JSON [MODES] [PROMPTS] [--cold]
+    e.g.
     python benchmarks/stop_rule_simulated.py benchmarks/xeon-amx-bf16/xeon_amx_bf16_int8_draft.json 128 out.json \\
         '{"plain": {}, "plain, no stop rule": {"draft_confidence_threshold": 0.0}}' greedy,sample 2
 """

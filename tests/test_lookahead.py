@@ -192,8 +192,8 @@ def test_a_refused_start_is_reconsidered_after_the_stretch():
 
 
 def test_decision_states_plain_step_on_off_probe_and_a_doubled_stretch():
-    """The decisions' states, step by step: plain first steps until the target is timed, speculation on, a stretch off when the draft stops
-    paying, a probe at its end, and a doubled stretch when the probe changes nothing."""
+    """The decisions' states, step by step: plain first steps until the target is timed, speculation on, a stretch
+    off when the draft stops paying, a probe at its end, and a doubled stretch when the probe changes nothing."""
     p = CostModelLookahead(max_k=4, off_rounds=3, probe_k=1, probe_budget=1.0)
     assert p.phase == Measure() and p.choose_k(limit=4) == 0 and p.phase == Measure()  # the call's first round
     assert p.choose_k(limit=4) == 0 and p.phase == Measure()  # plain until a pass is timed

@@ -32,8 +32,9 @@ class RowStats:
 @dataclass
 class SpeculativeStats:
     """Totals over the batch, plus `per_row`. Target passes count verification forwards (the first one reads the
-    prompt too, unless `prefill_passes` says a forward of its own read it, as for recurrent targets); draft passes count every draft forward (a model draft reads the prompt
-    with its first proposal); `accepted_at_position[j]` counts rows that accepted draft j."""
+    prompt too, unless `prefill_passes` says a forward of its own read it, as for recurrent targets); draft passes
+    count every draft forward (a model draft reads the prompt with its first proposal); `accepted_at_position[j]`
+    counts rows that accepted draft j."""
 
     num_draft_tokens: int
     draft_tokens_proposed: int = 0

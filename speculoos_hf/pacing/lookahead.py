@@ -100,7 +100,7 @@ class CostModelLookahead:
         self.policy.carry_stretch(learnt.stretch)
 
     def hand_on(self, setting=None) -> Learnt:
-        """What the next call may start from (copied when kept, see memory.Slot.keep)."""
+        """What the next call may start from (memory.Slot.keep; a later call recalls a copy)."""
         return Learnt(self.passes, self.drafts, self.accept.by_position_only(), self.policy.stretch, setting)
 
     # ------------------------------------------------------------------ observations

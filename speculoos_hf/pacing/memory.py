@@ -5,13 +5,13 @@ the target alone, a short first drafting round, k climbing while acceptance sett
 target and draft (a benchmark's repeats, a chat's turns, a dataset's prompts) starts from what the last one
 measured instead: its pass times, draft steps, acceptance by position and the draft's confidence record (when
 the sampling settings are the same), and how long a stretch without drafts lasts. Not how copies fared against the
-matcher's confidence: that depends on the prompt (a warm start from it lost 5-10% tokens per pass on edits). Every figure goes on being updated as
-the call runs, so a changed machine or prompt moves them within a few rounds.
+matcher's confidence: that depends on the prompt (a warm start from it lost 5-10% tokens per pass on edits). Every
+figure goes on being updated as the call runs, so a changed machine or prompt moves them within a few rounds.
 
 Keyed weakly on the target (entries die with it), then on the pacer's kind, the clock (the real one of a device, or
 a simulated machine's profile), the draft object and the models' dtypes and devices; an entry whose draft object is
-gone (its id reused by another) is skipped. The output never depends on any of it: only how many tokens each round drafts.
-`forget_pacing()` drops everything learnt (tests start from priors).
+gone (its id reused by another) is skipped. The output never depends on any of it: only how many tokens each round
+drafts. `forget_pacing()` drops everything learnt (tests start from priors).
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ _LEARNT: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDic
 
 @dataclass
 class Learnt:
-    """One call's books as the next call starts from them (kept and recalled as copies: calls share no object)."""
+    """One call's books as the next call starts from them (handed over when the call ends; each later call recalls
+    a copy, so calls share no object)."""
 
     passes: Any  # pass_times.TargetPassTimes
     drafts: Any  # pass_times.DraftTimes
@@ -65,10 +66,10 @@ class Slot:
         return learnt
 
     def keep(self, learnt: Learnt) -> None:
-        """Leave `learnt` (a copy is taken) for the next call with this key."""
+        """Leave `learnt` for the next call with this key (its call is over: nothing updates it any more)."""
         try:
             draft_ref = weakref.ref(self.draft) if self.draft is not None else None
-            _LEARNT.setdefault(self.target, {})[self.key] = (draft_ref, copy.deepcopy(learnt))
+            _LEARNT.setdefault(self.target, {})[self.key] = (draft_ref, learnt)
         except TypeError:  # the target or the draft cannot be weakly referenced: nothing is kept
             return
 

@@ -111,10 +111,10 @@ class CostModelPacer:
         self.confidence_stop = confidence_stop  # a model drafter's rounds go on while one more draft pays
         self.confidences = ConfidenceRecord()
         self.slot = slot  # where earlier calls on the same models left their books, and this one leaves its own
-        self.learnt = slot.recall() if slot is not None else None
-        if self.learnt is not None:
-            model.start_from(self.learnt)
-            self.confidences = self.learnt.confidences or self.confidences
+        learnt = slot.recall() if slot is not None else None
+        if learnt is not None:
+            model.start_from(learnt)
+            self.confidences = learnt.confidences or self.confidences
         self._prefill = None  # (span, tokens, unfed) until the first round reports it
         self._draft_span = self._target_span = None
         self._merged = 0  # prompt tokens per row the round's pass read first (its prefill)
