@@ -1,7 +1,9 @@
 """Tokens per target pass with token trees against the chain at the same number of draft forwards per round.
 
-Methods: "chain" (K drafts), "tree" (SHAPES[K], branching per depth), "likeliest" (the planner's tree with as many
-nodes, `tree_planner.best_tree` at acceptance 0.9 and runner-up acceptance 0.4; its shape as [parents, ranks]).
+Methods: "chain" (K drafts); "tree" (SHAPES[K] as `draft_tree=`: its budget per depth, each row's likeliest nodes,
+trees/likeliest_fill.py); "fixed" (the same branching as a fixed topology, a `TreeShape`); "likeliest" (the
+planner's fixed tree with as many nodes, `tree_planner.best_tree` at acceptance 0.9 and runner-up acceptance 0.4; its
+shape as [parents, ranks]).
 A chain of K drafts takes K draft forwards per round (the pending tokens' read, then K - 1 steps); a tree of depth
 K takes K too (the read, then one forward per depth over that depth's nodes), so the two spend the same draft
 forwards and differ in what one target pass scores. Tokens per target pass are machine-independent (the same
@@ -18,13 +20,15 @@ import argparse
 import copy
 import json
 import platform
-import subprocess
+import sys
 import time
 from pathlib import Path
 
 import torch
 
 from speculoos_hf import enable_speculative
+from speculoos_hf.bench.report import run_record
+from speculoos_hf.trees.tree import TreeShape
 
 SHAPES = {  # depth K: the tree's branching per depth (runner-ups at the shallow depths)
     4: (3, 2, 1, 1),
@@ -155,6 +159,8 @@ def main() -> None:
     parser.add_argument("--lookup", action="store_true", help="prompt lookup alone on the edit prompts")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--modes", nargs="+", choices=("greedy", "sampling"), default=["greedy", "sampling"])
+    parser.add_argument("--methods", nargs="+", choices=("chain", "tree", "fixed", "likeliest"),
+                        default=["chain", "tree", "fixed", "likeliest"])
     parser.add_argument("--out", type=Path, help="JSON written after every configuration (and resumed from)")
     parser.add_argument("--simulate", type=Path, help="a machine profile: the plain call with and without trees "
                         "against the target alone, in simulated tok/s (instead of the chain/tree comparison)")
@@ -163,11 +169,10 @@ def main() -> None:
     dtype = getattr(torch, args.dtype)
     target, draft, tokenizer = tiny_pair() if args.pair == "tiny" else reference_pair(dtype)
     batch = prompts("edit" if args.lookup else "code", args.prompts, tokenizer)
-    report = {"pair": args.pair, "lookup": args.lookup, "dtype": args.dtype, "tokens": args.tokens,
-              "prompts": args.prompts, "seeds": args.seeds, "machine": f"{platform.processor() or platform.machine()}"
-              f", {torch.get_num_threads()} threads, torch {torch.__version__}",
-              "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                       text=True).stdout.strip(), "results": []}
+    report = {**run_record("python " + " ".join(sys.argv)), "pair": args.pair, "lookup": args.lookup,
+              "dtype": args.dtype, "tokens": args.tokens, "prompts": args.prompts, "seeds": args.seeds,
+              "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch "
+                         f"{torch.__version__}", "results": []}
     if args.out and args.out.exists():  # resume: keep what an earlier run of the same settings measured
         report["results"] = json.loads(args.out.read_text())["results"]
     if args.simulate:
@@ -177,16 +182,17 @@ def main() -> None:
     for depth in args.depths:
         shape = SHAPES[depth]
         for sampling in [m == "sampling" for m in args.modes]:
-            for name, tree in (("chain", False), ("tree", shape), ("likeliest", likeliest(depth))):
+            for name, tree in (("chain", False), ("tree", shape), ("fixed", TreeShape.from_branching(shape)),
+                               ("likeliest", likeliest(depth))):
                 mode = "T=0.7" if sampling else "greedy"
-                if (depth, name, mode) in done:
+                if (depth, name, mode) in done or name not in args.methods:
                     continue
                 kw = dict(num_draft_tokens=depth, draft_tree=tree)
                 kw.update(prompt_lookup_num_tokens=depth) if args.lookup else kw.update(draft=draft)
                 seeds = range(args.seeds) if sampling else range(1)
                 rows = [run(target, ids, args.tokens, sampling, seed, **kw) for ids in batch for seed in seeds]
                 described = None if tree is False else list(tree) if isinstance(tree, tuple) else [
-                    list(tree.parents), list(tree.ranks)]
+                    list(tree.parents), list(tree.ranks)] if name == "likeliest" else list(shape)
                 report["results"].append({"depth": depth, "shape": described, "method": name,
                                           "mode": mode, **summed(rows)})
                 print(json.dumps(report["results"][-1]), flush=True)

@@ -13,6 +13,7 @@ from transformers import LogitsProcessor, LogitsProcessorList
 
 import speculoos_hf.trees.tree_round as tree_round
 from gtest import ALPHA, PROMPT, T, _generate, _processors, exact_distribution, g_test
+from speculoos_hf.trees.tree import TreeShape
 from speculoos_hf.trees.tree_verify import _verdict
 from speculoos_hf.loop.verify import sample_from_weights
 
@@ -36,13 +37,15 @@ def _first_path(tree, p, u, e):
 
 
 N = 4_000  # samples per test (a third of gtest.N: the broken rule's p stays below 1e-40)
-MODEL = dict(num_draft_tokens=3, draft_tree=(3, 2, 1))
+MODEL = dict(num_draft_tokens=3, draft_tree=(3, 2, 1))  # a budget per depth: each row's likeliest nodes fill it
+FIXED = dict(num_draft_tokens=3, draft_tree=TreeShape.from_branching((3, 2, 1)))  # a topology: drafted as given
 LOOKUP = dict(prompt_lookup_num_tokens=4, draft_tree=(2, 2, 1, 1))
 HYBRID = dict(num_draft_tokens=3, prompt_lookup_num_tokens=4, draft_tree=(2, 1, 1))
 CASES = {  # (drafter options, sampling settings, eos, user processor)
     "model_top_k_temperature": (MODEL, dict(top_k=2, temperature=0.8), None, False),
     "model_top_p_repetition": (MODEL, dict(top_p=0.8, repetition_penalty=1.5), None, False),
     "model_eos_user_processor": (MODEL, dict(temperature=1.2), 2, True),
+    "fixed_topology_top_p": (FIXED, dict(top_p=0.9), None, False),
     "lookup": (LOOKUP, dict(temperature=0.7), None, False),
     "hybrid_eos": (HYBRID, dict(top_k=3), 1, False),
 }

@@ -41,7 +41,7 @@ class TreeHybridDrafter(HybridDrafter):
         if copies is not None and copies.size:
             at_root = (copies.parents == -1) & copies.valid  # [B, N1] host
             exclude = torch.where(at_root.to(copies.tokens.device), copies.tokens, -1)  # [B, N1]
-        drafted = self.model.draft_tree(state, plan.shape, exclude)
+        drafted = self.model.draft_tree(state, plan.shape, exclude, likeliest=plan.likeliest)
         self._copied_nodes = 0 if copies is None else copies.size
         return drafted if copies is None else join_trees(copies, drafted, self.ctx.vocab_size)
 

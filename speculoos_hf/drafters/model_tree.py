@@ -14,6 +14,7 @@ import torch
 
 from ..glue.processors import apply_processors
 from ..loop.state import DecodeContext, DecodeState
+from ..trees.likeliest_fill import Growth, Levels
 from ..trees.tree import TokenTree, TreePlan, TreeShape, node_prefixes
 from ..trees.tree_models import tree_reason
 from .base import RoundOutcome
@@ -23,20 +24,20 @@ from .model import ModelDrafter
 @dataclass(frozen=True)
 class _FedTree:
     """The tree nodes a proposal fed to the draft cache after its pending chunk, in feeding order from `first_slot`:
-    `slots[n]` is node n's slot after `first_slot` (-1: not fed; the last entry, -1, stands for "no node")."""
+    `slots[b, n]` is row b's node n's slot after `first_slot` (-1: not fed; the last column, -1, stands for "no
+    node"); every row fed `count` nodes."""
 
     first_slot: int
-    slots: torch.Tensor  # [N + 1] host long
+    slots: torch.Tensor  # [B, N + 1] host long
+    count: int
 
     @classmethod
-    def of(cls, first_slot: int, nodes: list[int], size: int) -> "_FedTree":
-        slots = torch.full((size + 1,), -1, dtype=torch.long)
-        slots[nodes] = torch.arange(len(nodes))
-        return cls(first_slot, slots)
-
-    @property
-    def count(self) -> int:
-        return int((self.slots >= 0).sum())
+    def of(cls, first_slot: int, nodes: torch.Tensor, size: int) -> "_FedTree":
+        """`nodes` [B, F] host: each row's fed nodes in feeding order."""
+        B, F = nodes.shape
+        slots = torch.full((B, size + 1), -1, dtype=torch.long)
+        slots.scatter_(1, nodes, torch.arange(F).expand(B, F).contiguous())
+        return cls(first_slot, slots, F)
 
 
 class TreeModelDrafter(ModelDrafter):
@@ -51,12 +52,16 @@ class TreeModelDrafter(ModelDrafter):
         return tree_reason(self.model, self.runner.kv)
 
     def propose_tree(self, state: DecodeState, plan: TreePlan) -> TokenTree:
-        """A tree of `plan.shape` in every row below its last committed token."""
-        return self.draft_tree(state, plan.shape)
+        """A tree of `plan.shape` (or of its budget, filled with the likeliest paths) below each row's last token."""
+        return self.draft_tree(state, plan.shape, likeliest=plan.likeliest)
 
-    def draft_tree(self, state: DecodeState, shape: TreeShape, exclude: torch.Tensor | None = None) -> TokenTree:
-        """A tree of `shape` in every row below its last committed token. `exclude` [B, E] (device, -1: none):
-        tokens the root's children never take (a hybrid offers them as copies beside them)."""
+    def draft_tree(self, state: DecodeState, shape: TreeShape, exclude: torch.Tensor | None = None,
+                   likeliest: bool = False) -> TokenTree:
+        """A tree of `shape` in every row below its last committed token; `likeliest`: each row's tree of the
+        shape's budget filled with the draft's likeliest paths (likeliest_fill.py). `exclude` [B, E] (device, -1:
+        none): tokens the root's children never take (a hybrid offers them as copies beside them)."""
+        if likeliest:
+            return self._likeliest_tree(state, Levels.of(shape), exclude)
         logits = self.runner.feed(*self._pending(state))  # [B, V_draft] after the last committed token
         first = self.runner.take_fed().first_slot
         B, N = state.batch_size, shape.size
@@ -81,7 +86,7 @@ class TreeModelDrafter(ModelDrafter):
             if expanding:
                 logits = self._feed_nodes(shape, tokens, expanding, fed, first)  # [B, m, V_draft]
                 fed += expanding
-        self._fed_tree = _FedTree.of(first, fed, N)
+        self._fed_tree = _FedTree.of(first, torch.tensor(fed, dtype=torch.long).expand(B, len(fed)), N)
         return TokenTree.from_shape(shape, tokens, torch.ones(B, N, dtype=torch.bool), probs)
 
     def commit_tree(self, state: DecodeState, outcome: RoundOutcome, path: torch.Tensor) -> None:
@@ -91,13 +96,38 @@ class TreeModelDrafter(ModelDrafter):
         if fed is None:
             return
         cached = torch.tensor([outcome.cached_drafts(i) for i in range(state.batch_size)])  # [B]
-        slot = fed.slots[path.clamp(min=-1)]  # [B, D] each path node's fed slot, -1: not fed (or no node)
+        N = fed.slots.shape[1] - 1
+        slot = fed.slots.gather(1, torch.where(path >= 0, path, N))  # [B, D] each path node's fed slot, -1: none
         keep = ((slot >= 0) & (torch.arange(path.shape[1])[None, :] < cached[:, None])).long().cumprod(1).bool()
         kept = torch.zeros(state.batch_size, fed.count + 1, dtype=torch.bool)  # a spare column takes the rest
         kept.scatter_(1, torch.where(keep, slot, fed.count), True)
         self.runner.kv.keep_marked(fed.first_slot, kept[:, :-1])
         own = keep.sum(1).tolist()
         self.cached_len = [outcome.old_lengths[i] + own[i] for i in range(state.batch_size)]
+
+    def _likeliest_tree(self, state: DecodeState, levels: Levels, exclude: torch.Tensor | None) -> TokenTree:
+        """Each row's tree of `levels`' budget, depth by depth: the expanded nodes' candidates, the likeliest kept,
+        one draft forward over the next expanded nodes (likeliest_fill.py)."""
+        logits = self.runner.feed(*self._pending(state))  # [B, V_draft] after the last committed token
+        first = self.runner.take_fed().first_slot
+        B = state.batch_size
+        grow = Growth(B, levels, state.seq.device, self.ctx.vocab_size if self.ctx.do_sample else None)
+        front = torch.zeros(B, 1, dtype=torch.long, device=state.seq.device)  # [B, m] pass indices: the root
+        fed = front[:, :0]  # [B, F] pass indices fed so far
+        for depth in range(levels.depth):
+            scores = self._scores(state, logits, grow.paths_at(front), depth)  # [B, m, V]
+            kids, q = _children(self.ctx, scores, levels.branches, exclude if depth == 0 else None)
+            level = grow.add_level(front, kids, q, torch.log_softmax(scores.float(), dim=-1))  # [B, L]
+            if not levels.expanded[depth]:
+                break
+            front = grow.front(level)  # [B, E]
+            ids = self.vocab.draft_ids(grow.tokens.gather(1, front - 1).reshape(-1)).view(front.shape)
+            logits = self.runner.kv.forward_tree(ids, torch.ones(front.shape, dtype=torch.bool),
+                                                 torch.full(front.shape, depth), grow.sees(front, fed), since=first)
+            fed = torch.cat([fed, front], dim=1)
+        tree = grow.finish()  # the topology on the host: the sync
+        self._fed_tree = _FedTree.of(first, (fed - 1).cpu(), levels.size)
+        return tree
 
     # -- steps ------------------------------------------------------------------------------------------------------
 

@@ -226,7 +226,7 @@ class KVSlots:
                      since: int) -> torch.Tensor:
         """Feed `tokens` [B, n] arranged as trees and append their slots: token j of row i attends to the row's real
         slots before `since` and, of the slots from `since` on (those appended since, then these n), to the ones
-        `sees[i, j]` marks ([B, n, L - since + n] host bool); its position is the row's real tokens before `since`
+        `sees[i, j]` marks ([B, n, L - since + n] bool, host or device); its position is the row's real tokens before `since`
         plus `steps[i, j]` ([B, n] host). `valid` [B, n] host: padding is fed as holes. One forward with a 4D mask
         (see `tree_reason`). Returns logits [B, n, V] float32."""
         reason = self.tree_reason()
@@ -241,9 +241,11 @@ class KVSlots:
         before = self.layout.real[:, :since]  # [B, since] host
         positions = before.sum(1, keepdim=True) + steps.cpu() + self._offset[:, None] * valid.long()  # [B, n]
         self.layout.append(valid, None)
-        allowed = torch.cat([before[:, None, :].expand(B, n, since), sees.cpu().bool()], dim=2)  # [B, n, L+n]
+        sees = sees.bool()  # built where it lies: a device `sees` (a dynamic tree's) is not read on the host
+        allowed = torch.cat([before[:, None, :].expand(B, n, since).to(sees.device), sees], dim=2)  # [B, n, L+n]
         dtype = self.model.dtype
-        mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
+        mask = torch.zeros(allowed.shape, dtype=dtype, device=sees.device)
+        mask = mask.masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
         out = self.model(
             input_ids=tokens,
             attention_mask=mask.to(self.device),  # [B, 1, n, L+n] additive

@@ -92,13 +92,15 @@ class TreeShape:
 
 @dataclass(frozen=True)
 class TreePlan:
-    """What a tree round asks a drafter for: the draft model's tree `shape` (None: no model nodes) and up to
-    `copy_nodes` copied tokens per row (0: none), at most `copy_depth` deep and `branches` per node."""
+    """What a tree round asks a drafter for: the draft model's tree `shape` (None: no model nodes; `likeliest`: as
+    many nodes per depth as it has, each row's likeliest) and up to `copy_nodes` copied tokens per row (0: none), at
+    most `copy_depth` deep and `branches` per node."""
 
     shape: TreeShape | None = None
     copy_nodes: int = 0
     copy_depth: int = 0
     branches: int = 3
+    likeliest: bool = False  # the draft model fills `shape`'s budget with its likeliest paths (likeliest_fill.py)
 
 
 @dataclass

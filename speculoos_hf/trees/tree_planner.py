@@ -145,7 +145,9 @@ class TreePlanner:
         if self.fixed is not None:
             given = self.fixed if isinstance(self.fixed, TreeShape) else TreeShape.from_branching(self.fixed)
             shape = _cut(given, k)
-            return self._with_copies(shape if self.kind != "lookup" else None, k, shape.size, max(given.fan_out()))
+            likeliest = not isinstance(self.fixed, TreeShape)  # a branching is a budget; a TreeShape, a topology
+            return self._with_copies(shape if self.kind != "lookup" else None, k, shape.size, max(given.fan_out()),
+                                     likeliest)
         if cost_model is None or cost_model.target_time(batch, batch) is None:
             return None  # nothing timed: the chain
         model_k = k if model_k is None else min(model_k, k)
@@ -154,9 +156,10 @@ class TreePlanner:
         shape = self._best_shape(model_k, batch, cost_model)
         return None if shape is None else self._with_copies(shape, k, shape.size, MAX_BRANCHES - 1)
 
-    def _with_copies(self, shape: TreeShape | None, k: int, copy_nodes: int, branches: int) -> TreePlan:
+    def _with_copies(self, shape: TreeShape | None, k: int, copy_nodes: int, branches: int,
+                     likeliest: bool = True) -> TreePlan:
         copies = copy_nodes if self.kind in ("lookup", "hybrid") else 0
-        return TreePlan(shape, copies, k, branches)
+        return TreePlan(shape, copies, k, branches, likeliest)
 
     def plan_alone(self, depth: int, batch: int, cost_model) -> TreePlan | None:
         """Where the pacer drafts nothing (no chain beats the target alone): the draft model's tree, if some tree
@@ -169,7 +172,7 @@ class TreePlanner:
         if not one or cost_model.draft_time(batch) is None:
             return None  # nothing timed, or a clock too coarse to price anything
         shape = self._best_shape(depth, batch, cost_model, cost_model.min_gain / one, smallest=1)
-        return None if shape is None else TreePlan(shape)
+        return None if shape is None else TreePlan(shape, likeliest=True)
 
     def _best_shape(self, k: int, batch: int, cm, floor: float | None = None, smallest: int | None = None
                     ) -> TreeShape | None:
