@@ -9,8 +9,8 @@ cannot take a custom mask, see tree_models.py; recurrent state; a drafter withou
 draft_tree=False), else one that asks the pacer for k as the chain does, then the planner (tree_planner.py) for a
 tree, and runs the chain's round where the planner says the chain pays.
 
-Host syncs: the stop decision's, as in a chain round; the accepted path is copied to the host without waiting
-(that sync completes it).
+Host syncs: the stop decision's, as in a chain round (the accepted path is copied to the host without waiting: that
+sync completes it), and, for a tree of the draft's likeliest nodes, its topology once drafting is done.
 """
 
 from __future__ import annotations
