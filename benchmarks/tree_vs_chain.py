@@ -33,6 +33,7 @@ from speculoos_hf.trees.tree import TreeShape
 SHAPES = {  # depth K: the tree's branching per depth (runner-ups at the shallow depths)
     4: (3, 2, 1, 1),
     6: (3, 2, 2, 1, 1, 1),
+    8: (3,) + (1,) * 7,  # a budget of 3 nodes per depth: the first candidates' chain and the two likeliest others
     16: (2, 2) + (1,) * 14,
 }
 
