@@ -85,3 +85,40 @@ def test_auto_head_counts_nothing_for_a_draft_with_another_tokenizer(monkeypatch
     same_t, same_d = tiny_pair()  # one tokenizer: counted
     same_t.generate(make_prompt(6), draft_model=same_d, do_sample=False, max_new_tokens=8)
     assert same_d in head_choice._SEEN
+
+
+def test_head_rule_counts_the_ids_not_seen_yet():
+    """300 ids in use, but half the counted tokens are ids seen once: the next calls will bring new ids as often
+    (Good-Turing), and no reduced head pays; the same ids seen often: the small head pays."""
+    from speculoos_hf.drafters.head_choice import HeadCosts, choose_kept_ids
+
+    costs = HeadCosts(step_share=0.3, head_share=0.5, acceptance=0.8, k=4)
+    counts = torch.zeros(65536, dtype=torch.long)
+    counts[1000:1100] = 30
+    counts[5000:8000] = 1  # 3,000 of 6,000 tokens on ids seen once
+    assert choose_kept_ids(counts, costs) is None
+    counts[5000:8000] = 0
+    assert choose_kept_ids(counts, costs) is not None
+
+
+def test_auto_head_undone_when_later_calls_miss_it(monkeypatch):
+    """A head chosen from one repeated prompt; later calls on other ids miss it so often that the full head is
+    faster: from then on the draft drafts with its full head, for good."""
+    import speculoos_hf.drafters.head_choice as head_choice
+
+    class Draft:  # any object the books can hold weakly
+        pass
+
+    monkeypatch.setattr(head_choice, "MIN_SEEN_TOKENS", 100)
+    draft, V = Draft(), 65536
+    shares = lambda: (0.3, 0.5, [])  # noqa: E731
+    same = torch.arange(1000, 1050).repeat(4)[None]  # [1, 200] the same 50 ids
+    head_choice.note_call(draft, same, V, None, None)
+    kept = head_choice.auto_head(draft, shares)
+    assert kept is not None and len(kept) == 1024
+    head_choice.note_call(draft, same, V, None, None)  # still on the head's ids: kept
+    assert head_choice.auto_head(draft, shares) is not None
+    head_choice.note_call(draft, torch.arange(20000, 20200)[None], V, None, None)  # every id outside the head
+    assert head_choice.auto_head(draft, shares) is None
+    head_choice.note_call(draft, same, V, None, None)
+    assert head_choice.auto_head(draft, shares) is None  # for good

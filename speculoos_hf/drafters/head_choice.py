@@ -7,14 +7,17 @@ E(k, a) = 1 + a + ... + a^k tokens in 1 + k s passes' time. A head over the N mo
 the head's share h of it times (1 - N / V), and loses the drafts whose token is outside those ids: a share m of the
 counted tokens, so acceptance becomes a (1 - m). The N with the best E(k, a (1 - m)) / (1 + k s (1 - h (1 - N/V)))
 is kept where it beats the full head by `HEAD_MARGIN`; s, a and k are the cost model's measurements of earlier
-calls with this draft (priors before), h the head's share of the step's weight bytes. Decided once per draft, from
-`MIN_SEEN_TOKENS` counted tokens on; exact whatever it keeps (the verification never depends on the draft).
+calls with this draft (priors before), h the head's share of the step's weight bytes. m counts the ids not seen yet
+too: the counted tokens are a sample, and the next calls bring ids it lacks (Good-Turing: as many as the ids seen
+once). Decided once per draft, from `MIN_SEEN_TOKENS` counted tokens on; and undone for good where the later calls'
+tokens miss the kept ids so often that the full head is faster (a first sample of a few repeated prompts). Exact
+whatever it keeps (the verification never depends on the draft).
 """
 
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -25,6 +28,7 @@ PRIOR_ACCEPTANCE, PRIOR_K = 0.8, 4  # before a call measured them
 
 _SEEN: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # draft -> TokenCounts
 _CHOSEN: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # draft -> kept ids [N] or None (decided)
+_COSTS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # draft -> the HeadCosts it was decided with
 
 
 @dataclass
@@ -34,6 +38,7 @@ class TokenCounts:
     counts: torch.Tensor  # [V] host int64
     acceptance: float = PRIOR_ACCEPTANCE
     k: int = PRIOR_K
+    since_chosen: list[int] = field(default_factory=lambda: [0, 0])  # tokens counted after the head, missed by it
 
     @property
     def total(self) -> int:
@@ -69,11 +74,27 @@ def note_call(draft, sequences: torch.Tensor, vocab_size: int, pad_id: int | Non
     seen = _SEEN.get(draft)
     if seen is None:
         seen = _SEEN[draft] = TokenCounts(torch.zeros(vocab_size, dtype=torch.long))
-    seen.add(sequences if pad_id is None else sequences[sequences != pad_id])
+    ids = sequences if pad_id is None else sequences[sequences != pad_id]
+    _check_kept_head(draft, seen, ids)
+    seen.add(ids)
     alpha = (cost_model or {}).get("acceptance_by_position") or []
     if alpha:
         seen.acceptance = float(alpha[0])
         seen.k = max(1, int((cost_model or {}).get("best_k_now") or seen.k))
+
+
+def _check_kept_head(draft, seen: TokenCounts, ids: torch.Tensor) -> None:
+    """After a head was chosen, count how many of a call's ids it misses; from `MIN_SEEN_TOKENS` of them on, go back
+    to the full head for good where that share makes the head slower than the full one."""
+    kept, costs = _CHOSEN.get(draft), _COSTS.get(draft)
+    if kept is None or costs is None:
+        return
+    flat = ids.reshape(-1).cpu().long()
+    seen.since_chosen[0] += len(flat)
+    seen.since_chosen[1] += int((~torch.isin(flat, kept)).sum())
+    total, missed = seen.since_chosen
+    if total >= MIN_SEEN_TOKENS and costs.rate(len(kept) / len(seen.counts), missed / total) < costs.rate(1.0, 0.0):
+        _CHOSEN[draft] = None
 
 
 def auto_head(draft, shares) -> torch.Tensor | None:
@@ -87,7 +108,7 @@ def auto_head(draft, shares) -> torch.Tensor | None:
         return None
     step_share, head_share, always = shares()
     costs = HeadCosts(step_share, head_share, seen.acceptance, seen.k)
-    _CHOSEN[draft] = choose_kept_ids(seen.counts, costs, always)
+    _CHOSEN[draft], _COSTS[draft] = choose_kept_ids(seen.counts, costs, always), costs
     return _CHOSEN[draft]
 
 
@@ -98,10 +119,12 @@ def choose_kept_ids(counts: torch.Tensor, costs: HeadCosts, always: list[int] = 
     score = counts.double().clone()
     score[[i for i in always if 0 <= i < V]] = float("inf")  # kept first
     order = score.argsort(descending=True, stable=True)  # [V] ties: the lower id (merge rank)
-    covered = counts.double()[order].cumsum(0) / max(int(counts.sum()), 1)  # [V] tokens within the first n ids
+    total = max(int(counts.sum()), 1)
+    covered = counts.double()[order].cumsum(0) / total  # [V] tokens within the first n ids
+    unseen = float((counts == 1).sum()) / total  # Good-Turing: the next token's chance to be an id not seen yet
     best, best_rate = None, costs.rate(1.0, 0.0) * HEAD_MARGIN
     for n in (n for n in HEAD_SIZES if n < V):
-        rate = costs.rate(n / V, 1.0 - float(covered[n - 1]))
+        rate = costs.rate(n / V, unseen + (1.0 - unseen) * (1.0 - float(covered[n - 1])))
         if rate > best_rate:
             best, best_rate = n, rate
     return None if best is None else order[:best].sort().values
