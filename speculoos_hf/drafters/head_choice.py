@@ -17,7 +17,7 @@ whatever it keeps (the verification never depends on the draft).
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -27,8 +27,7 @@ HEAD_MARGIN = 1.03  # a reduced head must beat the full one by this factor
 PRIOR_ACCEPTANCE, PRIOR_K = 0.8, 4  # before a call measured them
 
 _SEEN: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # draft -> TokenCounts
-_CHOSEN: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # draft -> kept ids [N] or None (decided)
-_COSTS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # draft -> the HeadCosts it was decided with
+_CHOSEN: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # draft -> KeptHead or None (decided)
 
 
 @dataclass
@@ -38,7 +37,6 @@ class TokenCounts:
     counts: torch.Tensor  # [V] host int64
     acceptance: float = PRIOR_ACCEPTANCE
     k: int = PRIOR_K
-    since_chosen: list[int] = field(default_factory=lambda: [0, 0])  # tokens counted after the head, missed by it
 
     @property
     def total(self) -> int:
@@ -75,7 +73,9 @@ def note_call(draft, sequences: torch.Tensor, vocab_size: int, pad_id: int | Non
     if seen is None:
         seen = _SEEN[draft] = TokenCounts(torch.zeros(vocab_size, dtype=torch.long))
     ids = sequences if pad_id is None else sequences[sequences != pad_id]
-    _check_kept_head(draft, seen, ids)
+    head = _CHOSEN.get(draft)
+    if head is not None and not head.still_pays(ids, len(seen.counts)):
+        _CHOSEN[draft] = None  # for good
     seen.add(ids)
     alpha = (cost_model or {}).get("acceptance_by_position") or []
     if alpha:
@@ -83,18 +83,24 @@ def note_call(draft, sequences: torch.Tensor, vocab_size: int, pad_id: int | Non
         seen.k = max(1, int((cost_model or {}).get("best_k_now") or seen.k))
 
 
-def _check_kept_head(draft, seen: TokenCounts, ids: torch.Tensor) -> None:
-    """After a head was chosen, count how many of a call's ids it misses; from `MIN_SEEN_TOKENS` of them on, go back
-    to the full head for good where that share makes the head slower than the full one."""
-    kept, costs = _CHOSEN.get(draft), _COSTS.get(draft)
-    if kept is None or costs is None:
-        return
-    flat = ids.reshape(-1).cpu().long()
-    seen.since_chosen[0] += len(flat)
-    seen.since_chosen[1] += int((~torch.isin(flat, kept)).sum())
-    total, missed = seen.since_chosen
-    if total >= MIN_SEEN_TOKENS and costs.rate(len(kept) / len(seen.counts), missed / total) < costs.rate(1.0, 0.0):
-        _CHOSEN[draft] = None
+@dataclass
+class KeptHead:
+    """A chosen head: its ids, the costs it was chosen with, and the tokens counted since and how many it missed."""
+
+    ids: torch.Tensor  # [N] sorted
+    costs: HeadCosts
+    counted: int = 0
+    missed: int = 0
+
+    def still_pays(self, ids: torch.Tensor, vocab_size: int) -> bool:
+        """Count a later call's ids; False once `MIN_SEEN_TOKENS` of them were counted and the share the head
+        missed makes it slower than the full head."""
+        flat = ids.reshape(-1).cpu().long()
+        self.counted += len(flat)
+        self.missed += int((~torch.isin(flat, self.ids)).sum())
+        if self.counted < MIN_SEEN_TOKENS:
+            return True
+        return self.costs.rate(len(self.ids) / vocab_size, self.missed / self.counted) >= self.costs.rate(1.0, 0.0)
 
 
 def auto_head(draft, shares) -> torch.Tensor | None:
@@ -102,14 +108,15 @@ def auto_head(draft, shares) -> torch.Tensor | None:
     `MIN_SEEN_TOKENS` tokens were counted (module docstring). `shares()`: (step share, head share, ids every head
     keeps), asked for only when the head is decided (it reads every parameter's size)."""
     if draft in _CHOSEN:
-        return _CHOSEN[draft]
+        return None if _CHOSEN[draft] is None else _CHOSEN[draft].ids
     seen = _SEEN.get(draft)
     if seen is None or seen.total < MIN_SEEN_TOKENS:
         return None
     step_share, head_share, always = shares()
     costs = HeadCosts(step_share, head_share, seen.acceptance, seen.k)
-    _CHOSEN[draft], _COSTS[draft] = choose_kept_ids(seen.counts, costs, always), costs
-    return _CHOSEN[draft]
+    kept = choose_kept_ids(seen.counts, costs, always)
+    _CHOSEN[draft] = None if kept is None else KeptHead(kept, costs)
+    return kept
 
 
 def choose_kept_ids(counts: torch.Tensor, costs: HeadCosts, always: list[int] = ()) -> torch.Tensor | None:

@@ -226,9 +226,9 @@ class KVSlots:
                      since: int) -> torch.Tensor:
         """Feed `tokens` [B, n] arranged as trees and append their slots: token j of row i attends to the row's real
         slots before `since` and, of the slots from `since` on (those appended since, then these n), to the ones
-        `sees[i, j]` marks ([B, n, L - since + n] bool, host or device); its position is the row's real tokens before `since`
-        plus `steps[i, j]` ([B, n] host). `valid` [B, n] host: padding is fed as holes. One forward with a 4D mask
-        (see `tree_reason`). Returns logits [B, n, V] float32."""
+        `sees[i, j]` marks ([B, n, L - since + n] bool, host or device: the mask is built where it lies); its
+        position is the row's real tokens before `since` plus `steps[i, j]` ([B, n] host). `valid` [B, n] host:
+        padding is fed as holes. One forward with a 4D mask (see `tree_reason`). Returns logits [B, n, V] float32."""
         reason = self.tree_reason()
         if reason is not None:
             raise ValueError(f"this model cannot score a token tree in one pass: {reason}")
@@ -241,7 +241,7 @@ class KVSlots:
         before = self.layout.real[:, :since]  # [B, since] host
         positions = before.sum(1, keepdim=True) + steps.cpu() + self._offset[:, None] * valid.long()  # [B, n]
         self.layout.append(valid, None)
-        sees = sees.bool()  # built where it lies: a device `sees` (a dynamic tree's) is not read on the host
+        sees = sees.bool()
         allowed = torch.cat([before[:, None, :].expand(B, n, since).to(sees.device), sees], dim=2)  # [B, n, L+n]
         dtype = self.model.dtype
         mask = torch.zeros(allowed.shape, dtype=dtype, device=sees.device)

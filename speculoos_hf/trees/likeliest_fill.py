@@ -64,7 +64,7 @@ class Growth:
         self.spine[:, 0] = True
         self.paths = torch.zeros(B, N + 1, D, dtype=torch.long, device=device)  # its path's tokens by depth
         self.lineage = torch.eye(N + 1, dtype=torch.bool, device=device).expand(B, N + 1, N + 1).clone()
-        self.filled = 0  # nodes so far (host int)
+        self.depth = 0  # depths filled so far (host int)
 
     def add_level(self, front: torch.Tensor, kids: torch.Tensor, q: torch.Tensor | None, logq: torch.Tensor
                   ) -> torch.Tensor:
@@ -73,36 +73,36 @@ class Growth:
         log-probabilities at each front node [B, m, V]. Keeps per row the depth's budget of candidates with the
         likeliest paths, judged by q's sorted probabilities. Returns the new nodes' pass indices [B, L]."""
         B, m, c = kids.shape
-        d, L = self._depth(), self.levels.sizes[self._depth()]
+        d, L, filled = self.depth, self.levels.sizes[self.depth], self.filled
         ranked = logq.topk(c, dim=-1).values  # [B, m, c] the r-th likeliest token's log q, whatever was drawn
         key = self.value.gather(1, front)[:, :, None] + ranked  # [B, m, c]
         first = self.spine.gather(1, front)[:, :, None] & (torch.arange(c, device=key.device) == 0)  # [B, m, c]
         order = torch.where(first, SPINE, key).flatten(1).sort(dim=1, descending=True, stable=True).indices
         pick = order[:, :L].sort(dim=1).values  # [B, L] flat e * c + r: parents in order, siblings by rank
         parent = front.gather(1, pick // c)  # [B, L] pass indices
-        new = torch.arange(self.filled + 1, self.filled + L + 1, device=key.device).expand(B, L)  # [B, L]
-        span = slice(self.filled, self.filled + L)
+        new = torch.arange(filled + 1, filled + L + 1, device=key.device).expand(B, L)  # [B, L]
+        span, at = slice(filled, filled + L), slice(filled + 1, filled + L + 1)  # by node, by pass index
         self.tokens[:, span] = kids.flatten(1).gather(1, pick)
         self.parents[:, span] = parent - 1
         self.valid[:, span] = key.flatten(1).gather(1, pick) > float("-inf")
-        if q is not None and self.probs is not None:
+        if self.probs is not None:  # sampling: q given
             self.probs[:, span] = q.flatten(1, 2).gather(1, pick[:, :, None].expand(-1, -1, q.shape[-1]))
         drawn = logq.gather(2, kids).flatten(1).gather(1, pick)  # [B, L] log q of the tokens drawn
-        self.value[:, 1 + self.filled: 1 + self.filled + L] = self.value.gather(1, parent) + drawn
-        self.spine[:, 1 + self.filled: 1 + self.filled + L] = self.spine.gather(1, parent) & (pick % c == 0)
+        self.value[:, at] = self.value.gather(1, parent) + drawn
+        self.spine[:, at] = self.spine.gather(1, parent) & (pick % c == 0)
         path = self.paths.gather(1, parent[:, :, None].expand(-1, -1, self.paths.shape[2])).clone()  # [B, L, D]
         path[:, :, d] = self.tokens[:, span]
-        self.paths[:, 1 + self.filled: 1 + self.filled + L] = path
+        self.paths[:, at] = path
         rows = self.lineage.gather(1, parent[:, :, None].expand(-1, -1, self.lineage.shape[2])).clone()
         rows.scatter_(2, new[:, :, None], True)  # [B, L, N + 1] its ancestors and itself
-        self.lineage[:, 1 + self.filled: 1 + self.filled + L] = rows
-        self.filled += L
+        self.lineage[:, at] = rows
+        self.depth += 1
         return new
 
     def front(self, level: torch.Tensor) -> torch.Tensor:
         """Of the nodes `level` [B, L] (pass indices, one depth), the ones the draft expands: the budget's count
         with the likeliest paths, the first candidates' chain first, in index order. [B, E]"""
-        E = self.levels.expanded[self._depth() - 1]
+        E = self.levels.expanded[self.depth - 1]
         key = torch.where(self.spine.gather(1, level), SPINE, self.value.gather(1, level))  # [B, L]
         key = key.masked_fill(~self.valid.gather(1, level - 1), float("-inf"))
         chosen = key.sort(dim=1, descending=True, stable=True).indices[:, :E]
@@ -111,7 +111,7 @@ class Growth:
     def paths_at(self, front: torch.Tensor) -> torch.Tensor:
         """The path tokens of the nodes `front` [B, m] (pass indices): [B, m, depth so far]."""
         got = self.paths.gather(1, front[:, :, None].expand(-1, -1, self.paths.shape[2]))
-        return got[:, :, : self._depth()]
+        return got[:, :, : self.depth]
 
     def sees(self, front: torch.Tensor, fed: torch.Tensor) -> torch.Tensor:
         """[B, m, F + m]: which of the fed nodes `fed` [B, F] and of `front` [B, m] themselves (pass indices) each
@@ -124,10 +124,7 @@ class Growth:
         """The trees as a `TokenTree` (the topology copied to the host: this round's one extra host sync)."""
         return TokenTree(self.tokens, self.parents.cpu(), self.valid.cpu(), self.probs)
 
-    def _depth(self) -> int:
-        """The depths filled so far (host int)."""
-        done, d = 0, 0
-        while d < self.levels.depth and done < self.filled:
-            done += self.levels.sizes[d]
-            d += 1
-        return d
+    @property
+    def filled(self) -> int:
+        """Nodes so far (host int)."""
+        return sum(self.levels.sizes[: self.depth])
