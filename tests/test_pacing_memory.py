@@ -72,6 +72,31 @@ def test_acceptance_is_carried_only_under_the_same_sampling_settings():
     assert Slot(target, None, ("another kind",), setting=(False,)).recall() is None
 
 
+def test_each_sampling_setting_keeps_its_own_acceptance():
+    """Greedy, then sampled, then greedy again: the third call takes the latest timings and the first call's
+    acceptance (a greedy call after a sampled one drafted nothing on an AVX-512 BF16 CPU from the priors')."""
+    target = tiny_model("llama")
+    greedy, sampled = (Slot(target, None, ("k",), setting=s) for s in ((False,), (True, 0.7)))
+    greedy.keep(Learnt(passes="p1", drafts="d1", accept="greedy", stretch=8, setting=(False,), confidences="c1"))
+    sampled.keep(Learnt(passes="p2", drafts="d2", accept="sampled", stretch=8, setting=(True, 0.7), confidences="c2"))
+    again = greedy.recall()
+    assert (again.passes, again.drafts, again.accept, again.confidences) == ("p2", "d2", "greedy", "c1")
+    assert (sampled.recall().accept, sampled.recall().confidences) == ("sampled", "c2")
+    assert Slot(target, None, ("k",), setting=(True, 1.0)).recall().accept is None
+
+
+def test_a_greedy_call_after_a_sampled_one_drafts_at_once():
+    target, draft = tiny_pair("llama", noise=0.02)
+    ids = make_prompt(12)
+    with on_flat_machine():
+        cold = _call(target, draft, ids)[1].target_forward_passes
+        target.generate(ids, draft_model=draft, max_new_tokens=40, do_sample=True, temperature=0.7)
+        out, warm = _call(target, draft, ids)
+    assert torch.equal(out, stock_generate(target)(ids, max_new_tokens=40, do_sample=False))
+    assert _plain_rounds_before_drafting(warm) == 1
+    assert warm.target_forward_passes < cold  # from the greedy acceptance: 8 (from the priors': 12; cold: 11)
+
+
 def test_what_was_learnt_dies_with_the_target():
     target, draft = tiny_pair("llama", noise=0.02)
     with on_flat_machine():

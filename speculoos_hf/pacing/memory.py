@@ -3,8 +3,11 @@
 A call that starts from priors spends its first rounds finding out what the machine costs: a plain round to time
 the target alone, a short first drafting round, k climbing while acceptance settles. A later call on the same
 target and draft (a benchmark's repeats, a chat's turns, a dataset's prompts) starts from what the last one
-measured instead: its pass times, draft steps, acceptance by position and the draft's confidence record (when
-the sampling settings are the same), and how long a stretch without drafts lasts. Not how copies fared against the
+measured instead: its pass times, draft steps, how long a stretch without drafts lasts, and the acceptance by
+position and the draft's confidence record of the last call under the same sampling settings (kept per setting: a
+greedy call after a sampled one starts from the greedy acceptance; seen on an AVX-512 BF16 CPU, batch 4, where a
+greedy call after a sampled one drafted from the priors' acceptance at the measured, dearer costs, judged that no
+catch-up paid, and decoded alone to the end). Not how copies fared against the
 matcher's confidence: that depends on the prompt (a warm start from it lost 5-10% tokens per pass on edits). Every
 figure goes on being updated as the call runs, so a changed machine or prompt moves them within a few rounds.
 
@@ -50,28 +53,38 @@ class Slot:
     setting: Any = None
 
     def recall(self) -> Learnt | None:
-        """What the last call with this slot's key learnt (a copy), or None."""
+        """What the last call with this slot's key learnt (a copy), its acceptance from the last call under this
+        slot's sampling settings (None: no such call), or None."""
+        entry = self._entry()
+        if entry is None:
+            return None
+        _, learnt, by_setting = entry
+        learnt = copy.deepcopy(learnt)
+        learnt.accept, learnt.confidences = copy.deepcopy(by_setting.get(self.setting, (None, None)))
+        learnt.setting = self.setting
+        return learnt
+
+    def keep(self, learnt: Learnt) -> None:
+        """Leave `learnt` for the next call with this key (its call is over: nothing updates it any more); its
+        acceptance joins those of the other sampling settings."""
+        entry = self._entry()
+        try:
+            by_setting = dict(entry[2]) if entry is not None else {}
+            by_setting[learnt.setting] = (learnt.accept, learnt.confidences)
+            draft_ref = weakref.ref(self.draft) if self.draft is not None else None
+            _LEARNT.setdefault(self.target, {})[self.key] = (draft_ref, learnt, by_setting)
+        except TypeError:  # the target or the draft cannot be weakly referenced (or a setting hashed): not kept
+            return
+
+    def _entry(self) -> tuple | None:
+        """(draft ref, last Learnt, {setting: (acceptance, confidences)}) kept for this key and this very draft."""
         try:
             entry = _LEARNT.get(self.target, {}).get(self.key)
         except TypeError:  # a target that cannot be weakly referenced: nothing is kept
             return None
-        if entry is None:
+        if entry is None or (entry[0]() if entry[0] is not None else None) is not self.draft:
             return None
-        draft_ref, learnt = entry
-        if (draft_ref() if draft_ref is not None else None) is not self.draft:
-            return None
-        learnt = copy.deepcopy(learnt)
-        if learnt.setting != self.setting:
-            learnt.accept = learnt.confidences = None  # acceptance under other sampling settings says little
-        return learnt
-
-    def keep(self, learnt: Learnt) -> None:
-        """Leave `learnt` for the next call with this key (its call is over: nothing updates it any more)."""
-        try:
-            draft_ref = weakref.ref(self.draft) if self.draft is not None else None
-            _LEARNT.setdefault(self.target, {})[self.key] = (draft_ref, learnt)
-        except TypeError:  # the target or the draft cannot be weakly referenced: nothing is kept
-            return
+        return entry
 
 
 def slot_for(target, draft, kind: tuple, watch, setting=None) -> Slot:
