@@ -110,6 +110,7 @@ def test_auto_head_undone_when_later_calls_miss_it(monkeypatch):
         pass
 
     monkeypatch.setattr(head_choice, "MIN_SEEN_TOKENS", 100)
+    monkeypatch.setattr(head_choice, "UNDO_TOKENS", 100)
     draft, V = Draft(), 65536
     shares = lambda: (0.3, 0.5, [])  # noqa: E731
     same = torch.arange(1000, 1050).repeat(4)[None]  # [1, 200] the same 50 ids

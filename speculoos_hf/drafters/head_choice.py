@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 
 MIN_SEEN_TOKENS = 2048  # counted tokens before a head is chosen
+UNDO_TOKENS = 512  # tokens counted after a head was chosen before its misses may undo it
 HEAD_SIZES = (1024, 2048, 4096, 8192, 16384, 32768, 65536)  # kept ids tried
 HEAD_MARGIN = 1.03  # a reduced head must beat the full one by this factor
 PRIOR_ACCEPTANCE, PRIOR_K = 0.8, 4  # before a call measured them
@@ -93,12 +94,12 @@ class KeptHead:
     missed: int = 0
 
     def still_pays(self, ids: torch.Tensor, vocab_size: int) -> bool:
-        """Count a later call's ids; False once `MIN_SEEN_TOKENS` of them were counted and the share the head
-        missed makes it slower than the full head."""
+        """Count a later call's ids; False once `UNDO_TOKENS` of them were counted and the share the head missed
+        makes it slower than the full head."""
         flat = ids.reshape(-1).cpu().long()
         self.counted += len(flat)
         self.missed += int((~torch.isin(flat, self.ids)).sum())
-        if self.counted < MIN_SEEN_TOKENS:
+        if self.counted < UNDO_TOKENS:
             return True
         return self.costs.rate(len(self.ids) / vocab_size, self.missed / self.counted) >= self.costs.rate(1.0, 0.0)
 
