@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ from pathlib import Path
 import torch
 
 from speculoos_hf import enable_speculative
+from speculoos_hf.bench.machine import machine_info
 from speculoos_hf.bench.report import run_record
 from speculoos_hf.trees.tree import TreeShape
 
@@ -162,6 +162,8 @@ def main() -> None:
     parser.add_argument("--modes", nargs="+", choices=("greedy", "sampling"), default=["greedy", "sampling"])
     parser.add_argument("--methods", nargs="+", choices=("chain", "tree", "fixed", "likeliest"),
                         default=["chain", "tree", "fixed", "likeliest"])
+    parser.add_argument("--branching", type=int, nargs="+", help="the tree's branching per depth (its length is the "
+                        "depth; instead of SHAPES[depth] for that depth)")
     parser.add_argument("--out", type=Path, help="JSON written after every configuration (and resumed from)")
     parser.add_argument("--simulate", type=Path, help="a machine profile: the plain call with and without trees "
                         "against the target alone, in simulated tok/s (instead of the chain/tree comparison)")
@@ -172,24 +174,29 @@ def main() -> None:
     batch = prompts("edit" if args.lookup else "code", args.prompts, tokenizer)
     report = {**run_record("python " + " ".join(sys.argv)), "pair": args.pair, "lookup": args.lookup,
               "dtype": args.dtype, "tokens": args.tokens, "prompts": args.prompts, "seeds": args.seeds,
-              "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch "
-                         f"{torch.__version__}", "results": []}
+              "machine": machine_info(None, args.dtype), "results": []}
     if args.out and args.out.exists():  # resume: keep what an earlier run of the same settings measured
         report["results"] = json.loads(args.out.read_text())["results"]
     if args.simulate:
         report["profile"] = str(args.simulate)
         return simulate(args, target, draft, batch, report)
-    done = {(r["depth"], r["method"], r["mode"]) for r in report["results"]}
+    if args.branching:
+        SHAPES[len(args.branching)] = tuple(args.branching)
+    done = {(r["depth"], tuple(r["shape"] or ()) if r["method"] == "tree" else None, r["method"], r["mode"])
+            for r in report["results"]}
     for depth in args.depths:
         shape = SHAPES[depth]
         for sampling in [m == "sampling" for m in args.modes]:
             for name, tree in (("chain", False), ("tree", shape), ("fixed", TreeShape.from_branching(shape)),
                                ("likeliest", likeliest(depth))):
                 mode = "T=0.7" if sampling else "greedy"
-                if (depth, name, mode) in done or name not in args.methods:
+                if (depth, shape if name == "tree" else None, name, mode) in done or name not in args.methods:
                     continue
                 kw = dict(num_draft_tokens=depth, draft_tree=tree)
-                kw.update(prompt_lookup_num_tokens=depth) if args.lookup else kw.update(draft=draft)
+                # the int8 copy with its full head in every method: "auto" would choose a reduced head after a few
+                # calls, and the methods run later would draft with another draft
+                kw.update(prompt_lookup_num_tokens=depth) if args.lookup else kw.update(draft=draft,
+                                                                                       draft_quantization="int8")
                 seeds = range(args.seeds) if sampling else range(1)
                 rows = [run(target, ids, args.tokens, sampling, seed, **kw) for ids in batch for seed in seeds]
                 described = None if tree is False else list(tree) if isinstance(tree, tuple) else [

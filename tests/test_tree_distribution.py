@@ -2,7 +2,8 @@
 tiny 4-token target, every continuation's exact probability, thousands of samples in one batched call. Trees from
 the draft model (sampled without replacement), from prompt lookup (copies, q one-hot) and from both (the hybrid),
 at batch 1 and in a left-padded batch, with top-k / top-p (candidates past q's support), the repetition penalty and
-a user's own logits processor (prefix-dependent), and rows finishing at different rounds (EOS). Power: the same test
+a user's own logits processor (prefix-dependent), and rows finishing at different rounds (EOS). Both candidate
+rules of the draft model's sampled trees (top candidates, drawn ones) are tested on their own. Power: the same test
 on a broken tree rule (the first path always accepted) must reject."""
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from transformers import LogitsProcessor, LogitsProcessorList
 
 import speculoos_hf.trees.tree_round as tree_round
 from gtest import ALPHA, PROMPT, T, _generate, _processors, exact_distribution, g_test
+from speculoos_hf.trees.candidate_rule import CandidateRule
 from speculoos_hf.trees.tree import TreeShape
 from speculoos_hf.trees.tree_verify import _verdict
 from speculoos_hf.loop.verify import sample_from_weights
@@ -101,3 +103,30 @@ def test_tree_sampling_in_a_left_padded_batch(gtest_pair, case, monkeypatch):
     groups = _run(gtest_pair, case, prompts, seed=4, n_each=N // 2)
     worst = max(g_test(s, _expected(gtest_pair, case, pr)) for pr, s in zip(prompts, groups))
     assert worst < ALPHA, f"{case}: the batched test cannot detect an always-accept tree rule"
+
+
+@pytest.mark.parametrize("rule", ["top", "drawn"])
+@pytest.mark.parametrize("case", ["model_top_k_temperature", "model_eos_user_processor", "hybrid_eos"])
+def test_each_candidate_rule_is_exact(gtest_pair, case, rule, monkeypatch):
+    """The draft model's nodes as its top candidates (deterministic, one-hot q) or drawn without replacement in every
+    round, whatever the measured choice would be (candidate_rule.py): exact either way, and the test has power."""
+    monkeypatch.setattr(CandidateRule, "top", property(lambda self: rule == "top"))
+    (samples,) = _run(gtest_pair, case, [PROMPT], seed=5, n_each=N)
+    stats = gtest_pair[0].speculative_stats
+    assert stats.draft_tokens_accepted > 0.05 * stats.new_tokens
+    expected = _expected(gtest_pair, case, PROMPT)
+    p = g_test(samples, expected)
+    assert p > ALPHA, f"{case}, {rule} candidates: tree sampling deviates from the exact distribution (p={p:.2e})"
+    monkeypatch.setattr(tree_round, "tree_sample_verify", _first_path)
+    (broken,) = _run(gtest_pair, case, [PROMPT], seed=6, n_each=N)
+    assert g_test(broken, expected) < ALPHA, f"{case}, {rule}: the test cannot detect an always-accept tree rule"
+
+
+def test_top_candidates_in_a_left_padded_batch(gtest_pair, monkeypatch):
+    """Top candidates in every round, prompts of lengths 1, 3 and 6 in one batch: each group exact."""
+    monkeypatch.setattr(CandidateRule, "top", property(lambda self: True))
+    prompts = [[2], [1, 3, 0], [3, 3, 1, 0, 3, 1]]
+    groups = _run(gtest_pair, "model_eos_user_processor", prompts, seed=7, n_each=N // 2)
+    for prompt, samples in zip(prompts, groups):
+        p = g_test(samples, _expected(gtest_pair, "model_eos_user_processor", prompt))
+        assert p > ALPHA, f"prompt {prompt}: batched top-candidate tree samples deviate (p={p:.2e})"

@@ -21,6 +21,7 @@ class TreeHybridDrafter(HybridDrafter):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._copied_nodes = 0  # the last tree's copied nodes (they come first)
+        self._model_drafted = False  # the last tree has the draft model's nodes
 
     @property
     def copied_nodes(self) -> int:
@@ -34,6 +35,7 @@ class TreeHybridDrafter(HybridDrafter):
     def propose_tree(self, state: DecodeState, plan: TreePlan) -> TokenTree:
         """The copies' trie (up to `plan.copy_nodes` nodes) and the model's tree of `plan.shape`, joined."""
         copies = self.lookup.propose_tree(state, plan) if plan.copy_nodes else None
+        self._model_drafted = plan.shape is not None
         if plan.shape is None:
             self._copied_nodes = copies.size
             return copies
@@ -41,9 +43,13 @@ class TreeHybridDrafter(HybridDrafter):
         if copies is not None and copies.size:
             at_root = (copies.parents == -1) & copies.valid  # [B, N1] host
             exclude = torch.where(at_root.to(copies.tokens.device), copies.tokens, -1)  # [B, N1]
-        drafted = self.model.draft_tree(state, plan.shape, exclude, likeliest=plan.likeliest)
+        drafted = self.model.draft_tree(state, plan.shape, exclude, likeliest=plan.likeliest, top=plan.top)
         self._copied_nodes = 0 if copies is None else copies.size
         return drafted if copies is None else join_trees(copies, drafted, self.ctx.vocab_size)
+
+    def root_distribution(self) -> torch.Tensor | None:
+        """The draft model's q at each row's root in the last sampled tree (its own children's, copies aside)."""
+        return self.model.root_distribution() if self._model_drafted else None
 
     def commit_tree(self, state: DecodeState, outcome: RoundOutcome, path: torch.Tensor) -> None:
         """The model keeps its fed nodes on the accepted path (a path through copies: none); the index grows."""

@@ -1,8 +1,9 @@
-"""Token trees from a draft model: at every node the tree's shape expands, the draft's top-b continuations, drawn
-without replacement (sampling: Gumbel-top-b, i.e. one after the other from q with the earlier ones removed; greedy:
-the b best), one draft forward per depth over all of that depth's nodes to expand (SpecInfer, Miao et al. 2024;
-Sequoia, Chen et al. 2024). Each node reports the q_i it was drawn from, which is all recursive rejection sampling
-(tree_verify.py) needs to stay exact. After the round the draft keeps the accepted path's fed nodes in its cache
+"""Token trees from a draft model: at every node the tree's shape expands, the draft's b continuations (greedy, and
+sampling where the plan asks for top candidates: the b likeliest, deterministic; otherwise drawn without
+replacement: Gumbel-top-b, one after the other from q with the earlier ones removed), one draft forward per depth
+over all of that depth's nodes to expand (SpecInfer, Miao et al. 2024; Sequoia, Chen et al. 2024). A drawn node
+reports the q_i it was drawn from, a top one none (one-hot), which is all recursive rejection sampling
+(tree_verify.py) needs to stay exact; which of the two pays is measured (trees/candidate_rule.py). After the round the draft keeps the accepted path's fed nodes in its cache
 and the others become holes, as rejected chain drafts do.
 """
 
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from ..glue.processors import apply_processors
-from ..loop.state import DecodeContext, DecodeState
+from ..loop.state import DecodeState
 from ..trees.likeliest_fill import Growth, Levels
 from ..trees.tree import TokenTree, TreePlan, TreeShape, node_prefixes
 from ..trees.tree_models import tree_reason
@@ -46,6 +47,7 @@ class TreeModelDrafter(ModelDrafter):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._fed_tree: _FedTree | None = None
+        self._root_q: torch.Tensor | None = None  # [B, V] sampling: the draft's q at each row's root, last tree
 
     def tree_reason(self) -> str | None:
         """Why this draft cannot draft a tree in one forward per depth (None: it can). Asked after `start`."""
@@ -53,27 +55,33 @@ class TreeModelDrafter(ModelDrafter):
 
     def propose_tree(self, state: DecodeState, plan: TreePlan) -> TokenTree:
         """A tree of `plan.shape` (or of its budget, filled with the likeliest paths) below each row's last token."""
-        return self.draft_tree(state, plan.shape, likeliest=plan.likeliest)
+        return self.draft_tree(state, plan.shape, likeliest=plan.likeliest, top=plan.top)
+
+    def root_distribution(self) -> torch.Tensor | None:
+        """[B, V] the draft's q at each row's root in the last sampled tree (None: greedy, or none drafted)."""
+        return self._root_q
 
     def draft_tree(self, state: DecodeState, shape: TreeShape, exclude: torch.Tensor | None = None,
-                   likeliest: bool = False) -> TokenTree:
+                   likeliest: bool = False, top: bool = False) -> TokenTree:
         """A tree of `shape` in every row below its last committed token; `likeliest`: each row's tree of the
-        shape's budget filled with the draft's likeliest paths (likeliest_fill.py). `exclude` [B, E] (device, -1:
-        none): tokens the root's children never take (a hybrid offers them as copies beside them)."""
+        shape's budget filled with the draft's likeliest paths (likeliest_fill.py); `top`: sampling, the top
+        candidates, not drawn ones. `exclude` [B, E] (device, -1: none): tokens the root's children never take (a
+        hybrid offers them as copies beside them)."""
+        drawn = self.ctx.do_sample and not top
         if likeliest:
-            return self._likeliest_tree(state, Levels.of(shape), exclude)
+            return self._likeliest_tree(state, Levels.of(shape), exclude, drawn)
         logits = self.runner.feed(*self._pending(state))  # [B, V_draft] after the last committed token
         first = self.runner.take_fed().first_slot
         B, N = state.batch_size, shape.size
         fan = shape.fan_out()  # children per pass index
         tokens = torch.zeros(B, N, dtype=torch.long, device=state.seq.device)
-        probs = torch.zeros(B, N, self.ctx.vocab_size, device=self.ctx.device) if self.ctx.do_sample else None
+        probs = torch.zeros(B, N, self.ctx.vocab_size, device=self.ctx.device) if drawn else None
         paths = torch.zeros(B, N + 1, shape.depth, dtype=torch.long, device=tokens.device)  # by pass index
         expanding, fed = [-1], []
         for depth in range(shape.depth):
             scores = self._scores(state, logits, paths[:, [n + 1 for n in expanding], :depth], depth)  # [B, m, V]
-            kids, q = _children(self.ctx, scores, max(fan[n + 1] for n in expanding),
-                                exclude if depth == 0 else None)  # [B, m, c], [B, m, c, V] or None
+            kids, q = _children(scores, max(fan[n + 1] for n in expanding), exclude if depth == 0 else None,
+                                drawn)  # [B, m, c], [B, m, c, V] or None
             level = shape.at_depth(depth + 1)
             j = [expanding.index(shape.parents[n]) for n in level]
             r = [shape.ranks[n] for n in level]
@@ -105,18 +113,19 @@ class TreeModelDrafter(ModelDrafter):
         own = keep.sum(1).tolist()
         self.cached_len = [outcome.old_lengths[i] + own[i] for i in range(state.batch_size)]
 
-    def _likeliest_tree(self, state: DecodeState, levels: Levels, exclude: torch.Tensor | None) -> TokenTree:
+    def _likeliest_tree(self, state: DecodeState, levels: Levels, exclude: torch.Tensor | None, drawn: bool
+                        ) -> TokenTree:
         """Each row's tree of `levels`' budget, depth by depth: the expanded nodes' candidates, the likeliest kept,
         one draft forward over the next expanded nodes (likeliest_fill.py)."""
         logits = self.runner.feed(*self._pending(state))  # [B, V_draft] after the last committed token
         first = self.runner.take_fed().first_slot
         B = state.batch_size
-        grow = Growth(B, levels, state.seq.device, self.ctx.vocab_size if self.ctx.do_sample else None)
+        grow = Growth(B, levels, state.seq.device, self.ctx.vocab_size if drawn else None)
         front = torch.zeros(B, 1, dtype=torch.long, device=state.seq.device)  # [B, m] pass indices: the root
         fed = front[:, :0]  # [B, F] pass indices fed so far
         for depth in range(levels.depth):
             scores = self._scores(state, logits, grow.paths_at(front), depth)  # [B, m, V]
-            kids, q = _children(self.ctx, scores, levels.branches, exclude if depth == 0 else None)
+            kids, q = _children(scores, levels.branches, exclude if depth == 0 else None, drawn)
             level = grow.add_level(front, kids, q, torch.log_softmax(scores.float(), dim=-1))  # [B, L]
             if not levels.expanded[depth]:
                 break
@@ -133,14 +142,18 @@ class TreeModelDrafter(ModelDrafter):
 
     def _scores(self, state: DecodeState, logits: torch.Tensor, paths: torch.Tensor, depth: int) -> torch.Tensor:
         """Processed scores [B, m, V] at m nodes of one depth (logits [B, m, V_draft], or [B, V_draft] at the root),
-        each with its own prefix: the committed tokens and its path `paths` [B, m, depth]."""
+        each with its own prefix: the committed tokens and its path `paths` [B, m, depth]. At the root (sampling)
+        the draft's q is kept for the candidate rule (`root_distribution`)."""
         B, m = paths.shape[:2]
         raw = self.vocab.scores(logits.reshape(B * m, -1), self.ctx)  # [B*m, V]
-        if not len(self.ctx.processors):
-            return raw.view(B, m, -1)
-        seqs, lengths = node_prefixes(state.seq, state.lengths, paths, torch.full((B, m), depth))
-        rows = [r for r in state.rows for _ in range(m)]
-        return apply_processors(self.ctx.processors, seqs, lengths, raw, rows).view(B, m, -1)
+        if len(self.ctx.processors):
+            seqs, lengths = node_prefixes(state.seq, state.lengths, paths, torch.full((B, m), depth))
+            rows = [r for r in state.rows for _ in range(m)]
+            raw = apply_processors(self.ctx.processors, seqs, lengths, raw, rows)
+        scores = raw.view(B, m, -1)
+        if depth == 0:
+            self._root_q = _softmax(scores[:, 0]) if self.ctx.do_sample else None
+        return scores
 
     def _feed_nodes(self, shape: TreeShape, tokens: torch.Tensor, nodes: list[int], fed: list[int],
                     first: int) -> torch.Tensor:
@@ -153,21 +166,27 @@ class TreeModelDrafter(ModelDrafter):
                                            sees.expand(B, *sees.shape), since=first)
 
 
-def _children(ctx: DecodeContext, scores: torch.Tensor, count: int,
-              exclude: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The first `count` children of each node: tokens [B, m, c] and, sampling, the q_i each was drawn from
-    [B, m, c, V] (q without `exclude` [B] and the earlier ranks' tokens, renormalised; 0 past q's support)."""
+def _children(scores: torch.Tensor, count: int, exclude: torch.Tensor | None, drawn: bool
+              ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The first `count` children of each node: tokens [B, m, c] and, `drawn`, the q_i each was drawn from
+    [B, m, c, V] (q without `exclude` [B] and the earlier ranks' tokens, renormalised; 0 past q's support);
+    otherwise the top `count`, deterministic (None)."""
     if exclude is not None:  # [B, E] -1: nothing
         banned = torch.zeros(scores.shape[0], scores.shape[-1], device=scores.device)  # [B, V]
         banned.scatter_add_(1, exclude.clamp(min=0), (exclude >= 0).to(banned.dtype))
         scores = scores.masked_fill(banned[:, None, :] > 0, float("-inf"))  # [B, m, V]
-    if not ctx.do_sample:
+    if not drawn:
         return scores.topk(count, dim=-1).indices, None
-    nothing = scores.amax(dim=-1, keepdim=True) == float("-inf")  # [B, m, 1]
-    q = torch.softmax(scores.masked_fill(nothing, 0.0), dim=-1).masked_fill(nothing, 0.0)  # [B, m, V]
+    q = _softmax(scores)  # [B, m, V]
     race = q / torch.empty_like(q).exponential_()  # Gumbel-top-c: a draw without replacement
     kids = race.topk(count, dim=-1).indices  # [B, m, c]
     q_i = q[:, :, None, :].repeat(1, 1, count, 1)  # [B, m, c, V]
     for r in range(1, count):
         q_i[:, :, r].scatter_(-1, kids[:, :, :r], 0.0)  # without the earlier ranks' tokens
     return kids, q_i / q_i.sum(-1, keepdim=True).clamp(min=torch.finfo(q.dtype).tiny)
+
+
+def _softmax(scores: torch.Tensor) -> torch.Tensor:
+    """q over the last dimension; all zeros where every score is -inf (a node with no candidate)."""
+    nothing = scores.amax(dim=-1, keepdim=True) == float("-inf")
+    return torch.softmax(scores.masked_fill(nothing, 0.0), dim=-1).masked_fill(nothing, 0.0)

@@ -4,9 +4,10 @@ them the draft expands, how many children each may take), so the round costs wha
 they are follows the draft's own probabilities, row by row, and the chain of first candidates (what a chain would
 have drafted) is always in.
 
-Exact: a node's children are its first c candidates drawn without replacement, and how many it keeps is chosen from
-q's sorted probabilities and from tokens drawn before them, never from the tokens drawn at those ranks; recursive
-rejection sampling holds for any number of children chosen so (a stopping rule over what was drawn before). Which
+Exact: a node's children are its top c candidates (a function of the prefix), or its first c drawn without
+replacement, and how many it keeps is chosen from q's sorted probabilities and from tokens drawn before them, never
+from the tokens drawn at those ranks; recursive rejection sampling holds for any number of children chosen so (a
+stopping rule over what was drawn before). Which
 nodes are expanded may follow their own drawn tokens: their children are only tried once they are accepted.
 
 All books live on the device; the topology reaches the host once, when the tree is complete (`finish`).

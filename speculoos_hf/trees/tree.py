@@ -101,6 +101,7 @@ class TreePlan:
     copy_depth: int = 0
     branches: int = 3
     likeliest: bool = False  # the draft model fills `shape`'s budget with its likeliest paths (likeliest_fill.py)
+    top: bool = False  # sampling: the draft model's top candidates, not drawn ones (candidate_rule.py)
 
 
 @dataclass

@@ -25,6 +25,7 @@ from functools import cache, cached_property
 
 import torch
 
+from .candidate_rule import CandidateRule
 from .tree import TokenTree, TreePlan, TreeShape
 
 TREE_MARGIN = 1.03  # a tree must beat the chain by this factor (noise in the timings)
@@ -135,6 +136,7 @@ class TreePlanner:
         self.kind = kind
         self.fixed = fixed
         self.runner_ups = RunnerUps()
+        self.candidates = CandidateRule()  # sampling: top or drawn candidates, measured at the roots
         self.last: dict = {}
         self._search_key: tuple | None = None  # what `_search` was searched for (`_likeliest`)
         self._search: NodeOrder | None = None
@@ -159,7 +161,7 @@ class TreePlanner:
     def _with_copies(self, shape: TreeShape | None, k: int, copy_nodes: int, branches: int,
                      likeliest: bool = True) -> TreePlan:
         copies = copy_nodes if self.kind in ("lookup", "hybrid") else 0
-        return TreePlan(shape, copies, k, branches, likeliest)
+        return TreePlan(shape, copies, k, branches, likeliest, self.candidates.top)
 
     def plan_alone(self, depth: int, batch: int, cost_model) -> TreePlan | None:
         """Where the pacer drafts nothing (no chain beats the target alone): the draft model's tree, if some tree
@@ -172,7 +174,7 @@ class TreePlanner:
         if not one or cost_model.draft_time(batch) is None:
             return None  # nothing timed, or a clock too coarse to price anything
         shape = self._best_shape(depth, batch, cost_model, cost_model.min_gain / one, smallest=1)
-        return None if shape is None else TreePlan(shape, likeliest=True)
+        return None if shape is None else TreePlan(shape, likeliest=True, top=self.candidates.top)
 
     def _best_shape(self, k: int, batch: int, cm, floor: float | None = None, smallest: int | None = None
                     ) -> TreeShape | None:

@@ -135,6 +135,7 @@ def tree_round(run, tgt: KVSlots, drafter, pacer, plan: TreePlan, planner: TreeP
     clock.lap("target_s")
     verdict = verify_tree(ctx, tree, scores)
     path = verdict.path.to("cpu", non_blocking=True)  # [B, D] complete once the stop decision has synced
+    _measure_candidates(ctx, planner, drafter, plan, scores)
     clock.lap("verify_s")
     outcome = apply_stops(run.stops, state, verdict.accepted, verdict.candidates, ends)
     clock.lap("sync_s")
@@ -147,6 +148,16 @@ def tree_round(run, tgt: KVSlots, drafter, pacer, plan: TreePlan, planner: TreeP
     drafter.commit_tree(state, outcome, path)
     chain.retire_finished(state, run.stops, outcome, run.out, tgt, drafter)
     stats.trace.append(clock.record(view, outcome.accepted, tree=True))
+
+
+def _measure_candidates(ctx: DecodeContext, planner: TreePlanner, drafter, plan: TreePlan,
+                        scores: torch.Tensor) -> None:
+    """Sampling, a tree with the draft model's nodes: both candidate rules' acceptance at the roots, for the next
+    rounds' choice (candidate_rule.py)."""
+    root_q = getattr(drafter, "root_distribution", lambda: None)() if ctx.do_sample and plan.shape else None
+    if root_q is not None:
+        width = len(plan.shape.at_depth(1))
+        planner.candidates.observe(torch.softmax(scores[:, 0].float(), dim=-1), root_q.float(), width)
 
 
 def score_tree(tgt: KVSlots, ctx: DecodeContext, state: DecodeState, tree: TokenTree) -> torch.Tensor:
