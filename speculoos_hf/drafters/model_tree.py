@@ -3,8 +3,8 @@ sampling where the plan asks for top candidates: the b likeliest, deterministic;
 replacement: Gumbel-top-b, one after the other from q with the earlier ones removed), one draft forward per depth
 over all of that depth's nodes to expand (SpecInfer, Miao et al. 2024; Sequoia, Chen et al. 2024). A drawn node
 reports the q_i it was drawn from, a top one none (one-hot), which is all recursive rejection sampling
-(tree_verify.py) needs to stay exact; which of the two pays is measured (trees/candidate_rule.py). After the round the draft keeps the accepted path's fed nodes in its cache
-and the others become holes, as rejected chain drafts do.
+(tree_verify.py) needs to stay exact; which of the two pays is measured (trees/candidate_rule.py). After the round
+the draft keeps the accepted path's fed nodes in its cache and the others become holes, as rejected chain drafts do.
 """
 
 from __future__ import annotations

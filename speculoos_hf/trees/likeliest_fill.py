@@ -7,8 +7,8 @@ have drafted) is always in.
 Exact: a node's children are its top c candidates (a function of the prefix), or its first c drawn without
 replacement, and how many it keeps is chosen from q's sorted probabilities and from tokens drawn before them, never
 from the tokens drawn at those ranks; recursive rejection sampling holds for any number of children chosen so (a
-stopping rule over what was drawn before). Which
-nodes are expanded may follow their own drawn tokens: their children are only tried once they are accepted.
+stopping rule over what was drawn before). Which nodes are expanded may follow their own drawn tokens: their
+children are only tried once they are accepted.
 
 All books live on the device; the topology reaches the host once, when the tree is complete (`finish`).
 """
